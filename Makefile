@@ -1,0 +1,65 @@
+# pgkm: PGXS build of pgkm.so, plus the two commands of README.md (demo, test).
+
+EXTENSION = pgkm
+MODULE_big = pgkm
+DATA = pgkm--1.0.sql
+PGFILEDESC = "pgkm - column encryption under a PKCS#11 master key"
+
+OBJS = \
+	src/core/aead.o \
+	src/core/format.o \
+	src/core/key_material.o \
+	src/core/nonce_pool.o \
+	src/core/secure_buffer.o \
+	src/provider/ckr_names.o \
+	src/provider/pin_file.o \
+	src/provider/master_label.o \
+	src/provider/pkcs11.o \
+	src/provider/pkcs11_module.o \
+	src/pg/admin.o \
+	src/pg/boundary.o \
+	src/pg/catalog.o \
+	src/pg/data_path.o \
+	src/pg/guc.o \
+	src/pg/key_cache.o \
+	src/pg/pgkm.o \
+	src/pg/shmem.o \
+	src/pg/token.o
+
+# pg_regress suites, run by test/regress.sh against a cluster with a SoftHSM2 token.
+REGRESS = setup data_path errors privileges rotation key_status
+
+# JIT bitcode is not worth its build trouble for pgkm (NOTES.md): build native code only.
+override with_llvm = no
+
+# On a fresh machine PGXS is not installed yet: `make demo` and `make test` install it
+# (scripts/deps.sh) before they build, so the include is optional here.
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+ifneq ($(wildcard $(PGXS)),)
+include $(PGXS)
+else
+all:
+	@echo "PGXS is missing: run 'make deps' (or 'make demo' / 'make test', which do it)"; exit 1
+endif
+
+SERVER_INCLUDES := $(shell $(PG_CONFIG) --includedir-server 2>/dev/null)
+PKCS11_INCLUDES := -I/usr/include/p11-kit-1
+WERROR ?= -Werror
+override CPPFLAGS := -Iinclude -isystem $(SERVER_INCLUDES) $(PKCS11_INCLUDES) $(CPPFLAGS)
+override CXXFLAGS += -std=c++20 -Wall -Wextra -Wshadow -Wno-register $(WERROR)
+SHLIB_LINK += -lcrypto -lstdc++ -ldl
+
+.PHONY: demo test unit regress bench deps
+deps:
+	scripts/deps.sh
+demo:
+	scripts/demo.sh
+test:
+	scripts/test.sh
+unit:
+	scripts/unit.sh
+regress:
+	test/regress.sh
+bench:
+	bench/run.sh

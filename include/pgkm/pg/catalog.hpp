@@ -1,0 +1,39 @@
+// Access to pgkm's catalog tables through SPI, as the catalog's owner, with search_path
+// pinned: callers need no privileges on the tables, and no user object is resolved.
+#pragma once
+
+#include "pgkm/pg/postgres.hpp"
+
+namespace pgkm::pg
+{
+
+// An open catalog session: the saved identity and setting nest level.
+struct CatalogSession
+{
+	Oid saved_user;
+	int saved_sec_context;
+	int guc_nest_level;
+};
+
+// Connects SPI as the owner of the pgkm schema's tables with search_path pinned.
+void CatalogOpen(CatalogSession *session);
+// Finishes SPI and restores the caller's identity and settings.
+void CatalogClose(CatalogSession *session);
+
+// Runs a parameterised statement; raises an error unless SPI returns expected_status.
+// Returns SPI_processed.
+uint64 CatalogExec(const char *sql, int nargs, const Oid *types, const Datum *values,
+				   const char *nulls, int expected_status);
+
+// Reads column col (1-based) of row row of the last result; isnull is set.
+Datum CatalogValue(uint64 row, int col, bool *isnull);
+// Reads a text column as a palloc'd C string in the current memory context (NULL if null).
+char *CatalogText(uint64 row, int col);
+
+// Returns the OID of pgkm.keys as last seen by CatalogOpen (InvalidOid before that).
+Oid CatalogKeysRelid();
+
+// Returns the OID of the role the caller really is (outside any catalog session).
+Oid CallerRole();
+
+} // namespace pgkm::pg

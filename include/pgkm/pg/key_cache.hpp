@@ -1,0 +1,62 @@
+// The backend's cache of keys and unwrapped DEKs: read from the catalog once, unwrapped
+// through the token once per DEK, invalidated by the shared generation counter.
+#pragma once
+
+#include "pgkm/core/key_material.hpp"
+
+#include <cstdint>
+
+#include "pgkm/pg/postgres.hpp"
+#include "pgkm/pg/shmem.hpp"
+
+namespace pgkm::pg
+{
+
+enum class VersionState : std::uint8_t
+{
+	Active,
+	DecryptOnly,
+	Disabled,
+	Retired,
+	Destroyed,
+};
+
+// One cached key version. Lives in the cache's memory context until the next reset.
+struct VersionEntry
+{
+	std::uint64_t hash_key; // key_id << 32 | version
+	std::uint32_t key_id;
+	std::uint32_t version;
+	VersionState state;
+	char key_name[NAMEDATALEN];
+	Oid encrypt_role;
+	Oid decrypt_role;
+	core::KeyMaterial *material; // null until first use; owned
+	CounterSlot *counter;        // encryption counter in shared memory, or null
+	char master_label[128];      // empty once destroyed
+	bytea *wrapped;              // freed once unwrapped
+	bytea *check;
+};
+
+// Returns the active version of a key for encrypting, with its key material ready,
+// after checking that the caller may encrypt with it. Raises the documented errors.
+VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name);
+
+// Returns a version for decrypting, with its key material ready, after checking its
+// state and that the caller may decrypt with it.
+VersionEntry *KeyForDecrypt(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_t version);
+
+// Returns the name of a key id as a palloc'd string, or NULL if there is no such key.
+char *KeyNameForId(std::uint32_t key_id);
+
+// Notes that this transaction changed the key catalog: at commit every backend's cache
+// is invalidated; at abort this backend's is.
+void KeyCacheCatalogChanged();
+
+// Registers the transaction and relation-cache callbacks; once per backend.
+void KeyCacheInit();
+
+// Returns the state name as stored in pgkm.key_versions.
+const char *VersionStateName(VersionState state);
+
+} // namespace pgkm::pg

@@ -1,0 +1,48 @@
+// Shared memory: the key-cache generation counter and per-version encryption counters.
+#pragma once
+
+#include <cstdint>
+
+extern "C" {
+struct LWLock;
+}
+
+namespace pgkm::pg
+{
+
+inline constexpr int kCounterSlots = 4096;
+
+// Installs the shared-memory hooks; called from _PG_init under shared_preload_libraries.
+void ShmemInit();
+
+// Raises a clear error when pgkm was not loaded through shared_preload_libraries.
+void RequireSharedMemory();
+
+// The generation counter: bumped when keys change, invalidating every backend's cache.
+std::uint64_t ReadGeneration();
+void BumpGeneration();
+
+// The cluster-wide lock held around every call into the token. Token calls are rare (once
+// per DEK per backend), and SoftHSM2 misreads its token files when processes log in at the
+// same moment; serialising also makes "find or generate the master key" atomic.
+LWLock *TokenLock();
+
+// Returns this database's counter slot for (key_id, version), creating it if needed;
+// nullptr when every slot is taken (a WARNING says so once).
+struct CounterSlot *CounterFor(std::uint32_t key_id, std::uint32_t version);
+// Adds n to a slot's count.
+void CounterAdd(CounterSlot *slot, std::uint64_t n);
+
+// Visits this database's slots: key id, version, encryptions not yet flushed.
+struct CounterEntry
+{
+	std::uint32_t key_id;
+	std::uint32_t version;
+	std::uint64_t unflushed;
+};
+// Copies up to max entries of this database into out; returns how many.
+int CounterSnapshot(CounterEntry *out, int max);
+// Subtracts n from the slot of (key_id, version), after those counts reached the catalog.
+void CounterSubtract(std::uint32_t key_id, std::uint32_t version, std::uint64_t n);
+
+} // namespace pgkm::pg

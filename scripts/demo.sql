@@ -1,0 +1,38 @@
+-- The pgkm walkthrough of `make demo`: one key, a table, encrypt, decrypt, rotate, status.
+\pset footer off
+CREATE EXTENSION pgkm;
+
+-- A key: pgkm creates the master key in the token on first use, then a wrapped DEK.
+SELECT pgkm.create_key('customer_pii') AS key_id;
+SELECT label, state, generated FROM pgkm.master_keys;
+
+-- An application encrypts with the row's id as context, and decrypts.
+CREATE TABLE patients (id integer PRIMARY KEY, name text, ssn bytea);
+INSERT INTO patients VALUES
+	(7, 'Ada', pgkm_encrypt('123-45-6789', 'customer_pii', '7')),
+	(8, 'Grace', pgkm_encrypt('987-65-4321', 'customer_pii', '8'));
+SELECT id, name, encode(substr(ssn, 1, 16), 'hex') || '...' AS stored FROM patients ORDER BY id;
+SELECT id, name, pgkm_decrypt_text(ssn, id::text) AS ssn FROM patients ORDER BY id;
+
+-- A ciphertext moved to another row does not decrypt there.
+\set ON_ERROR_STOP 0
+SELECT pgkm_decrypt_text(ssn, '8') FROM patients WHERE id = 7;
+\set ON_ERROR_STOP 1
+
+-- Rotation: version 2 encrypts from now on; version 1 still decrypts old rows.
+SELECT pgkm.rotate_key('customer_pii') AS new_version;
+INSERT INTO patients VALUES (9, 'Edsger', pgkm_encrypt('555-12-3456', 'customer_pii', '9'));
+SELECT id, (pgkm_ciphertext_info(ssn)).*, pgkm_decrypt_text(ssn, id::text) AS ssn
+	FROM patients ORDER BY id;
+
+-- Status of every key version, with encryption counts.
+SELECT key_name, version, state, master_key, wrap_mechanism, encryptions FROM pgkm.key_status;
+
+-- A role without the key's decrypt role is refused.
+CREATE ROLE demo_clerk;
+GRANT SELECT ON patients TO demo_clerk;
+SET ROLE demo_clerk;
+\set ON_ERROR_STOP 0
+SELECT pgkm_decrypt_text(ssn, id::text) FROM patients WHERE id = 7;
+\set ON_ERROR_STOP 1
+RESET ROLE;

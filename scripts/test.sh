@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# make test: installs what is missing, builds, runs every suite (unit, pg_regress,
+# scenarios). Exits 0 only if all pass; the last line sums up every suite.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+
+scripts/deps.sh || exit 1
+echo "== build"
+scripts/build.sh || exit 1
+
+status=0
+echo "== unit tests (GoogleTest)"
+scripts/unit.sh 2>&1 | tee "$logs/unit" || status=1
+echo "== regression tests (pg_regress)"
+test/regress.sh 2>&1 | tee "$logs/regress" || status=1
+echo "== scenarios (server start-up, loading, secrets)"
+test/scenarios.sh 2>&1 | tee "$logs/scenarios" || status=1
+
+# ctest: "100% tests passed, 0 tests failed out of 57"
+unit_failed=$(sed -n 's/.* tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\1/p' "$logs/unit")
+unit_total=$(sed -n 's/.* tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2/p' "$logs/unit")
+regress_ok=$(grep -cE '^(ok|test) .* \.\.\. ok|^ok [0-9]+ ' "$logs/regress")
+regress_failed=$(grep -cE 'FAILED|^not ok' "$logs/regress")
+scen_ok=$(grep -c '^ok ' "$logs/scenarios")
+scen_failed=$(grep -c '^not ok ' "$logs/scenarios")
+passed=$(( ${unit_total:-0} - ${unit_failed:-0} + regress_ok + scen_ok ))
+failed=$(( ${unit_failed:-0} + regress_failed + scen_failed ))
+if [ -z "$unit_total" ] || [ "$regress_ok" -eq 0 ] || [ "$scen_ok" -eq 0 ]; then
+	echo "test: a suite ran no test" >&2
+	status=1
+	failed=$(( failed + 1 ))
+fi
+[ "$failed" -eq 0 ] || status=1
+echo "total: $passed passed, $failed failed"
+exit $status

@@ -1,0 +1,31 @@
+-- setup: install pgkm, create the first key (which creates the master key in the token)
+CREATE EXTENSION pgkm;
+SELECT extversion FROM pg_extension WHERE extname = 'pgkm';
+
+-- Helper for the error tests: runs a statement and shows SQLSTATE and message.
+CREATE FUNCTION pgkm_test_error(statement text) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE statement;
+	RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+	RETURN SQLSTATE || ': ' || SQLERRM;
+END
+$$;
+GRANT EXECUTE ON FUNCTION pgkm_test_error(text) TO PUBLIC;
+
+-- No master key yet: the first key makes pgkm generate pgkm-master.v1 in the token.
+SELECT count(*) FROM pgkm.master_keys;
+SELECT pgkm.create_key('customer_pii') AS key_id;
+SELECT label, provider, state, generated, created_by FROM pgkm.master_keys;
+SELECT key_id, name, algorithm, owner, encrypt_role, decrypt_role FROM pgkm.keys;
+SELECT key_id, version, state, length(wrapped_dek) AS wrapped_len, length(key_check) AS check_len,
+	wrap_mechanism FROM pgkm.key_versions;
+
+-- The catalog is dumped by pg_dump.
+SELECT c.relname FROM pg_extension e, unnest(e.extconfig) AS t(oid)
+	JOIN pg_class c ON c.oid = t.oid WHERE e.extname = 'pgkm' ORDER BY 1;
+
+CREATE TABLE patients (id integer PRIMARY KEY, ssn bytea);
+INSERT INTO patients(id, ssn) VALUES (7, pgkm_encrypt('123-45-6789', 'customer_pii', '7'));
+SELECT pgkm_decrypt_text(ssn, id::text) FROM patients;

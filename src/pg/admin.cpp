@@ -1,0 +1,351 @@
+// Key administration: create_key, rotate_key, alter_key_roles, the encryption counters
+// and the trigger that publishes catalog changes. Catalog writes run in a catalog
+// session (as the catalog owner); authorisation is checked against the real caller first.
+#include "pgkm/pg/token.hpp"
+
+#include "pgkm/pg/boundary.hpp"
+#include "pgkm/pg/catalog.hpp"
+#include "pgkm/pg/guc.hpp"
+#include "pgkm/pg/key_cache.hpp"
+#include "pgkm/pg/shmem.hpp"
+
+extern "C" {
+#include "commands/trigger.h"
+#include "utils/regproc.h"
+}
+
+using namespace pgkm::pg;
+
+namespace
+{
+
+// The master key new DEKs are wrapped under.
+struct MasterKeyRow
+{
+	int32 id;
+	char label[kMaxLabel];
+};
+
+// Encryption counts added to the catalog in this transaction, subtracted from shared
+// memory only if it commits.
+CounterEntry pending_flush[kCounterSlots];
+int pending_flush_count = 0;
+bool flush_callback_registered = false;
+
+// Raises invalid_parameter_value unless name is a valid key name (as the CHECK says).
+void ValidateKeyName(const char *name)
+{
+	size_t len = strlen(name);
+	bool ok = len >= 1 && len <= 63 && (isalpha((unsigned char)name[0]) || name[0] == '_');
+	for (size_t i = 1; ok && i < len; i++)
+		ok = isalnum((unsigned char)name[i]) || name[i] == '_' || name[i] == '.' || name[i] == '-';
+	if (!ok)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("invalid key name \"%s\"", name),
+						errdetail("A key name has 1 to 63 characters: a letter or underscore, "
+								  "then letters, digits, underscores, dots or hyphens.")));
+}
+
+// Reads the non-null text argument arg or raises null_value_not_allowed.
+char *RequiredText(FunctionCallInfo fcinfo, int arg, const char *what)
+{
+	if (PG_ARGISNULL(arg))
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("%s must not be null", what)));
+	return text_to_cstring(PG_GETARG_TEXT_PP(arg));
+}
+
+// Returns the active master key, finding or generating one in the token the first time.
+// Runs inside a catalog session.
+MasterKeyRow ActiveMasterKey(const char *caller_name)
+{
+	static const char *select_sql =
+		"SELECT master_key_id, label FROM pgkm.master_keys WHERE state OPERATOR(pg_catalog.=) 'active'";
+	MasterKeyRow row;
+	if (CatalogExec(select_sql, 0, nullptr, nullptr, nullptr, SPI_OK_SELECT) == 0)
+	{
+		CatalogExec("LOCK TABLE pgkm.master_keys IN SHARE ROW EXCLUSIVE MODE", 0, nullptr, nullptr,
+					nullptr, SPI_OK_UTILITY);
+	}
+	if (CatalogExec(select_sql, 0, nullptr, nullptr, nullptr, SPI_OK_SELECT) == 1)
+	{
+		bool isnull;
+		row.id = DatumGetInt32(CatalogValue(0, 1, &isnull));
+		strlcpy(row.label, CatalogText(0, 2), sizeof(row.label));
+		return row;
+	}
+
+	MasterKeyChoice choice;
+	PGKM_TOKEN_CALL(FindOrGenerateMasterKey(guc_master_key_label, &choice));
+
+	Oid types[3] = {TEXTOID, BOOLOID, NAMEOID};
+	Datum values[3] = {CStringGetTextDatum(choice.label), BoolGetDatum(choice.generated),
+					   CStringGetDatum(caller_name)};
+	CatalogExec("INSERT INTO pgkm.master_keys (label, generated, created_by)"
+				" VALUES ($1, $2, $3) RETURNING master_key_id",
+				3, types, values, nullptr, SPI_OK_INSERT_RETURNING);
+	bool isnull;
+	row.id = DatumGetInt32(CatalogValue(0, 1, &isnull));
+	strlcpy(row.label, choice.label, sizeof(row.label));
+	ereport(LOG, (errmsg(choice.generated ? "pgkm: generated master key \"%s\" in PKCS#11 token \"%s\""
+										  : "pgkm: using master key \"%s\" found in PKCS#11 token \"%s\"",
+						 row.label, guc_pkcs11_token_label)));
+	return row;
+}
+
+// A new DEK version, wrapped, with the master key that wrapped it.
+struct NewVersion
+{
+	int32 master_key_id;
+	WrappedDek dek;
+};
+
+// Makes and wraps a new DEK for (key_id, version), in a catalog session. Called before any
+// catalog write of the operation, so a token failure leaves nothing to roll back.
+NewVersion WrapNewVersion(int64 key_id, int32 version, const char *caller_name)
+{
+	MasterKeyRow master = ActiveMasterKey(caller_name);
+	NewVersion result;
+	result.master_key_id = master.id;
+	PGKM_TOKEN_CALL(
+		NewWrappedDek(master.label, (std::uint32_t)key_id, (std::uint32_t)version, &result.dek));
+	return result;
+}
+
+// Inserts a wrapped DEK as the active version of a key, in a catalog session.
+void StoreVersion(int64 key_id, int32 version, const NewVersion &v, const char *caller_name)
+{
+	bytea *wrapped = static_cast<bytea *>(palloc(VARHDRSZ + v.dek.wrapped_len));
+	SET_VARSIZE(wrapped, VARHDRSZ + v.dek.wrapped_len);
+	memcpy(VARDATA(wrapped), v.dek.wrapped, v.dek.wrapped_len);
+	bytea *check = static_cast<bytea *>(palloc(VARHDRSZ + sizeof(v.dek.check)));
+	SET_VARSIZE(check, VARHDRSZ + sizeof(v.dek.check));
+	memcpy(VARDATA(check), v.dek.check, sizeof(v.dek.check));
+
+	Oid types[7] = {INT8OID, INT4OID, BYTEAOID, BYTEAOID, INT4OID, TEXTOID, NAMEOID};
+	Datum values[7] = {Int64GetDatum(key_id),         Int32GetDatum(version),
+					   PointerGetDatum(wrapped),      PointerGetDatum(check),
+					   Int32GetDatum(v.master_key_id), CStringGetTextDatum(v.dek.mechanism),
+					   CStringGetDatum(caller_name)};
+	CatalogExec("INSERT INTO pgkm.key_versions (key_id, version, state, wrapped_dek, key_check,"
+				" master_key_id, wrap_mechanism, created_by)"
+				" VALUES ($1, $2, 'active', $3, $4, $5, $6, $7)",
+				7, types, values, nullptr, SPI_OK_INSERT);
+}
+
+// Locks a key's row and returns its id and owner; raises undefined_object if absent.
+int64 LockKey(const char *name, Oid *owner)
+{
+	Oid types[1] = {TEXTOID};
+	Datum values[1] = {CStringGetTextDatum(name)};
+	if (CatalogExec("SELECT key_id, owner::oid FROM pgkm.keys WHERE name OPERATOR(pg_catalog.=) $1"
+					" FOR UPDATE",
+					1, types, values, nullptr, SPI_OK_SELECT) != 1)
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("key \"%s\" does not exist", name)));
+	bool isnull;
+	*owner = DatumGetObjectId(CatalogValue(0, 2, &isnull));
+	return DatumGetInt64(CatalogValue(0, 1, &isnull));
+}
+
+// Raises insufficient_privilege unless caller is a superuser or has the owner's privileges.
+void CheckKeyOwner(Oid caller, Oid owner, const char *name)
+{
+	if (superuser_arg(caller) || has_privs_of_role(caller, owner))
+		return;
+	ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					errmsg("must be owner of key \"%s\"", name)));
+}
+
+// Transaction callback: makes a flush's subtraction from shared memory final at commit.
+void FlushXactCallback(XactEvent event, void *)
+{
+	if (event == XACT_EVENT_COMMIT)
+	{
+		for (int i = 0; i < pending_flush_count; i++)
+			CounterSubtract(pending_flush[i].key_id, pending_flush[i].version,
+							pending_flush[i].unflushed);
+		pending_flush_count = 0;
+	}
+	else if (event == XACT_EVENT_ABORT)
+		pending_flush_count = 0;
+}
+
+} // namespace
+
+extern "C" {
+PG_FUNCTION_INFO_V1(pgkm_create_key);
+PG_FUNCTION_INFO_V1(pgkm_rotate_key);
+PG_FUNCTION_INFO_V1(pgkm_alter_key_roles);
+PG_FUNCTION_INFO_V1(pgkm_encryption_counts);
+PG_FUNCTION_INFO_V1(pgkm_flush_encryption_counts);
+PG_FUNCTION_INFO_V1(pgkm_catalog_changed);
+Datum pgkm_create_key(PG_FUNCTION_ARGS);
+Datum pgkm_rotate_key(PG_FUNCTION_ARGS);
+Datum pgkm_alter_key_roles(PG_FUNCTION_ARGS);
+Datum pgkm_encryption_counts(PG_FUNCTION_ARGS);
+Datum pgkm_flush_encryption_counts(PG_FUNCTION_ARGS);
+Datum pgkm_catalog_changed(PG_FUNCTION_ARGS);
+}
+
+// pgkm.create_key(name, encrypt_role, decrypt_role): a new key with version 1 active.
+Datum pgkm_create_key(PG_FUNCTION_ARGS)
+{
+	RequireSharedMemory();
+	KeyCacheInit();
+	char *name = RequiredText(fcinfo, 0, "key name");
+	ValidateKeyName(name);
+	Oid caller = GetUserId();
+	Oid encrypt_role = PG_ARGISNULL(1) ? caller : PG_GETARG_OID(1);
+	Oid decrypt_role = PG_ARGISNULL(2) ? caller : PG_GETARG_OID(2);
+	char *caller_name = GetUserNameFromId(caller, false);
+
+	CatalogSession session;
+	CatalogOpen(&session);
+	Oid name_type[1] = {TEXTOID};
+	Datum name_value[1] = {CStringGetTextDatum(name)};
+	if (CatalogExec("SELECT 1 FROM pgkm.keys WHERE name OPERATOR(pg_catalog.=) $1", 1, name_type,
+					name_value, nullptr, SPI_OK_SELECT) != 0)
+		ereport(ERROR, (errcode(ERRCODE_DUPLICATE_OBJECT), errmsg("key \"%s\" already exists", name)));
+	CatalogExec("SELECT pg_catalog.nextval('pgkm.keys_key_id_seq')", 0, nullptr, nullptr, nullptr,
+				SPI_OK_SELECT);
+	bool isnull;
+	int64 key_id = DatumGetInt64(CatalogValue(0, 1, &isnull));
+	if (key_id > (int64)PG_UINT32_MAX)
+		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED), errmsg("no key ids are left")));
+
+	NewVersion first = WrapNewVersion(key_id, 1, caller_name);
+	Oid types[6] = {INT8OID, TEXTOID, OIDOID, OIDOID, OIDOID, NAMEOID};
+	Datum values[6] = {Int64GetDatum(key_id),         CStringGetTextDatum(name),
+					   ObjectIdGetDatum(caller),       ObjectIdGetDatum(encrypt_role),
+					   ObjectIdGetDatum(decrypt_role), CStringGetDatum(caller_name)};
+	CatalogExec("INSERT INTO pgkm.keys (key_id, name, owner, encrypt_role, decrypt_role, created_by)"
+				" VALUES ($1, $2, $3::pg_catalog.regrole, $4::pg_catalog.regrole,"
+				" $5::pg_catalog.regrole, $6)",
+				6, types, values, nullptr, SPI_OK_INSERT);
+	StoreVersion(key_id, 1, first, caller_name);
+	CatalogClose(&session);
+	PG_RETURN_INT64(key_id);
+}
+
+// pgkm.rotate_key(name): a new active version; the previous one becomes decrypt-only.
+Datum pgkm_rotate_key(PG_FUNCTION_ARGS)
+{
+	RequireSharedMemory();
+	KeyCacheInit();
+	char *name = RequiredText(fcinfo, 0, "key name");
+	Oid caller = GetUserId();
+	char *caller_name = GetUserNameFromId(caller, false);
+
+	CatalogSession session;
+	CatalogOpen(&session);
+	Oid owner;
+	int64 key_id = LockKey(name, &owner);
+	CheckKeyOwner(caller, owner, name);
+	Oid types[1] = {INT8OID};
+	Datum values[1] = {Int64GetDatum(key_id)};
+	CatalogExec("SELECT pg_catalog.max(version) FROM pgkm.key_versions"
+				" WHERE key_id OPERATOR(pg_catalog.=) $1",
+				1, types, values, nullptr, SPI_OK_SELECT);
+	bool isnull;
+	Datum max_version = CatalogValue(0, 1, &isnull);
+	int32 version = isnull ? 1 : DatumGetInt32(max_version) + 1;
+	if (!isnull && DatumGetInt32(max_version) == PG_INT32_MAX)
+		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						errmsg("key \"%s\" has no versions left", name)));
+	NewVersion next = WrapNewVersion(key_id, version, caller_name);
+	CatalogExec("UPDATE pgkm.key_versions SET state = 'decrypt_only',"
+				" state_changed_at = pg_catalog.now()"
+				" WHERE key_id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'active'",
+				1, types, values, nullptr, SPI_OK_UPDATE);
+	StoreVersion(key_id, version, next, caller_name);
+	CatalogClose(&session);
+	PG_RETURN_INT32(version);
+}
+
+// pgkm.alter_key_roles(name, encrypt_role, decrypt_role): NULL leaves a role unchanged.
+Datum pgkm_alter_key_roles(PG_FUNCTION_ARGS)
+{
+	RequireSharedMemory();
+	KeyCacheInit();
+	char *name = RequiredText(fcinfo, 0, "key name");
+	Oid caller = GetUserId();
+	CatalogSession session;
+	CatalogOpen(&session);
+	Oid owner;
+	int64 key_id = LockKey(name, &owner);
+	CheckKeyOwner(caller, owner, name);
+	Oid types[3] = {INT8OID, OIDOID, OIDOID};
+	Datum values[3] = {Int64GetDatum(key_id), PG_ARGISNULL(1) ? (Datum)0 : PG_GETARG_DATUM(1),
+					   PG_ARGISNULL(2) ? (Datum)0 : PG_GETARG_DATUM(2)};
+	char nulls[3] = {' ', PG_ARGISNULL(1) ? 'n' : ' ', PG_ARGISNULL(2) ? 'n' : ' '};
+	CatalogExec("UPDATE pgkm.keys SET"
+				" encrypt_role = COALESCE($2::pg_catalog.regrole, encrypt_role),"
+				" decrypt_role = COALESCE($3::pg_catalog.regrole, decrypt_role)"
+				" WHERE key_id OPERATOR(pg_catalog.=) $1",
+				3, types, values, nulls, SPI_OK_UPDATE);
+	CatalogClose(&session);
+	PG_RETURN_VOID();
+}
+
+// pgkm.encryption_counts(): this database's counts in shared memory not yet flushed.
+Datum pgkm_encryption_counts(PG_FUNCTION_ARGS)
+{
+	RequireSharedMemory();
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *)fcinfo->resultinfo;
+	InitMaterializedSRF(fcinfo, 0);
+	auto *entries = static_cast<CounterEntry *>(palloc(sizeof(CounterEntry) * kCounterSlots));
+	int n = CounterSnapshot(entries, kCounterSlots);
+	for (int i = 0; i < n; i++)
+	{
+		Datum values[3] = {Int64GetDatum(entries[i].key_id), Int32GetDatum((int32)entries[i].version),
+						   Int64GetDatum((int64)entries[i].unflushed)};
+		bool nulls[3] = {false, false, false};
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum)0;
+}
+
+// pgkm.flush_encryption_counts(): adds the shared-memory counts to pgkm.key_versions;
+// shared memory forgets them only when this transaction commits. Returns the total.
+Datum pgkm_flush_encryption_counts(PG_FUNCTION_ARGS)
+{
+	RequireSharedMemory();
+	if (!flush_callback_registered)
+	{
+		RegisterXactCallback(FlushXactCallback, nullptr);
+		flush_callback_registered = true;
+	}
+	CatalogSession session;
+	CatalogOpen(&session);
+	// Serialises flushes, so no count is added to the catalog twice.
+	CatalogExec("LOCK TABLE pgkm.key_versions IN SHARE UPDATE EXCLUSIVE MODE", 0, nullptr, nullptr,
+				nullptr, SPI_OK_UTILITY);
+	auto *entries = static_cast<CounterEntry *>(palloc(sizeof(CounterEntry) * kCounterSlots));
+	int n = CounterSnapshot(entries, kCounterSlots);
+	int64 total = 0;
+	pending_flush_count = 0;
+	for (int i = 0; i < n; i++)
+	{
+		if (entries[i].unflushed == 0 || entries[i].version > PG_INT32_MAX)
+			continue;
+		Oid types[3] = {INT8OID, INT4OID, INT8OID};
+		Datum values[3] = {Int64GetDatum(entries[i].key_id), Int32GetDatum((int32)entries[i].version),
+						   Int64GetDatum((int64)entries[i].unflushed)};
+		CatalogExec("UPDATE pgkm.key_versions SET encryptions = encryptions OPERATOR(pg_catalog.+) $3"
+					" WHERE key_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2",
+					3, types, values, nullptr, SPI_OK_UPDATE);
+		pending_flush[pending_flush_count++] = entries[i];
+		total += (int64)entries[i].unflushed;
+	}
+	CatalogClose(&session);
+	PG_RETURN_INT64(total);
+}
+
+// Statement trigger on the key catalog: any change invalidates key caches at commit.
+Datum pgkm_catalog_changed(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+						errmsg("pgkm.catalog_changed() must be called as a trigger")));
+	KeyCacheCatalogChanged();
+	return PointerGetDatum(nullptr);
+}

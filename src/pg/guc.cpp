@@ -1,0 +1,70 @@
+// pgkm's settings: the PKCS#11 token, the master key label and the key cache lifetime.
+#include "pgkm/pg/guc.hpp"
+
+#include "pgkm/pg/postgres.hpp"
+
+namespace pgkm::pg
+{
+
+char *guc_pkcs11_module = nullptr;
+char *guc_pkcs11_token_label = nullptr;
+char *guc_pkcs11_pin_file = nullptr;
+char *guc_master_key_label = nullptr;
+int guc_key_cache_ttl = kKeyCacheTtlDefault;
+
+namespace
+{
+
+// Accepts a master key base label of 1..48 printable ASCII characters.
+bool CheckMasterKeyLabel(char **newval, void **, GucSource)
+{
+	const char *label = *newval;
+	size_t len = label ? strlen(label) : 0;
+	if (len == 0 || len > 48)
+	{
+		GUC_check_errdetail("The label must have 1 to 48 characters.");
+		return false;
+	}
+	for (size_t i = 0; i < len; i++)
+	{
+		if (label[i] < 0x21 || label[i] > 0x7e)
+		{
+			GUC_check_errdetail("The label may contain only printable ASCII without spaces.");
+			return false;
+		}
+	}
+	return true;
+}
+
+} // namespace
+
+void GucInit()
+{
+	DefineCustomStringVariable("pgkm.pkcs11_module", "Path of the PKCS#11 module (.so) holding the master key.",
+							   nullptr, &guc_pkcs11_module, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   nullptr, nullptr, nullptr);
+	DefineCustomStringVariable("pgkm.pkcs11_token_label", "Label of the PKCS#11 token holding the master key.",
+							   nullptr, &guc_pkcs11_token_label, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   nullptr, nullptr, nullptr);
+	DefineCustomStringVariable("pgkm.pkcs11_pin_file",
+							   "File holding the token's user PIN; must be mode 0600 and owned by the server user.",
+							   nullptr, &guc_pkcs11_pin_file, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   nullptr, nullptr, nullptr);
+	DefineCustomStringVariable("pgkm.master_key_label",
+							   "Base label of the master keys in the token; versions are <label>.v1, <label>.v2, ...",
+							   nullptr, &guc_master_key_label, "pgkm-master", PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY, CheckMasterKeyLabel, nullptr, nullptr);
+	DefineCustomIntVariable("pgkm.key_cache_ttl",
+							"How long a backend may keep unwrapped keys without re-reading the catalog.",
+							"Rotation and role changes through pgkm's functions take effect at once "
+							"regardless; this bounds what changes by other means.",
+							&guc_key_cache_ttl, kKeyCacheTtlDefault, kKeyCacheTtlMin, kKeyCacheTtlMax,
+							PGC_SIGHUP, GUC_UNIT_S, nullptr, nullptr, nullptr);
+#if PG_VERSION_NUM >= 150000
+	MarkGUCPrefixReserved("pgkm");
+#else
+	EmitWarningsOnPlaceholders("pgkm");
+#endif
+}
+
+} // namespace pgkm::pg

@@ -1,0 +1,420 @@
+// The backend's key cache: key names to active versions, (key id, version) to unwrapped
+// key material. Entries are read from the catalog on first use and unwrapped through the
+// token at most once per DEK; a change of the shared generation counter, the TTL, a
+// catalog change in an aborted transaction or a relation-cache reset drops them all.
+#include "pgkm/core/secure_buffer.hpp"
+#include "pgkm/pg/token.hpp"
+
+#include "pgkm/pg/boundary.hpp"
+#include "pgkm/pg/key_cache.hpp"
+#include "pgkm/pg/catalog.hpp"
+#include "pgkm/pg/guc.hpp"
+#include "pgkm/pg/shmem.hpp"
+
+namespace pgkm::pg
+{
+
+namespace
+{
+
+// One cached key name: its id, active version and roles.
+struct KeyEntry
+{
+	char name[NAMEDATALEN]; // hash key
+	std::uint32_t key_id;
+	std::uint32_t active_version; // 0: no active version
+};
+
+// What a call site remembers between rows, in fn_extra.
+struct CallSiteCache
+{
+	std::uint64_t epoch;
+	VersionEntry *version;
+	int name_len;
+	char name[NAMEDATALEN];
+};
+
+MemoryContext cache_context = nullptr;
+HTAB *keys_by_name = nullptr;
+HTAB *versions_by_id = nullptr;
+std::uint64_t cache_epoch = 1;      // bumped at every reset; call sites compare with it
+std::uint64_t cache_generation = 0; // the shared generation the cache was built under
+TimestampTz cache_expires = 0;
+bool catalog_changed_in_xact = false;
+bool initialized = false;
+
+// Frees every cached key, wiping key material, and starts an empty cache.
+void Reset()
+{
+	if (versions_by_id)
+	{
+		HASH_SEQ_STATUS status;
+		hash_seq_init(&status, versions_by_id);
+		for (auto *v = static_cast<VersionEntry *>(hash_seq_search(&status)); v;
+			 v = static_cast<VersionEntry *>(hash_seq_search(&status)))
+		{
+			DestroyKeyMaterial(v->material);
+			v->material = nullptr;
+		}
+	}
+	if (cache_context == nullptr)
+		cache_context = AllocSetContextCreate(TopMemoryContext, "pgkm key cache",
+											  ALLOCSET_SMALL_SIZES);
+	else
+		MemoryContextReset(cache_context);
+
+	HASHCTL ctl;
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = NAMEDATALEN;
+	ctl.entrysize = sizeof(KeyEntry);
+	ctl.hcxt = cache_context;
+	keys_by_name = hash_create("pgkm keys", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(std::uint64_t);
+	ctl.entrysize = sizeof(VersionEntry);
+	ctl.hcxt = cache_context;
+	versions_by_id = hash_create("pgkm key versions", 64, &ctl,
+								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	cache_epoch++;
+}
+
+// Drops the cache if the shared generation moved or the TTL ran out.
+inline void Validate()
+{
+	RequireSharedMemory();
+	std::uint64_t generation = ReadGeneration();
+	if (likely(generation == cache_generation &&
+			   GetCurrentStatementStartTimestamp() < cache_expires && keys_by_name != nullptr))
+		return;
+	KeyCacheInit();
+	Reset();
+	cache_generation = generation;
+	cache_expires = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												(int64)guc_key_cache_ttl * 1000);
+}
+
+// Parses a version state name from the catalog.
+VersionState ParseState(const char *name)
+{
+	if (strcmp(name, "active") == 0)
+		return VersionState::Active;
+	if (strcmp(name, "decrypt_only") == 0)
+		return VersionState::DecryptOnly;
+	if (strcmp(name, "disabled") == 0)
+		return VersionState::Disabled;
+	if (strcmp(name, "retired") == 0)
+		return VersionState::Retired;
+	if (strcmp(name, "destroyed") == 0)
+		return VersionState::Destroyed;
+	elog(ERROR, "pgkm: unknown key version state \"%s\"", name);
+	pg_unreachable();
+}
+
+// Reads one key version from the catalog into a new cache entry; NULL if there is none.
+VersionEntry *LoadVersion(std::uint32_t key_id, std::uint32_t version)
+{
+	static const char *sql =
+		"SELECT k.name, k.encrypt_role::oid, k.decrypt_role::oid, v.state, v.wrapped_dek,"
+		" v.key_check, m.label"
+		" FROM pgkm.key_versions v"
+		" JOIN pgkm.keys k ON k.key_id OPERATOR(pg_catalog.=) v.key_id"
+		" LEFT JOIN pgkm.master_keys m ON m.master_key_id OPERATOR(pg_catalog.=) v.master_key_id"
+		" WHERE v.key_id OPERATOR(pg_catalog.=) $1 AND v.version OPERATOR(pg_catalog.=) $2";
+	if (version > PG_INT32_MAX)
+		return nullptr;
+	Oid types[2] = {INT8OID, INT4OID};
+	Datum values[2] = {Int64GetDatum(key_id), Int32GetDatum((int32)version)};
+	CatalogSession session;
+	CatalogOpen(&session);
+	VersionEntry *entry = nullptr;
+	if (CatalogExec(sql, 2, types, values, nullptr, SPI_OK_SELECT) == 1)
+	{
+		// Everything is read before the entry is entered, so an error leaves no half entry.
+		VersionEntry loaded;
+		memset(&loaded, 0, sizeof(loaded));
+		loaded.hash_key = (std::uint64_t)key_id << 32 | version;
+		loaded.key_id = key_id;
+		loaded.version = version;
+		MemoryContext old = MemoryContextSwitchTo(cache_context);
+		bool isnull;
+		strlcpy(loaded.key_name, CatalogText(0, 1), NAMEDATALEN);
+		loaded.encrypt_role = DatumGetObjectId(CatalogValue(0, 2, &isnull));
+		loaded.decrypt_role = DatumGetObjectId(CatalogValue(0, 3, &isnull));
+		loaded.state = ParseState(CatalogText(0, 4));
+		Datum d = CatalogValue(0, 5, &isnull);
+		if (!isnull)
+			loaded.wrapped = DatumGetByteaPCopy(d);
+		d = CatalogValue(0, 6, &isnull);
+		if (!isnull)
+			loaded.check = DatumGetByteaPCopy(d);
+		char *label = CatalogText(0, 7);
+		strlcpy(loaded.master_label, label ? label : "", sizeof(loaded.master_label));
+		MemoryContextSwitchTo(old);
+		entry = static_cast<VersionEntry *>(
+			hash_search(versions_by_id, &loaded.hash_key, HASH_ENTER, nullptr));
+		*entry = loaded;
+	}
+	CatalogClose(&session);
+	return entry;
+}
+
+// Reads a key by name into a new cache entry; NULL if there is none.
+KeyEntry *LoadKey(const char *name)
+{
+	static const char *sql =
+		"SELECT k.key_id, v.version FROM pgkm.keys k"
+		" LEFT JOIN pgkm.key_versions v ON v.key_id OPERATOR(pg_catalog.=) k.key_id"
+		"  AND v.state OPERATOR(pg_catalog.=) 'active'"
+		" WHERE k.name OPERATOR(pg_catalog.=) $1";
+	Oid types[1] = {TEXTOID};
+	Datum values[1] = {CStringGetTextDatum(name)};
+	CatalogSession session;
+	CatalogOpen(&session);
+	KeyEntry *entry = nullptr;
+	if (CatalogExec(sql, 1, types, values, nullptr, SPI_OK_SELECT) == 1)
+	{
+		bool isnull;
+		auto key_id = (std::uint32_t)DatumGetInt64(CatalogValue(0, 1, &isnull));
+		Datum v = CatalogValue(0, 2, &isnull);
+		std::uint32_t active = isnull ? 0 : (std::uint32_t)DatumGetInt32(v);
+		entry = static_cast<KeyEntry *>(hash_search(keys_by_name, name, HASH_ENTER, nullptr));
+		entry->key_id = key_id;
+		entry->active_version = active;
+	}
+	CatalogClose(&session);
+	return entry;
+}
+
+// Returns the cached version entry, loading it from the catalog on a miss.
+VersionEntry *FindVersion(std::uint32_t key_id, std::uint32_t version)
+{
+	std::uint64_t hash_key = (std::uint64_t)key_id << 32 | version;
+	auto *entry = static_cast<VersionEntry *>(
+		hash_search(versions_by_id, &hash_key, HASH_FIND, nullptr));
+	return entry ? entry : LoadVersion(key_id, version);
+}
+
+// Unwraps the DEK of an entry through the token, once.
+void EnsureMaterial(VersionEntry *v)
+{
+	if (v->material)
+		return;
+	if (v->wrapped == nullptr || v->check == nullptr || v->master_label[0] == '\0')
+		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						errmsg("key \"%s\" version %u has no key material", v->key_name,
+							   v->version)));
+	core::ByteView wrapped(reinterpret_cast<const std::uint8_t *>(VARDATA_ANY(v->wrapped)),
+						   VARSIZE_ANY_EXHDR(v->wrapped));
+	core::ByteView check(reinterpret_cast<const std::uint8_t *>(VARDATA_ANY(v->check)),
+						 VARSIZE_ANY_EXHDR(v->check));
+	core::KeyMaterial *material = nullptr;
+	PGKM_TOKEN_CALL(material = UnwrapKeyMaterial(v->master_label, v->key_name, v->key_id, v->version,
+										   wrapped, check));
+	v->material = material;
+	pfree(v->wrapped);
+	v->wrapped = nullptr;
+}
+
+// Raises insufficient_privilege unless the current user has the privileges of role.
+void CheckRole(const VersionEntry *v, Oid role, const char *action)
+{
+	if (likely(has_privs_of_role(GetUserId(), role)))
+		return;
+	const char *role_name = GetUserNameFromId(role, true);
+	ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					errmsg("permission denied to %s with key \"%s\"", action, v->key_name),
+					errdetail("Only roles with the privileges of role \"%s\" may %s with this key.",
+							  role_name ? role_name : "(dropped role)", action)));
+}
+
+// Raises the error that a key version's state forbids use.
+void RefuseState(const VersionEntry *v, const char *action)
+{
+	ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					errmsg("key \"%s\" version %u is %s and cannot be used to %s", v->key_name,
+						   v->version, VersionStateName(v->state), action)));
+}
+
+// Transaction callback: publishes catalog changes at commit, forgets them at abort.
+void XactCallback(XactEvent event, void *)
+{
+	if (!catalog_changed_in_xact)
+		return;
+	switch (event)
+	{
+	case XACT_EVENT_COMMIT:
+	case XACT_EVENT_PARALLEL_COMMIT:
+		catalog_changed_in_xact = false;
+		BumpGeneration();
+		break;
+	case XACT_EVENT_ABORT:
+	case XACT_EVENT_PARALLEL_ABORT:
+		catalog_changed_in_xact = false;
+		cache_generation = 0;
+		break;
+	default:
+		break;
+	}
+}
+
+// Subtransaction callback: a rolled-back savepoint may have held catalog changes.
+void SubXactCallback(SubXactEvent event, SubTransactionId, SubTransactionId, void *)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB && catalog_changed_in_xact)
+		cache_generation = 0;
+}
+
+// Relation-cache callback: a reset of all relations, or an invalidation of pgkm.keys
+// (DROP EXTENSION, for one), may mean the catalog the cache was read from is gone.
+void RelcacheCallback(Datum, Oid relid)
+{
+	if (relid == InvalidOid || relid == CatalogKeysRelid())
+		cache_generation = 0;
+}
+
+} // namespace
+
+// Closes the token session when the backend exits.
+static void TokenExit(int, Datum)
+{
+	TokenShutdown();
+}
+
+void KeyCacheInit()
+{
+	if (initialized)
+		return;
+	on_proc_exit(TokenExit, (Datum)0);
+	RegisterXactCallback(XactCallback, nullptr);
+	RegisterSubXactCallback(SubXactCallback, nullptr);
+	CacheRegisterRelcacheCallback(RelcacheCallback, (Datum)0);
+	initialized = true;
+}
+
+void KeyCacheCatalogChanged()
+{
+	KeyCacheInit();
+	catalog_changed_in_xact = true;
+	cache_generation = 0;
+}
+
+const char *VersionStateName(VersionState state)
+{
+	switch (state)
+	{
+	case VersionState::Active:
+		return "active";
+	case VersionState::DecryptOnly:
+		return "decrypt_only";
+	case VersionState::Disabled:
+		return "disabled";
+	case VersionState::Retired:
+		return "retired";
+	case VersionState::Destroyed:
+		return "destroyed";
+	}
+	return "unknown";
+}
+
+VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name)
+{
+	Validate();
+	int name_len = VARSIZE_ANY_EXHDR(key_name);
+	const char *name = VARDATA_ANY(key_name);
+	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
+	VersionEntry *v;
+	if (likely(site && site->epoch == cache_epoch && site->name_len == name_len &&
+			   memcmp(site->name, name, name_len) == 0))
+		v = site->version;
+	else
+	{
+		if (name_len == 0 || name_len >= NAMEDATALEN)
+			ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
+							errmsg("key \"%s\" does not exist", text_to_cstring(key_name))));
+		char cname[NAMEDATALEN];
+		memcpy(cname, name, name_len);
+		cname[name_len] = '\0';
+		auto *key = static_cast<KeyEntry *>(hash_search(keys_by_name, cname, HASH_FIND, nullptr));
+		if (key == nullptr)
+			key = LoadKey(cname);
+		if (key == nullptr)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("key \"%s\" does not exist", cname)));
+		if (key->active_version == 0)
+			ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+							errmsg("key \"%s\" has no active version to encrypt with", cname)));
+		v = FindVersion(key->key_id, key->active_version);
+		if (v == nullptr || v->state != VersionState::Active)
+			ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+							errmsg("key \"%s\" has no active version to encrypt with", cname)));
+		CheckRole(v, v->encrypt_role, "encrypt");
+		EnsureMaterial(v);
+		if (v->counter == nullptr)
+			v->counter = CounterFor(v->key_id, v->version);
+		if (site == nullptr)
+			site = static_cast<CallSiteCache *>(
+				MemoryContextAllocZero(flinfo->fn_mcxt, sizeof(CallSiteCache)));
+		site->epoch = cache_epoch;
+		site->version = v;
+		site->name_len = name_len;
+		memcpy(site->name, name, name_len);
+		flinfo->fn_extra = site;
+		return v;
+	}
+	CheckRole(v, v->encrypt_role, "encrypt");
+	return v;
+}
+
+VersionEntry *KeyForDecrypt(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_t version)
+{
+	Validate();
+	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
+	VersionEntry *v;
+	if (likely(site && site->epoch == cache_epoch && site->version->key_id == key_id &&
+			   site->version->version == version))
+		v = site->version;
+	else
+	{
+		v = FindVersion(key_id, version);
+		if (v == nullptr)
+			ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
+							errmsg("key version %u of key id %u does not exist", version, key_id),
+							errdetail("The ciphertext was made under a key that is not in this "
+									  "database's pgkm catalog.")));
+		if (v->state != VersionState::Active && v->state != VersionState::DecryptOnly)
+			RefuseState(v, "decrypt");
+		CheckRole(v, v->decrypt_role, "decrypt");
+		EnsureMaterial(v);
+		if (site == nullptr)
+			site = static_cast<CallSiteCache *>(
+				MemoryContextAllocZero(flinfo->fn_mcxt, sizeof(CallSiteCache)));
+		site->epoch = cache_epoch;
+		site->version = v;
+		site->name_len = -1;
+		flinfo->fn_extra = site;
+		return v;
+	}
+	CheckRole(v, v->decrypt_role, "decrypt");
+	return v;
+}
+
+char *KeyNameForId(std::uint32_t key_id)
+{
+	static const char *sql = "SELECT name FROM pgkm.keys WHERE key_id OPERATOR(pg_catalog.=) $1";
+	Oid types[1] = {INT8OID};
+	Datum values[1] = {Int64GetDatum(key_id)};
+	MemoryContext caller = CurrentMemoryContext;
+	CatalogSession session;
+	CatalogOpen(&session);
+	char *name = nullptr;
+	if (CatalogExec(sql, 1, types, values, nullptr, SPI_OK_SELECT) == 1)
+	{
+		MemoryContext old = MemoryContextSwitchTo(caller);
+		name = CatalogText(0, 1);
+		MemoryContextSwitchTo(old);
+	}
+	CatalogClose(&session);
+	return name;
+}
+
+} // namespace pgkm::pg

@@ -1,0 +1,147 @@
+// The backend's connection to the master-key provider: created lazily after fork from the
+// pgkm.pkcs11_* settings, rebuilt when they change, closed when the backend exits.
+#include "pgkm/pg/token.hpp"
+
+#include "pgkm/core/error.hpp"
+#include "pgkm/core/secure_buffer.hpp"
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "pgkm/pg/guc.hpp"
+
+namespace pgkm::pg
+{
+
+namespace
+{
+
+std::unique_ptr<provider::Provider> token;
+provider::Pkcs11Config token_config;
+
+// Returns a setting's value, or throws a configuration error naming it.
+std::string RequiredSetting(const char *name, const char *value)
+{
+	if (value == nullptr || value[0] == '\0')
+		throw core::Error(core::ErrorKind::Configuration, std::string(name) + " is not set",
+						  {},
+						  "Set pgkm.pkcs11_module, pgkm.pkcs11_token_label and "
+						  "pgkm.pkcs11_pin_file in postgresql.conf.");
+	return value;
+}
+
+// Copies a string into a fixed buffer, refusing to truncate.
+void CopyLabel(char *dst, std::size_t size, const std::string &src)
+{
+	if (src.size() >= size)
+		throw core::Error(core::ErrorKind::InvalidArgument, "master key label is too long");
+	std::snprintf(dst, size, "%s", src.c_str());
+}
+
+} // namespace
+
+provider::Provider &Token()
+{
+	provider::Pkcs11Config wanted;
+	wanted.module_path = RequiredSetting("pgkm.pkcs11_module", guc_pkcs11_module);
+	wanted.token_label = RequiredSetting("pgkm.pkcs11_token_label", guc_pkcs11_token_label);
+	wanted.pin_file = RequiredSetting("pgkm.pkcs11_pin_file", guc_pkcs11_pin_file);
+	if (token && (wanted.module_path != token_config.module_path ||
+				  wanted.token_label != token_config.token_label ||
+				  wanted.pin_file != token_config.pin_file))
+		token.reset();
+	if (!token)
+	{
+		token = provider::MakePkcs11Provider(wanted);
+		token_config = wanted;
+	}
+	return *token;
+}
+
+void TokenShutdown() noexcept
+{
+	token.reset();
+}
+
+void FindOrGenerateMasterKey(const char *base_label, MasterKeyChoice *out)
+{
+	provider::Provider &p = Token();
+	auto newest = p.FindNewestMasterKey(base_label);
+	if (newest)
+	{
+		CopyLabel(out->label, sizeof(out->label), *newest);
+		out->generated = false;
+		return;
+	}
+	std::string label = std::string(base_label) + ".v1";
+	p.Generate(label);
+	CopyLabel(out->label, sizeof(out->label), label);
+	out->generated = true;
+}
+
+void RequireMasterKey(const char *label)
+{
+	Token().Describe(label);
+}
+
+void NewWrappedDek(const char *master_label, std::uint32_t key_id, std::uint32_t version,
+				   WrappedDek *out)
+{
+	provider::Provider &p = Token();
+	core::SecureBuffer dek = core::SecureBuffer::Random(core::kDekSize);
+	std::vector<std::uint8_t> wrapped = p.Wrap(master_label, dek.view());
+	if (wrapped.size() > sizeof(out->wrapped))
+		throw core::Error(core::ErrorKind::Internal, "wrapped key is longer than expected");
+	std::copy(wrapped.begin(), wrapped.end(), out->wrapped);
+	out->wrapped_len = wrapped.size();
+	auto check = core::KeyCheckValue(dek.view(), key_id, version);
+	std::copy(check.begin(), check.end(), out->check);
+	std::snprintf(out->mechanism, sizeof(out->mechanism), "%s", p.Mechanism().c_str());
+}
+
+core::KeyMaterial *UnwrapKeyMaterial(const char *master_label, const char *key_name,
+									 std::uint32_t key_id, std::uint32_t version,
+									 core::ByteView wrapped, core::ByteView check)
+{
+	core::SecureBuffer dek;
+	try
+	{
+		dek = Token().Unwrap(master_label, wrapped);
+	}
+	catch (const core::Error &error)
+	{
+		if (error.kind() != core::ErrorKind::WrongMasterKey)
+			throw;
+		char message[256];
+		std::snprintf(message, sizeof(message),
+					  "wrapped key of key \"%s\" version %u does not unwrap under master key \"%s\"",
+					  key_name, version, master_label);
+		throw core::Error(core::ErrorKind::WrongMasterKey, message, error.detail(),
+						  "The token holds a different master key under this label, or the "
+						  "wrapped key was altered.");
+	}
+	if (!core::VerifyKeyCheckValue(dek.view(), key_id, version, check))
+	{
+		char message[256];
+		std::snprintf(message, sizeof(message),
+					  "wrapped key of key \"%s\" version %u does not match its key check value",
+					  key_name, version);
+		throw core::Error(core::ErrorKind::WrongMasterKey, message,
+						  "The wrapped key belongs to another key version or another database, "
+						  "or master key \"" + std::string(master_label) + "\" is not the one that wrapped it.");
+	}
+	return new core::KeyMaterial(key_id, version, dek.view());
+}
+
+void DestroyKeyMaterial(core::KeyMaterial *material) noexcept
+{
+	delete material;
+}
+
+void CheckPinFile(const char *path)
+{
+	provider::ReadPinFile(path);
+}
+
+} // namespace pgkm::pg

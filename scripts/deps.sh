@@ -3,7 +3,7 @@
 set -euo pipefail
 
 packages=(
-	build-essential cmake clang
+	build-essential cmake clang clang-format
 	postgresql-15 postgresql-contrib postgresql-server-dev-15 libpq-dev libipc-run-perl
 	libssl-dev libp11-kit-dev softhsm2 opensc
 	googletest libgtest-dev nlohmann-json3-dev

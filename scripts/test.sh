@@ -11,6 +11,8 @@ echo "== build"
 scripts/build.sh || exit 1
 
 status=0
+echo "== format (clang-format)"
+scripts/format-check.sh || status=1
 echo "== unit tests (GoogleTest)"
 scripts/unit.sh 2>&1 | tee "$logs/unit" || status=1
 echo "== regression tests (pg_regress)"

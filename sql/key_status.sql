@@ -30,3 +30,20 @@ SELECT version, encryptions FROM pgkm.key_versions
 SELECT c.version, c.unflushed FROM pgkm.encryption_counts() c
 	JOIN pgkm.keys k USING (key_id) WHERE k.name = 'counted_key' ORDER BY 1;
 SELECT version, encryptions FROM pgkm.key_status WHERE key_name = 'counted_key' ORDER BY version;
+
+-- after DROP EXTENSION and CREATE EXTENSION, key ids start again; counts do not carry over
+SELECT count(pgkm_encrypt('x'::text, 'customer_pii')) FROM generate_series(1, 5);
+SELECT c.key_id, c.version, c.unflushed >= 5 AS unflushed FROM pgkm.encryption_counts() c
+	JOIN pgkm.keys k USING (key_id) WHERE k.name = 'customer_pii' AND c.unflushed > 0;
+DROP EXTENSION pgkm;
+CREATE EXTENSION pgkm;
+-- the master key is still in the token: it is adopted, not generated again
+SELECT pgkm.create_key('reborn') AS key_id;
+SELECT pgkm.rotate_key('reborn');
+SELECT pgkm.rotate_key('reborn');
+SELECT label, generated FROM pgkm.master_keys;
+SELECT key_name, key_id, version, encryptions FROM pgkm.key_status ORDER BY version;
+-- this backend's cache followed the new catalog; an old ciphertext of key id 1 version 1
+-- does not decrypt under the new key that has the same id
+SELECT pgkm_decrypt_text(pgkm_encrypt('fresh'::text, 'reborn'));
+SELECT pgkm_decrypt_text(ssn, id::text) FROM patients WHERE id = 7;

@@ -38,8 +38,8 @@ void Update(EVP_CIPHER_CTX *ctx, std::uint8_t *out, ByteView in)
 	{
 		const std::size_t chunk = std::min(in.size() - done, kMaxUpdate);
 		int written = 0;
-		if (EVP_CipherUpdate(ctx, out == nullptr ? nullptr : out + done, &written,
-							 in.data() + done, static_cast<int>(chunk)) != 1)
+		if (EVP_CipherUpdate(ctx, out == nullptr ? nullptr : out + done, &written, in.data() + done,
+							 static_cast<int>(chunk)) != 1)
 			ThrowOpenSsl(out == nullptr ? "additional data" : "update");
 		done += chunk;
 	}
@@ -174,8 +174,7 @@ void GcmCipher::Seal(const Header &header, std::span<const std::uint8_t, kGcmNon
 					 ByteView plaintext, ByteView context, std::span<std::uint8_t> out)
 {
 	if (header.format != kFormatV1 || header.algorithm != Algorithm::Aes256Gcm)
-		throw Error(ErrorKind::Internal,
-					"AES-256-GCM was asked to write a header of another kind");
+		throw Error(ErrorKind::Internal, "AES-256-GCM was asked to write a header of another kind");
 	if (plaintext.size() > SIZE_MAX - kGcmOverhead || out.size() != plaintext.size() + kGcmOverhead)
 		throw Error(ErrorKind::Internal, "AES-256-GCM output buffer has the wrong size");
 
@@ -201,10 +200,10 @@ void GcmCipher::Open(ByteView ciphertext, ByteView context, std::span<std::uint8
 	if (out.size() != body)
 		throw Error(ErrorKind::Internal, "AES-256-GCM output buffer has the wrong size");
 
-	const bool ok = detail::GcmOpenRaw(
-		dec_, ciphertext.subspan<kHeaderSize, kGcmNonceSize>(), ciphertext.first<kHeaderSize>(),
-		context, ciphertext.subspan(kHeaderSize + kGcmNonceSize, body),
-		ciphertext.last<kGcmTagSize>(), out);
+	const bool ok = detail::GcmOpenRaw(dec_, ciphertext.subspan<kHeaderSize, kGcmNonceSize>(),
+									   ciphertext.first<kHeaderSize>(), context,
+									   ciphertext.subspan(kHeaderSize + kGcmNonceSize, body),
+									   ciphertext.last<kGcmTagSize>(), out);
 	if (!ok)
 		throw Error(ErrorKind::AuthenticationFailed, "ciphertext authentication failed",
 					"The ciphertext was altered, or the context does not match the one used to "

@@ -58,10 +58,10 @@ const char *AlgorithmName(Algorithm algorithm) noexcept
 {
 	switch (algorithm)
 	{
-		case Algorithm::Aes256Gcm:
-			return "aes-256-gcm";
-		case Algorithm::Aes256Siv:
-			return "aes-256-siv";
+	case Algorithm::Aes256Gcm:
+		return "aes-256-gcm";
+	case Algorithm::Aes256Siv:
+		return "aes-256-siv";
 	}
 	return "unknown";
 }
@@ -71,10 +71,10 @@ std::size_t Overhead(Algorithm algorithm) noexcept
 {
 	switch (algorithm)
 	{
-		case Algorithm::Aes256Gcm:
-			return kGcmOverhead;
-		case Algorithm::Aes256Siv:
-			return kSivOverhead;
+	case Algorithm::Aes256Gcm:
+		return kGcmOverhead;
+	case Algorithm::Aes256Siv:
+		return kSivOverhead;
 	}
 	return 0;
 }
@@ -98,16 +98,15 @@ Header ParseHeader(ByteView ciphertext)
 	header.format = p[0];
 	switch (p[1])
 	{
-		case static_cast<std::uint8_t>(Algorithm::Aes256Gcm):
-			header.algorithm = Algorithm::Aes256Gcm;
-			break;
-		case static_cast<std::uint8_t>(Algorithm::Aes256Siv):
-			header.algorithm = Algorithm::Aes256Siv;
-			break;
-		default:
-			throw Error(ErrorKind::MalformedCiphertext,
-						"unknown ciphertext algorithm " + HexByte(p[1]),
-						"This value was not produced by pgkm, or by a newer version of it.");
+	case static_cast<std::uint8_t>(Algorithm::Aes256Gcm):
+		header.algorithm = Algorithm::Aes256Gcm;
+		break;
+	case static_cast<std::uint8_t>(Algorithm::Aes256Siv):
+		header.algorithm = Algorithm::Aes256Siv;
+		break;
+	default:
+		throw Error(ErrorKind::MalformedCiphertext, "unknown ciphertext algorithm " + HexByte(p[1]),
+					"This value was not produced by pgkm, or by a newer version of it.");
 	}
 
 	const std::size_t needed = Overhead(header.algorithm);

@@ -113,9 +113,9 @@ KeyMaterial::KeyMaterial(std::uint32_t key_id, std::uint32_t key_version, ByteVi
 	: key_id_(key_id), key_version_(key_version)
 {
 	if (dek.size() != kDekSize)
-		throw Error(ErrorKind::InvalidArgument,
-					"a data encryption key must be 32 bytes (key " + std::to_string(key_id) +
-						" version " + std::to_string(key_version) + ")");
+		throw Error(ErrorKind::InvalidArgument, "a data encryption key must be 32 bytes (key " +
+													std::to_string(key_id) + " version " +
+													std::to_string(key_version) + ")");
 	const SecureBuffer gcm_key = DeriveKey(dek, kLabelGcm, kGcmKeySize);
 	gcm_ = std::make_unique<GcmCipher>(gcm_key.view());
 }

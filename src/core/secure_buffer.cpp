@@ -41,8 +41,8 @@ SecureBuffer::SecureBuffer(std::size_t size)
 
 	const std::size_t page = PageSize();
 	if (size > SIZE_MAX - (page - 1))
-		throw Error(ErrorKind::Internal, "secure buffer of " + std::to_string(size) +
-											 " bytes is too large");
+		throw Error(ErrorKind::Internal,
+					"secure buffer of " + std::to_string(size) + " bytes is too large");
 	const std::size_t capacity = (size + page - 1) / page * page;
 
 	void *memory = nullptr;

@@ -9,7 +9,8 @@
 #include "pgkm/pg/key_cache.hpp"
 #include "pgkm/pg/shmem.hpp"
 
-extern "C" {
+extern "C"
+{
 #include "commands/trigger.h"
 #include "utils/regproc.h"
 }
@@ -40,17 +41,18 @@ void ValidateKeyName(const char *name)
 	for (size_t i = 1; ok && i < len; i++)
 		ok = isalnum((unsigned char)name[i]) || name[i] == '_' || name[i] == '.' || name[i] == '-';
 	if (!ok)
-		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						errmsg("invalid key name \"%s\"", name),
-						errdetail("A key name has 1 to 63 characters: a letter or underscore, "
-								  "then letters, digits, underscores, dots or hyphens.")));
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("invalid key name \"%s\"", name),
+				 errdetail("A key name has 1 to 63 characters: a letter or underscore, "
+						   "then letters, digits, underscores, dots or hyphens.")));
 }
 
 // Reads the non-null text argument arg or raises null_value_not_allowed.
 char *RequiredText(FunctionCallInfo fcinfo, int arg, const char *what)
 {
 	if (PG_ARGISNULL(arg))
-		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("%s must not be null", what)));
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("%s must not be null", what)));
 	return text_to_cstring(PG_GETARG_TEXT_PP(arg));
 }
 
@@ -58,8 +60,8 @@ char *RequiredText(FunctionCallInfo fcinfo, int arg, const char *what)
 // Runs inside a catalog session.
 MasterKeyRow ActiveMasterKey(const char *caller_name)
 {
-	static const char *select_sql =
-		"SELECT master_key_id, label FROM pgkm.master_keys WHERE state OPERATOR(pg_catalog.=) 'active'";
+	static const char *select_sql = "SELECT master_key_id, label FROM pgkm.master_keys WHERE state "
+									"OPERATOR(pg_catalog.=) 'active'";
 	MasterKeyRow row;
 	if (CatalogExec(select_sql, 0, nullptr, nullptr, nullptr, SPI_OK_SELECT) == 0)
 	{
@@ -86,8 +88,9 @@ MasterKeyRow ActiveMasterKey(const char *caller_name)
 	bool isnull;
 	row.id = DatumGetInt32(CatalogValue(0, 1, &isnull));
 	strlcpy(row.label, choice.label, sizeof(row.label));
-	ereport(LOG, (errmsg(choice.generated ? "pgkm: generated master key \"%s\" in PKCS#11 token \"%s\""
-										  : "pgkm: using master key \"%s\" found in PKCS#11 token \"%s\"",
+	ereport(LOG, (errmsg(choice.generated
+							 ? "pgkm: generated master key \"%s\" in PKCS#11 token \"%s\""
+							 : "pgkm: using master key \"%s\" found in PKCS#11 token \"%s\"",
 						 row.label, guc_pkcs11_token_label)));
 	return row;
 }
@@ -122,14 +125,15 @@ void StoreVersion(int64 key_id, int32 version, const NewVersion &v, const char *
 	memcpy(VARDATA(check), v.dek.check, sizeof(v.dek.check));
 
 	Oid types[7] = {INT8OID, INT4OID, BYTEAOID, BYTEAOID, INT4OID, TEXTOID, NAMEOID};
-	Datum values[7] = {Int64GetDatum(key_id),         Int32GetDatum(version),
-					   PointerGetDatum(wrapped),      PointerGetDatum(check),
+	Datum values[7] = {Int64GetDatum(key_id),          Int32GetDatum(version),
+					   PointerGetDatum(wrapped),       PointerGetDatum(check),
 					   Int32GetDatum(v.master_key_id), CStringGetTextDatum(v.dek.mechanism),
 					   CStringGetDatum(caller_name)};
 	CatalogExec("INSERT INTO pgkm.key_versions (key_id, version, state, wrapped_dek, key_check,"
 				" master_key_id, wrap_mechanism, created_by)"
 				" VALUES ($1, $2, 'active', $3, $4, $5, $6, $7)",
 				7, types, values, nullptr, SPI_OK_INSERT);
+	CounterReset((std::uint32_t)key_id, (std::uint32_t)version);
 }
 
 // Locks a key's row and returns its id and owner; raises undefined_object if absent.
@@ -140,7 +144,8 @@ int64 LockKey(const char *name, Oid *owner)
 	if (CatalogExec("SELECT key_id, owner::oid FROM pgkm.keys WHERE name OPERATOR(pg_catalog.=) $1"
 					" FOR UPDATE",
 					1, types, values, nullptr, SPI_OK_SELECT) != 1)
-		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("key \"%s\" does not exist", name)));
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("key \"%s\" does not exist", name)));
 	bool isnull;
 	*owner = DatumGetObjectId(CatalogValue(0, 2, &isnull));
 	return DatumGetInt64(CatalogValue(0, 1, &isnull));
@@ -151,8 +156,20 @@ void CheckKeyOwner(Oid caller, Oid owner, const char *name)
 {
 	if (superuser_arg(caller) || has_privs_of_role(caller, owner))
 		return;
-	ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					errmsg("must be owner of key \"%s\"", name)));
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("must be owner of key \"%s\"", name)));
+}
+
+// Opens a catalog session with the named key's row locked, after checking that the caller
+// is its owner (or has the owner's privileges, or is a superuser). Returns the key id.
+int64 OpenOwnedKey(const char *name, CatalogSession *session)
+{
+	Oid caller = GetUserId();
+	CatalogOpen(session);
+	Oid owner;
+	int64 key_id = LockKey(name, &owner);
+	CheckKeyOwner(caller, owner, name);
+	return key_id;
 }
 
 // Transaction callback: makes a flush's subtraction from shared memory final at commit.
@@ -171,19 +188,20 @@ void FlushXactCallback(XactEvent event, void *)
 
 } // namespace
 
-extern "C" {
-PG_FUNCTION_INFO_V1(pgkm_create_key);
-PG_FUNCTION_INFO_V1(pgkm_rotate_key);
-PG_FUNCTION_INFO_V1(pgkm_alter_key_roles);
-PG_FUNCTION_INFO_V1(pgkm_encryption_counts);
-PG_FUNCTION_INFO_V1(pgkm_flush_encryption_counts);
-PG_FUNCTION_INFO_V1(pgkm_catalog_changed);
-Datum pgkm_create_key(PG_FUNCTION_ARGS);
-Datum pgkm_rotate_key(PG_FUNCTION_ARGS);
-Datum pgkm_alter_key_roles(PG_FUNCTION_ARGS);
-Datum pgkm_encryption_counts(PG_FUNCTION_ARGS);
-Datum pgkm_flush_encryption_counts(PG_FUNCTION_ARGS);
-Datum pgkm_catalog_changed(PG_FUNCTION_ARGS);
+extern "C"
+{
+	PG_FUNCTION_INFO_V1(pgkm_create_key);
+	PG_FUNCTION_INFO_V1(pgkm_rotate_key);
+	PG_FUNCTION_INFO_V1(pgkm_alter_key_roles);
+	PG_FUNCTION_INFO_V1(pgkm_encryption_counts);
+	PG_FUNCTION_INFO_V1(pgkm_flush_encryption_counts);
+	PG_FUNCTION_INFO_V1(pgkm_catalog_changed);
+	Datum pgkm_create_key(PG_FUNCTION_ARGS);
+	Datum pgkm_rotate_key(PG_FUNCTION_ARGS);
+	Datum pgkm_alter_key_roles(PG_FUNCTION_ARGS);
+	Datum pgkm_encryption_counts(PG_FUNCTION_ARGS);
+	Datum pgkm_flush_encryption_counts(PG_FUNCTION_ARGS);
+	Datum pgkm_catalog_changed(PG_FUNCTION_ARGS);
 }
 
 // pgkm.create_key(name, encrypt_role, decrypt_role): a new key with version 1 active.
@@ -204,7 +222,8 @@ Datum pgkm_create_key(PG_FUNCTION_ARGS)
 	Datum name_value[1] = {CStringGetTextDatum(name)};
 	if (CatalogExec("SELECT 1 FROM pgkm.keys WHERE name OPERATOR(pg_catalog.=) $1", 1, name_type,
 					name_value, nullptr, SPI_OK_SELECT) != 0)
-		ereport(ERROR, (errcode(ERRCODE_DUPLICATE_OBJECT), errmsg("key \"%s\" already exists", name)));
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT), errmsg("key \"%s\" already exists", name)));
 	CatalogExec("SELECT pg_catalog.nextval('pgkm.keys_key_id_seq')", 0, nullptr, nullptr, nullptr,
 				SPI_OK_SELECT);
 	bool isnull;
@@ -214,13 +233,14 @@ Datum pgkm_create_key(PG_FUNCTION_ARGS)
 
 	NewVersion first = WrapNewVersion(key_id, 1, caller_name);
 	Oid types[6] = {INT8OID, TEXTOID, OIDOID, OIDOID, OIDOID, NAMEOID};
-	Datum values[6] = {Int64GetDatum(key_id),         CStringGetTextDatum(name),
+	Datum values[6] = {Int64GetDatum(key_id),          CStringGetTextDatum(name),
 					   ObjectIdGetDatum(caller),       ObjectIdGetDatum(encrypt_role),
 					   ObjectIdGetDatum(decrypt_role), CStringGetDatum(caller_name)};
-	CatalogExec("INSERT INTO pgkm.keys (key_id, name, owner, encrypt_role, decrypt_role, created_by)"
-				" VALUES ($1, $2, $3::pg_catalog.regrole, $4::pg_catalog.regrole,"
-				" $5::pg_catalog.regrole, $6)",
-				6, types, values, nullptr, SPI_OK_INSERT);
+	CatalogExec(
+		"INSERT INTO pgkm.keys (key_id, name, owner, encrypt_role, decrypt_role, created_by)"
+		" VALUES ($1, $2, $3::pg_catalog.regrole, $4::pg_catalog.regrole,"
+		" $5::pg_catalog.regrole, $6)",
+		6, types, values, nullptr, SPI_OK_INSERT);
 	StoreVersion(key_id, 1, first, caller_name);
 	CatalogClose(&session);
 	PG_RETURN_INT64(key_id);
@@ -232,14 +252,9 @@ Datum pgkm_rotate_key(PG_FUNCTION_ARGS)
 	RequireSharedMemory();
 	KeyCacheInit();
 	char *name = RequiredText(fcinfo, 0, "key name");
-	Oid caller = GetUserId();
-	char *caller_name = GetUserNameFromId(caller, false);
-
+	char *caller_name = GetUserNameFromId(GetUserId(), false);
 	CatalogSession session;
-	CatalogOpen(&session);
-	Oid owner;
-	int64 key_id = LockKey(name, &owner);
-	CheckKeyOwner(caller, owner, name);
+	int64 key_id = OpenOwnedKey(name, &session);
 	Oid types[1] = {INT8OID};
 	Datum values[1] = {Int64GetDatum(key_id)};
 	CatalogExec("SELECT pg_catalog.max(version) FROM pgkm.key_versions"
@@ -267,12 +282,8 @@ Datum pgkm_alter_key_roles(PG_FUNCTION_ARGS)
 	RequireSharedMemory();
 	KeyCacheInit();
 	char *name = RequiredText(fcinfo, 0, "key name");
-	Oid caller = GetUserId();
 	CatalogSession session;
-	CatalogOpen(&session);
-	Oid owner;
-	int64 key_id = LockKey(name, &owner);
-	CheckKeyOwner(caller, owner, name);
+	int64 key_id = OpenOwnedKey(name, &session);
 	Oid types[3] = {INT8OID, OIDOID, OIDOID};
 	Datum values[3] = {Int64GetDatum(key_id), PG_ARGISNULL(1) ? (Datum)0 : PG_GETARG_DATUM(1),
 					   PG_ARGISNULL(2) ? (Datum)0 : PG_GETARG_DATUM(2)};
@@ -296,7 +307,8 @@ Datum pgkm_encryption_counts(PG_FUNCTION_ARGS)
 	int n = CounterSnapshot(entries, kCounterSlots);
 	for (int i = 0; i < n; i++)
 	{
-		Datum values[3] = {Int64GetDatum(entries[i].key_id), Int32GetDatum((int32)entries[i].version),
+		Datum values[3] = {Int64GetDatum(entries[i].key_id),
+						   Int32GetDatum((int32)entries[i].version),
 						   Int64GetDatum((int64)entries[i].unflushed)};
 		bool nulls[3] = {false, false, false};
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
@@ -328,11 +340,13 @@ Datum pgkm_flush_encryption_counts(PG_FUNCTION_ARGS)
 		if (entries[i].unflushed == 0 || entries[i].version > PG_INT32_MAX)
 			continue;
 		Oid types[3] = {INT8OID, INT4OID, INT8OID};
-		Datum values[3] = {Int64GetDatum(entries[i].key_id), Int32GetDatum((int32)entries[i].version),
+		Datum values[3] = {Int64GetDatum(entries[i].key_id),
+						   Int32GetDatum((int32)entries[i].version),
 						   Int64GetDatum((int64)entries[i].unflushed)};
-		CatalogExec("UPDATE pgkm.key_versions SET encryptions = encryptions OPERATOR(pg_catalog.+) $3"
-					" WHERE key_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2",
-					3, types, values, nullptr, SPI_OK_UPDATE);
+		CatalogExec(
+			"UPDATE pgkm.key_versions SET encryptions = encryptions OPERATOR(pg_catalog.+) $3"
+			" WHERE key_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2",
+			3, types, values, nullptr, SPI_OK_UPDATE);
 		pending_flush[pending_flush_count++] = entries[i];
 		total += (int64)entries[i].unflushed;
 	}

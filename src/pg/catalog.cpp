@@ -2,7 +2,8 @@
 // applications need no table privileges and no object of theirs is ever resolved.
 #include "pgkm/pg/catalog.hpp"
 
-extern "C" {
+extern "C"
+{
 #include "catalog/pg_class.h"
 #include "utils/syscache.h"
 }
@@ -80,11 +81,6 @@ char *CatalogText(uint64 row, int col)
 Oid CatalogKeysRelid()
 {
 	return keys_relid;
-}
-
-Oid CallerRole()
-{
-	return GetUserId();
 }
 
 } // namespace pgkm::pg

@@ -63,7 +63,7 @@ bytea *Decrypt(FunctionCallInfo fcinfo, VersionEntry **used)
 	{
 		char message[sizeof(failure.message)];
 		snprintf(message, sizeof(message), "%s (key \"%s\" version %u)", failure.message,
-					  v->key_name, v->version);
+				 v->key_name, v->version);
 		snprintf(failure.message, sizeof(failure.message), "%s", message);
 		ReportFailure(failure);
 	}
@@ -73,15 +73,16 @@ bytea *Decrypt(FunctionCallInfo fcinfo, VersionEntry **used)
 
 } // namespace
 
-extern "C" {
-PG_FUNCTION_INFO_V1(pgkm_encrypt);
-PG_FUNCTION_INFO_V1(pgkm_decrypt);
-PG_FUNCTION_INFO_V1(pgkm_decrypt_text);
-PG_FUNCTION_INFO_V1(pgkm_ciphertext_info);
-Datum pgkm_encrypt(PG_FUNCTION_ARGS);
-Datum pgkm_decrypt(PG_FUNCTION_ARGS);
-Datum pgkm_decrypt_text(PG_FUNCTION_ARGS);
-Datum pgkm_ciphertext_info(PG_FUNCTION_ARGS);
+extern "C"
+{
+	PG_FUNCTION_INFO_V1(pgkm_encrypt);
+	PG_FUNCTION_INFO_V1(pgkm_decrypt);
+	PG_FUNCTION_INFO_V1(pgkm_decrypt_text);
+	PG_FUNCTION_INFO_V1(pgkm_ciphertext_info);
+	Datum pgkm_encrypt(PG_FUNCTION_ARGS);
+	Datum pgkm_decrypt(PG_FUNCTION_ARGS);
+	Datum pgkm_decrypt_text(PG_FUNCTION_ARGS);
+	Datum pgkm_ciphertext_info(PG_FUNCTION_ARGS);
 }
 
 // pgkm_encrypt(data, key_name, context): AES-256-GCM under the key's active version.
@@ -91,7 +92,8 @@ Datum pgkm_encrypt(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	if (PG_ARGISNULL(1))
-		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("key name must not be null")));
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("key name must not be null")));
 	bytea *data = PG_GETARG_BYTEA_PP(0);
 	text *key_name = PG_GETARG_TEXT_PP(1);
 	ByteView context = OptionalBytes(fcinfo, 2);
@@ -137,11 +139,12 @@ Datum pgkm_decrypt_text(PG_FUNCTION_ARGS)
 	VersionEntry *v;
 	bytea *plain = Decrypt(fcinfo, &v);
 	if (!pg_verifymbstr(VARDATA(plain), VARSIZE(plain) - VARHDRSZ, true))
-		ereport(ERROR,
-				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
-				 errmsg("decrypted value is not valid text in encoding \"%s\" (key \"%s\" version %u)",
-						GetDatabaseEncodingName(), v->key_name, v->version),
-				 errhint("Use pgkm_decrypt() to read the value as bytea.")));
+		ereport(
+			ERROR,
+			(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+			 errmsg("decrypted value is not valid text in encoding \"%s\" (key \"%s\" version %u)",
+					GetDatabaseEncodingName(), v->key_name, v->version),
+			 errhint("Use pgkm_decrypt() to read the value as bytea.")));
 	PG_RETURN_TEXT_P(plain);
 }
 

@@ -40,26 +40,29 @@ bool CheckMasterKeyLabel(char **newval, void **, GucSource)
 
 void GucInit()
 {
-	DefineCustomStringVariable("pgkm.pkcs11_module", "Path of the PKCS#11 module (.so) holding the master key.",
-							   nullptr, &guc_pkcs11_module, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY,
-							   nullptr, nullptr, nullptr);
-	DefineCustomStringVariable("pgkm.pkcs11_token_label", "Label of the PKCS#11 token holding the master key.",
-							   nullptr, &guc_pkcs11_token_label, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY,
-							   nullptr, nullptr, nullptr);
-	DefineCustomStringVariable("pgkm.pkcs11_pin_file",
-							   "File holding the token's user PIN; must be mode 0600 and owned by the server user.",
-							   nullptr, &guc_pkcs11_pin_file, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY,
-							   nullptr, nullptr, nullptr);
-	DefineCustomStringVariable("pgkm.master_key_label",
-							   "Base label of the master keys in the token; versions are <label>.v1, <label>.v2, ...",
-							   nullptr, &guc_master_key_label, "pgkm-master", PGC_SIGHUP,
-							   GUC_SUPERUSER_ONLY, CheckMasterKeyLabel, nullptr, nullptr);
-	DefineCustomIntVariable("pgkm.key_cache_ttl",
-							"How long a backend may keep unwrapped keys without re-reading the catalog.",
-							"Rotation and role changes through pgkm's functions take effect at once "
-							"regardless; this bounds what changes by other means.",
-							&guc_key_cache_ttl, kKeyCacheTtlDefault, kKeyCacheTtlMin, kKeyCacheTtlMax,
-							PGC_SIGHUP, GUC_UNIT_S, nullptr, nullptr, nullptr);
+	DefineCustomStringVariable(
+		"pgkm.pkcs11_module", "Path of the PKCS#11 module (.so) holding the master key.", nullptr,
+		&guc_pkcs11_module, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
+	DefineCustomStringVariable(
+		"pgkm.pkcs11_token_label", "Label of the PKCS#11 token holding the master key.", nullptr,
+		&guc_pkcs11_token_label, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
+	DefineCustomStringVariable(
+		"pgkm.pkcs11_pin_file",
+		"File holding the token's user PIN; must be mode 0600 and owned by the server user.",
+		nullptr, &guc_pkcs11_pin_file, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr,
+		nullptr);
+	DefineCustomStringVariable(
+		"pgkm.master_key_label",
+		"Base label of the master keys in the token; versions are <label>.v1, <label>.v2, ...",
+		nullptr, &guc_master_key_label, "pgkm-master", PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+		CheckMasterKeyLabel, nullptr, nullptr);
+	DefineCustomIntVariable(
+		"pgkm.key_cache_ttl",
+		"How long a backend may keep unwrapped keys without re-reading the catalog.",
+		"Rotation and role changes through pgkm's functions take effect at once "
+		"regardless; this bounds what changes by other means.",
+		&guc_key_cache_ttl, kKeyCacheTtlDefault, kKeyCacheTtlMin, kKeyCacheTtlMax, PGC_SIGHUP,
+		GUC_UNIT_S, nullptr, nullptr, nullptr);
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("pgkm");
 #else

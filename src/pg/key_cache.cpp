@@ -58,8 +58,8 @@ void Reset()
 		}
 	}
 	if (cache_context == nullptr)
-		cache_context = AllocSetContextCreate(TopMemoryContext, "pgkm key cache",
-											  ALLOCSET_SMALL_SIZES);
+		cache_context =
+			AllocSetContextCreate(TopMemoryContext, "pgkm key cache", ALLOCSET_SMALL_SIZES);
 	else
 		MemoryContextReset(cache_context);
 
@@ -73,8 +73,8 @@ void Reset()
 	ctl.keysize = sizeof(std::uint64_t);
 	ctl.entrysize = sizeof(VersionEntry);
 	ctl.hcxt = cache_context;
-	versions_by_id = hash_create("pgkm key versions", 64, &ctl,
-								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	versions_by_id =
+		hash_create("pgkm key versions", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	cache_epoch++;
 }
 
@@ -89,8 +89,8 @@ inline void Validate()
 	KeyCacheInit();
 	Reset();
 	cache_generation = generation;
-	cache_expires = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-												(int64)guc_key_cache_ttl * 1000);
+	cache_expires =
+		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), (int64)guc_key_cache_ttl * 1000);
 }
 
 // Parses a version state name from the catalog.
@@ -189,8 +189,8 @@ KeyEntry *LoadKey(const char *name)
 VersionEntry *FindVersion(std::uint32_t key_id, std::uint32_t version)
 {
 	std::uint64_t hash_key = (std::uint64_t)key_id << 32 | version;
-	auto *entry = static_cast<VersionEntry *>(
-		hash_search(versions_by_id, &hash_key, HASH_FIND, nullptr));
+	auto *entry =
+		static_cast<VersionEntry *>(hash_search(versions_by_id, &hash_key, HASH_FIND, nullptr));
 	return entry ? entry : LoadVersion(key_id, version);
 }
 
@@ -200,16 +200,16 @@ void EnsureMaterial(VersionEntry *v)
 	if (v->material)
 		return;
 	if (v->wrapped == nullptr || v->check == nullptr || v->master_label[0] == '\0')
-		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						errmsg("key \"%s\" version %u has no key material", v->key_name,
-							   v->version)));
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("key \"%s\" version %u has no key material", v->key_name, v->version)));
 	core::ByteView wrapped(reinterpret_cast<const std::uint8_t *>(VARDATA_ANY(v->wrapped)),
 						   VARSIZE_ANY_EXHDR(v->wrapped));
 	core::ByteView check(reinterpret_cast<const std::uint8_t *>(VARDATA_ANY(v->check)),
 						 VARSIZE_ANY_EXHDR(v->check));
 	core::KeyMaterial *material = nullptr;
-	PGKM_TOKEN_CALL(material = UnwrapKeyMaterial(v->master_label, v->key_name, v->key_id, v->version,
-										   wrapped, check));
+	PGKM_TOKEN_CALL(material = UnwrapKeyMaterial(v->master_label, v->key_name, v->key_id,
+												 v->version, wrapped, check));
 	v->material = material;
 	pfree(v->wrapped);
 	v->wrapped = nullptr;
@@ -338,8 +338,8 @@ VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name)
 		if (key == nullptr)
 			key = LoadKey(cname);
 		if (key == nullptr)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("key \"%s\" does not exist", cname)));
+			ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
+							errmsg("key \"%s\" does not exist", cname)));
 		if (key->active_version == 0)
 			ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 							errmsg("key \"%s\" has no active version to encrypt with", cname)));

@@ -6,9 +6,10 @@
 
 #include "pgkm/pg/postgres.hpp"
 
-extern "C" {
-PG_MODULE_MAGIC;
-void _PG_init(void);
+extern "C"
+{
+	PG_MODULE_MAGIC;
+	void _PG_init(void);
 }
 
 namespace

@@ -92,10 +92,12 @@ void RequireSharedMemory()
 {
 	if (likely(shared != nullptr))
 		return;
-	ereport(ERROR,
-			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-			 errmsg("pgkm must be loaded via shared_preload_libraries"),
-			 errhint("Add pgkm to shared_preload_libraries in postgresql.conf and restart the server.")));
+	ereport(
+		ERROR,
+		(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+		 errmsg("pgkm must be loaded via shared_preload_libraries"),
+		 errhint(
+			 "Add pgkm to shared_preload_libraries in postgresql.conf and restart the server.")));
 }
 
 std::uint64_t ReadGeneration()
@@ -140,9 +142,9 @@ CounterSlot *CounterFor(std::uint32_t key_id, std::uint32_t version)
 		warn = shared->warned_full = true;
 	LWLockRelease(shared->counter_lock);
 	if (warn)
-		ereport(WARNING,
-				(errmsg("pgkm: all %d encryption counter slots are in use", kCounterSlots),
-				 errdetail("Encryptions under further key versions are not counted until the server restarts.")));
+		ereport(WARNING, (errmsg("pgkm: all %d encryption counter slots are in use", kCounterSlots),
+						  errdetail("Encryptions under further key versions are not counted until "
+									"the server restarts.")));
 	return found;
 }
 
@@ -167,6 +169,21 @@ int CounterSnapshot(CounterEntry *out, int max)
 	}
 	LWLockRelease(shared->counter_lock);
 	return n;
+}
+
+void CounterReset(std::uint32_t key_id, std::uint32_t version)
+{
+	LWLockAcquire(shared->counter_lock, LW_SHARED);
+	for (int i = 0; i < shared->slots_used; i++)
+	{
+		CounterSlot *slot = &shared->slots[i];
+		if (slot->dbid == MyDatabaseId && slot->key_id == key_id && slot->version == version)
+		{
+			pg_atomic_write_u64(&slot->count, 0);
+			break;
+		}
+	}
+	LWLockRelease(shared->counter_lock);
 }
 
 void CounterSubtract(std::uint32_t key_id, std::uint32_t version, std::uint64_t n)

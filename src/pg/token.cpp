@@ -24,8 +24,7 @@ provider::Pkcs11Config token_config;
 std::string RequiredSetting(const char *name, const char *value)
 {
 	if (value == nullptr || value[0] == '\0')
-		throw core::Error(core::ErrorKind::Configuration, std::string(name) + " is not set",
-						  {},
+		throw core::Error(core::ErrorKind::Configuration, std::string(name) + " is not set", {},
 						  "Set pgkm.pkcs11_module, pgkm.pkcs11_token_label and "
 						  "pgkm.pkcs11_pin_file in postgresql.conf.");
 	return value;
@@ -114,9 +113,10 @@ core::KeyMaterial *UnwrapKeyMaterial(const char *master_label, const char *key_n
 		if (error.kind() != core::ErrorKind::WrongMasterKey)
 			throw;
 		char message[256];
-		std::snprintf(message, sizeof(message),
-					  "wrapped key of key \"%s\" version %u does not unwrap under master key \"%s\"",
-					  key_name, version, master_label);
+		std::snprintf(
+			message, sizeof(message),
+			"wrapped key of key \"%s\" version %u does not unwrap under master key \"%s\"",
+			key_name, version, master_label);
 		throw core::Error(core::ErrorKind::WrongMasterKey, message, error.detail(),
 						  "The token holds a different master key under this label, or the "
 						  "wrapped key was altered.");
@@ -129,7 +129,8 @@ core::KeyMaterial *UnwrapKeyMaterial(const char *master_label, const char *key_n
 					  key_name, version);
 		throw core::Error(core::ErrorKind::WrongMasterKey, message,
 						  "The wrapped key belongs to another key version or another database, "
-						  "or master key \"" + std::string(master_label) + "\" is not the one that wrapped it.");
+						  "or master key \"" +
+							  std::string(master_label) + "\" is not the one that wrapped it.");
 	}
 	return new core::KeyMaterial(key_id, version, dek.view());
 }

@@ -18,7 +18,11 @@ struct CkrEntry
 	const char *name;
 };
 
-#define PGKM_CKR(name) CkrEntry{name, #name}
+#define PGKM_CKR(name)                                                                             \
+	CkrEntry                                                                                       \
+	{                                                                                              \
+		name, #name                                                                                \
+	}
 
 // Every return value defined by the PKCS#11 2.40 header of p11-kit.
 constexpr std::array kCkrNames = {

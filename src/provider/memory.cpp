@@ -37,7 +37,7 @@ CipherContext WrapContext(const core::SecureBuffer &key, bool encrypt)
 		throw Error(ErrorKind::Internal, "could not allocate a cipher context");
 	EVP_CIPHER_CTX_set_flags(context.get(), EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
 	if (EVP_CipherInit_ex(context.get(), EVP_aes_256_wrap(), nullptr, key.data(), nullptr,
-	                      encrypt ? 1 : 0) != 1)
+						  encrypt ? 1 : 0) != 1)
 		throw Error(ErrorKind::Internal, "could not set up AES key wrap");
 	return context;
 }
@@ -45,7 +45,7 @@ CipherContext WrapContext(const core::SecureBuffer &key, bool encrypt)
 // Master keys as random bytes in locked memory, by label. Not thread-safe.
 class MemoryProvider final : public Provider
 {
-public:
+  public:
 	std::string Mechanism() const override;
 	std::optional<std::string> FindNewestMasterKey(const std::string &base_label) override;
 	void Generate(const std::string &label) override;
@@ -53,7 +53,7 @@ public:
 	core::SecureBuffer Unwrap(const std::string &master_label, ByteView wrapped) override;
 	MasterKeyInfo Describe(const std::string &master_label) override;
 
-private:
+  private:
 	const core::SecureBuffer &Key(const std::string &label) const;
 
 	std::map<std::string, core::SecureBuffer> keys_;
@@ -101,8 +101,8 @@ std::vector<std::uint8_t> MemoryProvider::Wrap(const std::string &master_label, 
 	std::vector<std::uint8_t> wrapped(kWrappedSize);
 	int length = 0;
 	if (EVP_CipherUpdate(context.get(), wrapped.data(), &length, dek.data(),
-	                     static_cast<int>(dek.size())) != 1 ||
-	    static_cast<std::size_t>(length) != kWrappedSize)
+						 static_cast<int>(dek.size())) != 1 ||
+		static_cast<std::size_t>(length) != kWrappedSize)
 		throw Error(ErrorKind::Internal, "AES key wrap failed");
 	return wrapped;
 }
@@ -112,17 +112,17 @@ core::SecureBuffer MemoryProvider::Unwrap(const std::string &master_label, ByteV
 {
 	if (wrapped.size() != kWrappedSize)
 		throw Error(ErrorKind::WrongMasterKey, "wrapped key has the wrong length",
-		            "expected " + std::to_string(kWrappedSize) + " bytes, got " +
-		                std::to_string(wrapped.size()));
+					"expected " + std::to_string(kWrappedSize) + " bytes, got " +
+						std::to_string(wrapped.size()));
 	CipherContext context = WrapContext(Key(master_label), false);
 	core::SecureBuffer dek(kDekSize);
 	int length = 0;
 	if (EVP_CipherUpdate(context.get(), dek.data(), &length, wrapped.data(),
-	                     static_cast<int>(wrapped.size())) != 1 ||
-	    static_cast<std::size_t>(length) != kDekSize)
+						 static_cast<int>(wrapped.size())) != 1 ||
+		static_cast<std::size_t>(length) != kDekSize)
 		throw Error(ErrorKind::WrongMasterKey,
-		            "wrapped key does not unwrap under master key \"" + master_label + "\"",
-		            "AES key wrap integrity check failed");
+					"wrapped key does not unwrap under master key \"" + master_label + "\"",
+					"AES key wrap integrity check failed");
 	return dek;
 }
 

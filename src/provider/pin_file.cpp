@@ -24,7 +24,7 @@ constexpr const char *kPermissionHint =
 // Closes a file descriptor when the reading scope ends, whatever way it ends.
 class FdGuard
 {
-public:
+  public:
 	explicit FdGuard(int fd) noexcept : fd_(fd) {}
 	~FdGuard()
 	{
@@ -36,7 +36,7 @@ public:
 
 	int get() const noexcept { return fd_; }
 
-private:
+  private:
 	int fd_;
 };
 
@@ -50,14 +50,14 @@ std::string Quoted(const std::string &path)
 Error SystemError(const std::string &what, const std::string &path, int error_number)
 {
 	return Error(ErrorKind::Configuration, "could not " + what + " PIN file " + Quoted(path) +
-	                                           ": " + std::strerror(error_number));
+											   ": " + std::strerror(error_number));
 }
 
 // Builds the error for a file over the size limit.
 Error TooLarge(const std::string &path)
 {
 	return Error(ErrorKind::Configuration, "PIN file " + Quoted(path) + " is larger than " +
-	                                           std::to_string(kMaxPinFileSize) + " bytes");
+											   std::to_string(kMaxPinFileSize) + " bytes");
 }
 
 } // namespace
@@ -72,8 +72,8 @@ core::SecureBuffer ReadPinFile(const std::string &path)
 		const int error_number = errno;
 		if (error_number == ELOOP)
 			throw Error(ErrorKind::Configuration,
-			            "PIN file " + Quoted(path) + " must not be a symbolic link", {},
-			            "Point the setting at the file itself.");
+						"PIN file " + Quoted(path) + " must not be a symbolic link", {},
+						"Point the setting at the file itself.");
 		throw SystemError("open", path, error_number);
 	}
 	FdGuard guard(fd);
@@ -83,12 +83,12 @@ core::SecureBuffer ReadPinFile(const std::string &path)
 		throw SystemError("stat", path, errno);
 	if (!S_ISREG(status.st_mode))
 		throw Error(ErrorKind::Configuration,
-		            "PIN file " + Quoted(path) + " is not a regular file");
+					"PIN file " + Quoted(path) + " is not a regular file");
 	if (status.st_uid != geteuid() || (status.st_mode & 077) != 0)
 		throw Error(ErrorKind::Configuration,
-		            "PIN file " + Quoted(path) + " must be owned by the server's OS user" +
-		                " and have no group or world permissions",
-		            {}, kPermissionHint);
+					"PIN file " + Quoted(path) + " must be owned by the server's OS user" +
+						" and have no group or world permissions",
+					{}, kPermissionHint);
 	if (static_cast<std::size_t>(status.st_size) > kMaxPinFileSize)
 		throw TooLarge(path);
 

@@ -55,7 +55,7 @@ CK_ATTRIBUTE Attribute(CK_ATTRIBUTE_TYPE type, const void *value, CK_ULONG lengt
 // Destroys a session object (a DEK copy inside the token) whatever way the scope ends.
 class ObjectGuard
 {
-public:
+  public:
 	ObjectGuard(CK_FUNCTION_LIST *functions, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object)
 		: functions_(functions), session_(session), object_(object)
 	{
@@ -64,7 +64,7 @@ public:
 	ObjectGuard(const ObjectGuard &) = delete;
 	ObjectGuard &operator=(const ObjectGuard &) = delete;
 
-private:
+  private:
 	CK_FUNCTION_LIST *functions_;
 	CK_SESSION_HANDLE session_;
 	CK_OBJECT_HANDLE object_;
@@ -73,7 +73,7 @@ private:
 // Ends a C_FindObjects search whatever way the scope ends, so the session stays usable.
 class FindGuard
 {
-public:
+  public:
 	FindGuard(CK_FUNCTION_LIST *functions, CK_SESSION_HANDLE session)
 		: functions_(functions), session_(session)
 	{
@@ -82,7 +82,7 @@ public:
 	FindGuard(const FindGuard &) = delete;
 	FindGuard &operator=(const FindGuard &) = delete;
 
-private:
+  private:
 	CK_FUNCTION_LIST *functions_;
 	CK_SESSION_HANDLE session_;
 };
@@ -91,7 +91,7 @@ private:
 // thread-safe: an object serves one thread (a backend) at a time.
 class Pkcs11Provider final : public Provider
 {
-public:
+  public:
 	explicit Pkcs11Provider(Pkcs11Config config) : config_(std::move(config)) {}
 	~Pkcs11Provider() override;
 	Pkcs11Provider(const Pkcs11Provider &) = delete;
@@ -104,9 +104,8 @@ public:
 	core::SecureBuffer Unwrap(const std::string &master_label, ByteView wrapped) override;
 	MasterKeyInfo Describe(const std::string &master_label) override;
 
-private:
-	template <typename Operation>
-	auto WithSession(Operation &&operation) -> decltype(operation());
+  private:
+	template <typename Operation> auto WithSession(Operation &&operation) -> decltype(operation());
 	void EnsureConnected();
 	void Connect();
 	void Disconnect(bool logout) noexcept;
@@ -189,9 +188,9 @@ void Pkcs11Provider::Connect()
 	const CK_SLOT_ID slot = FindSlot();
 	CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
 	Check(functions_->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr,
-	                                &session),
-	      "C_OpenSession", ErrorKind::TokenUnavailable,
-	      "could not open a session on PKCS#11 token " + Token());
+									&session),
+		  "C_OpenSession", ErrorKind::TokenUnavailable,
+		  "could not open a session on PKCS#11 token " + Token());
 	session_ = session;
 	connected_ = true;
 	try
@@ -228,7 +227,7 @@ CK_SLOT_ID Pkcs11Provider::FindSlot()
 	{
 		CK_ULONG count = 0;
 		Check(functions_->C_GetSlotList(CK_TRUE, nullptr, &count), "C_GetSlotList",
-		      ErrorKind::TokenUnavailable, "could not list PKCS#11 slots");
+			  ErrorKind::TokenUnavailable, "could not list PKCS#11 slots");
 		slots.resize(count);
 		if (count == 0)
 			break;
@@ -257,8 +256,8 @@ CK_SLOT_ID Pkcs11Provider::FindSlot()
 		{
 			if (match)
 				throw Error(ErrorKind::TokenUnavailable,
-				            "more than one PKCS#11 token is labelled " + Token(), {},
-				            "Give each token a distinct label.");
+							"more than one PKCS#11 token is labelled " + Token(), {},
+							"Give each token a distinct label.");
 			match = slot;
 		}
 		std::string label(reinterpret_cast<const char *>(info.label), kTokenLabelSize);
@@ -267,8 +266,8 @@ CK_SLOT_ID Pkcs11Provider::FindSlot()
 	}
 	if (!match)
 		throw Error(ErrorKind::TokenUnavailable, "PKCS#11 token " + Token() + " not found",
-		            std::to_string(slots.size()) + " token(s) present" +
-		                (seen.empty() ? std::string() : ": " + seen));
+					std::to_string(slots.size()) + " token(s) present" +
+						(seen.empty() ? std::string() : ": " + seen));
 	return *match;
 }
 
@@ -283,12 +282,11 @@ void Pkcs11Provider::Login()
 	if (rv == CKR_USER_ALREADY_LOGGED_IN)
 		return;
 	if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED || rv == CKR_PIN_EXPIRED ||
-	    rv == CKR_PIN_LEN_RANGE || rv == CKR_PIN_INVALID)
-		throw Error(ErrorKind::TokenUnavailable,
-		            "could not log in to PKCS#11 token " + Token(), Detail("C_Login", rv),
-		            "Check the PIN file against the token's user PIN.");
+		rv == CKR_PIN_LEN_RANGE || rv == CKR_PIN_INVALID)
+		throw Error(ErrorKind::TokenUnavailable, "could not log in to PKCS#11 token " + Token(),
+					Detail("C_Login", rv), "Check the PIN file against the token's user PIN.");
 	Check(rv, "C_Login", ErrorKind::TokenUnavailable,
-	      "could not log in to PKCS#11 token " + Token());
+		  "could not log in to PKCS#11 token " + Token());
 }
 
 // Collects the handles of every object matching the template.
@@ -296,7 +294,7 @@ std::vector<CK_OBJECT_HANDLE> Pkcs11Provider::FindObjects(CK_ATTRIBUTE *search, 
 {
 	const std::string message = "could not search PKCS#11 token " + Token();
 	Check(functions_->C_FindObjectsInit(session_, search, count), "C_FindObjectsInit",
-	      ErrorKind::TokenUnavailable, message);
+		  ErrorKind::TokenUnavailable, message);
 	FindGuard guard(functions_, session_);
 	std::vector<CK_OBJECT_HANDLE> objects;
 	for (;;)
@@ -304,7 +302,7 @@ std::vector<CK_OBJECT_HANDLE> Pkcs11Provider::FindObjects(CK_ATTRIBUTE *search, 
 		std::array<CK_OBJECT_HANDLE, kFindBatch> batch;
 		CK_ULONG found = 0;
 		Check(functions_->C_FindObjects(session_, batch.data(), batch.size(), &found),
-		      "C_FindObjects", ErrorKind::TokenUnavailable, message);
+			  "C_FindObjects", ErrorKind::TokenUnavailable, message);
 		if (found == 0)
 			break;
 		objects.insert(objects.end(), batch.begin(), batch.begin() + found);
@@ -329,9 +327,9 @@ std::optional<CK_OBJECT_HANDLE> Pkcs11Provider::FindKey(const std::string &label
 		return std::nullopt;
 	if (objects.size() > 1)
 		throw Error(ErrorKind::TokenUnavailable,
-		            "PKCS#11 token " + Token() + " holds " + std::to_string(objects.size()) +
-		                " secret keys labelled \"" + label + "\"",
-		            {}, "A master key label must name exactly one key.");
+					"PKCS#11 token " + Token() + " holds " + std::to_string(objects.size()) +
+						" secret keys labelled \"" + label + "\"",
+					{}, "A master key label must name exactly one key.");
 	keys_.emplace(label, objects.front());
 	return objects.front();
 }
@@ -342,7 +340,7 @@ CK_OBJECT_HANDLE Pkcs11Provider::RequireKey(const std::string &label)
 	const std::optional<CK_OBJECT_HANDLE> key = FindKey(label);
 	if (!key)
 		throw Error(ErrorKind::UnknownKey,
-		            "master key \"" + label + "\" not found in PKCS#11 token " + Token());
+					"master key \"" + label + "\" not found in PKCS#11 token " + Token());
 	return *key;
 }
 
@@ -374,25 +372,27 @@ std::string Pkcs11Provider::Token() const
 // Reads the label of every secret key and keeps the highest "<base>.vN".
 std::optional<std::string> Pkcs11Provider::FindNewestMasterKey(const std::string &base_label)
 {
-	return WithSession([&]() -> std::optional<std::string> {
-		CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
-		std::array search = {Attribute(CKA_CLASS, &key_class, sizeof key_class)};
-		std::optional<std::string> newest;
-		std::uint64_t newest_version = 0;
-		for (const CK_OBJECT_HANDLE object : FindObjects(search.data(), search.size()))
+	return WithSession(
+		[&]() -> std::optional<std::string>
 		{
-			std::optional<std::string> label = ReadLabel(object);
-			if (!label)
-				continue;
-			const auto version = MasterKeyVersion(base_label, *label);
-			if (version && *version > newest_version)
+			CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+			std::array search = {Attribute(CKA_CLASS, &key_class, sizeof key_class)};
+			std::optional<std::string> newest;
+			std::uint64_t newest_version = 0;
+			for (const CK_OBJECT_HANDLE object : FindObjects(search.data(), search.size()))
 			{
-				newest_version = *version;
-				newest = std::move(label);
+				std::optional<std::string> label = ReadLabel(object);
+				if (!label)
+					continue;
+				const auto version = MasterKeyVersion(base_label, *label);
+				if (version && *version > newest_version)
+				{
+					newest_version = *version;
+					newest = std::move(label);
+				}
 			}
-		}
-		return newest;
-	});
+			return newest;
+		});
 }
 
 // Generates the key inside the token: persistent, private, sensitive, never extractable,
@@ -401,38 +401,41 @@ void Pkcs11Provider::Generate(const std::string &label)
 {
 	if (label.empty())
 		throw Error(ErrorKind::InvalidArgument, "master key label must not be empty");
-	WithSession([&] {
-		if (FindKey(label))
-			throw Error(ErrorKind::InvalidArgument,
-			            "master key \"" + label + "\" already exists in PKCS#11 token " + Token());
-		CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
-		CK_KEY_TYPE key_type = CKK_AES;
-		CK_ULONG value_len = kMasterKeySize;
-		CK_BBOOL yes = CK_TRUE;
-		CK_BBOOL no = CK_FALSE;
-		std::array key_template = {
-			Attribute(CKA_CLASS, &key_class, sizeof key_class),
-			Attribute(CKA_KEY_TYPE, &key_type, sizeof key_type),
-			Attribute(CKA_VALUE_LEN, &value_len, sizeof value_len),
-			Attribute(CKA_TOKEN, &yes, sizeof yes),
-			Attribute(CKA_PRIVATE, &yes, sizeof yes),
-			Attribute(CKA_SENSITIVE, &yes, sizeof yes),
-			Attribute(CKA_EXTRACTABLE, &no, sizeof no),
-			Attribute(CKA_WRAP, &yes, sizeof yes),
-			Attribute(CKA_UNWRAP, &yes, sizeof yes),
-			Attribute(CKA_ENCRYPT, &no, sizeof no),
-			Attribute(CKA_DECRYPT, &no, sizeof no),
-			Attribute(CKA_LABEL, label.data(), label.size()),
-			Attribute(CKA_ID, label.data(), label.size()),
-		};
-		CK_MECHANISM mechanism{CKM_AES_KEY_GEN, nullptr, 0};
-		CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
-		Check(functions_->C_GenerateKey(session_, &mechanism, key_template.data(),
-		                                key_template.size(), &key),
-		      "C_GenerateKey", ErrorKind::TokenUnavailable,
-		      "could not generate master key \"" + label + "\" in PKCS#11 token " + Token());
-		keys_.emplace(label, key);
-	});
+	WithSession(
+		[&]
+		{
+			if (FindKey(label))
+				throw Error(ErrorKind::InvalidArgument, "master key \"" + label +
+															"\" already exists in PKCS#11 token " +
+															Token());
+			CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+			CK_KEY_TYPE key_type = CKK_AES;
+			CK_ULONG value_len = kMasterKeySize;
+			CK_BBOOL yes = CK_TRUE;
+			CK_BBOOL no = CK_FALSE;
+			std::array key_template = {
+				Attribute(CKA_CLASS, &key_class, sizeof key_class),
+				Attribute(CKA_KEY_TYPE, &key_type, sizeof key_type),
+				Attribute(CKA_VALUE_LEN, &value_len, sizeof value_len),
+				Attribute(CKA_TOKEN, &yes, sizeof yes),
+				Attribute(CKA_PRIVATE, &yes, sizeof yes),
+				Attribute(CKA_SENSITIVE, &yes, sizeof yes),
+				Attribute(CKA_EXTRACTABLE, &no, sizeof no),
+				Attribute(CKA_WRAP, &yes, sizeof yes),
+				Attribute(CKA_UNWRAP, &yes, sizeof yes),
+				Attribute(CKA_ENCRYPT, &no, sizeof no),
+				Attribute(CKA_DECRYPT, &no, sizeof no),
+				Attribute(CKA_LABEL, label.data(), label.size()),
+				Attribute(CKA_ID, label.data(), label.size()),
+			};
+			CK_MECHANISM mechanism{CKM_AES_KEY_GEN, nullptr, 0};
+			CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+			Check(functions_->C_GenerateKey(session_, &mechanism, key_template.data(),
+											key_template.size(), &key),
+				  "C_GenerateKey", ErrorKind::TokenUnavailable,
+				  "could not generate master key \"" + label + "\" in PKCS#11 token " + Token());
+			keys_.emplace(label, key);
+		});
 }
 
 // Loads the DEK as a short-lived session object and wraps it under the master key.
@@ -440,44 +443,46 @@ std::vector<std::uint8_t> Pkcs11Provider::Wrap(const std::string &master_label, 
 {
 	if (dek.size() != kDekSize)
 		throw Error(ErrorKind::InvalidArgument, "a data encryption key must be 32 bytes");
-	return WithSession([&] {
-		const CK_OBJECT_HANDLE master = RequireKey(master_label);
-		CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
-		CK_KEY_TYPE key_type = CKK_AES;
-		CK_BBOOL yes = CK_TRUE;
-		CK_BBOOL no = CK_FALSE;
-		std::array dek_template = {
-			Attribute(CKA_CLASS, &key_class, sizeof key_class),
-			Attribute(CKA_KEY_TYPE, &key_type, sizeof key_type),
-			Attribute(CKA_VALUE, dek.data(), dek.size()),
-			Attribute(CKA_TOKEN, &no, sizeof no),
-			Attribute(CKA_PRIVATE, &yes, sizeof yes),
-			Attribute(CKA_EXTRACTABLE, &yes, sizeof yes),
-			Attribute(CKA_SENSITIVE, &no, sizeof no),
-		};
-		const std::string message =
-			"could not wrap a data encryption key under master key \"" + master_label + "\"";
-		CK_OBJECT_HANDLE dek_object = CK_INVALID_HANDLE;
-		Check(functions_->C_CreateObject(session_, dek_template.data(), dek_template.size(),
-		                                 &dek_object),
-		      "C_CreateObject", ErrorKind::TokenUnavailable, message);
-		ObjectGuard guard(functions_, session_, dek_object);
+	return WithSession(
+		[&]
+		{
+			const CK_OBJECT_HANDLE master = RequireKey(master_label);
+			CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+			CK_KEY_TYPE key_type = CKK_AES;
+			CK_BBOOL yes = CK_TRUE;
+			CK_BBOOL no = CK_FALSE;
+			std::array dek_template = {
+				Attribute(CKA_CLASS, &key_class, sizeof key_class),
+				Attribute(CKA_KEY_TYPE, &key_type, sizeof key_type),
+				Attribute(CKA_VALUE, dek.data(), dek.size()),
+				Attribute(CKA_TOKEN, &no, sizeof no),
+				Attribute(CKA_PRIVATE, &yes, sizeof yes),
+				Attribute(CKA_EXTRACTABLE, &yes, sizeof yes),
+				Attribute(CKA_SENSITIVE, &no, sizeof no),
+			};
+			const std::string message =
+				"could not wrap a data encryption key under master key \"" + master_label + "\"";
+			CK_OBJECT_HANDLE dek_object = CK_INVALID_HANDLE;
+			Check(functions_->C_CreateObject(session_, dek_template.data(), dek_template.size(),
+											 &dek_object),
+				  "C_CreateObject", ErrorKind::TokenUnavailable, message);
+			ObjectGuard guard(functions_, session_, dek_object);
 
-		CK_MECHANISM mechanism{CKM_AES_KEY_WRAP, nullptr, 0};
-		CK_ULONG length = 0;
-		Check(functions_->C_WrapKey(session_, &mechanism, master, dek_object, nullptr, &length),
-		      "C_WrapKey", ErrorKind::TokenUnavailable, message);
-		std::vector<std::uint8_t> wrapped(length);
-		Check(functions_->C_WrapKey(session_, &mechanism, master, dek_object, wrapped.data(),
-		                            &length),
-		      "C_WrapKey", ErrorKind::TokenUnavailable, message);
-		if (length != kWrappedSize)
-			throw Error(ErrorKind::Internal, message,
-			            "C_WrapKey returned " + std::to_string(length) + " bytes, expected " +
-			                std::to_string(kWrappedSize));
-		wrapped.resize(length);
-		return wrapped;
-	});
+			CK_MECHANISM mechanism{CKM_AES_KEY_WRAP, nullptr, 0};
+			CK_ULONG length = 0;
+			Check(functions_->C_WrapKey(session_, &mechanism, master, dek_object, nullptr, &length),
+				  "C_WrapKey", ErrorKind::TokenUnavailable, message);
+			std::vector<std::uint8_t> wrapped(length);
+			Check(functions_->C_WrapKey(session_, &mechanism, master, dek_object, wrapped.data(),
+										&length),
+				  "C_WrapKey", ErrorKind::TokenUnavailable, message);
+			if (length != kWrappedSize)
+				throw Error(ErrorKind::Internal, message,
+							"C_WrapKey returned " + std::to_string(length) + " bytes, expected " +
+								std::to_string(kWrappedSize));
+			wrapped.resize(length);
+			return wrapped;
+		});
 }
 
 // Unwraps into a short-lived session object, copies its value into locked memory, and
@@ -486,84 +491,86 @@ core::SecureBuffer Pkcs11Provider::Unwrap(const std::string &master_label, ByteV
 {
 	if (wrapped.size() != kWrappedSize)
 		throw Error(ErrorKind::WrongMasterKey, "wrapped key has the wrong length",
-		            "expected " + std::to_string(kWrappedSize) + " bytes, got " +
-		                std::to_string(wrapped.size()));
-	return WithSession([&] {
-		const CK_OBJECT_HANDLE master = RequireKey(master_label);
-		CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
-		CK_KEY_TYPE key_type = CKK_AES;
-		CK_BBOOL yes = CK_TRUE;
-		CK_BBOOL no = CK_FALSE;
-		std::array dek_template = {
-			Attribute(CKA_CLASS, &key_class, sizeof key_class),
-			Attribute(CKA_KEY_TYPE, &key_type, sizeof key_type),
-			Attribute(CKA_TOKEN, &no, sizeof no),
-			Attribute(CKA_PRIVATE, &yes, sizeof yes),
-			Attribute(CKA_SENSITIVE, &no, sizeof no),
-			Attribute(CKA_EXTRACTABLE, &yes, sizeof yes),
-		};
-		const std::string message =
-			"could not unwrap a data encryption key under master key \"" + master_label + "\"";
-		CK_MECHANISM mechanism{CKM_AES_KEY_WRAP, nullptr, 0};
-		CK_OBJECT_HANDLE dek_object = CK_INVALID_HANDLE;
-		const CK_RV rv = functions_->C_UnwrapKey(session_, &mechanism, master,
-		                                         const_cast<std::uint8_t *>(wrapped.data()),
-		                                         wrapped.size(), dek_template.data(),
-		                                         dek_template.size(), &dek_object);
-		if (IsIntegrityFailure(rv))
-			throw Error(ErrorKind::WrongMasterKey,
-			            "wrapped key does not unwrap under master key \"" + master_label + "\"",
-			            Detail("C_UnwrapKey", rv));
-		Check(rv, "C_UnwrapKey", ErrorKind::TokenUnavailable, message);
-		ObjectGuard guard(functions_, session_, dek_object);
+					"expected " + std::to_string(kWrappedSize) + " bytes, got " +
+						std::to_string(wrapped.size()));
+	return WithSession(
+		[&]
+		{
+			const CK_OBJECT_HANDLE master = RequireKey(master_label);
+			CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+			CK_KEY_TYPE key_type = CKK_AES;
+			CK_BBOOL yes = CK_TRUE;
+			CK_BBOOL no = CK_FALSE;
+			std::array dek_template = {
+				Attribute(CKA_CLASS, &key_class, sizeof key_class),
+				Attribute(CKA_KEY_TYPE, &key_type, sizeof key_type),
+				Attribute(CKA_TOKEN, &no, sizeof no),
+				Attribute(CKA_PRIVATE, &yes, sizeof yes),
+				Attribute(CKA_SENSITIVE, &no, sizeof no),
+				Attribute(CKA_EXTRACTABLE, &yes, sizeof yes),
+			};
+			const std::string message =
+				"could not unwrap a data encryption key under master key \"" + master_label + "\"";
+			CK_MECHANISM mechanism{CKM_AES_KEY_WRAP, nullptr, 0};
+			CK_OBJECT_HANDLE dek_object = CK_INVALID_HANDLE;
+			const CK_RV rv = functions_->C_UnwrapKey(
+				session_, &mechanism, master, const_cast<std::uint8_t *>(wrapped.data()),
+				wrapped.size(), dek_template.data(), dek_template.size(), &dek_object);
+			if (IsIntegrityFailure(rv))
+				throw Error(ErrorKind::WrongMasterKey,
+							"wrapped key does not unwrap under master key \"" + master_label + "\"",
+							Detail("C_UnwrapKey", rv));
+			Check(rv, "C_UnwrapKey", ErrorKind::TokenUnavailable, message);
+			ObjectGuard guard(functions_, session_, dek_object);
 
-		// RFC 3394 turns 40 bytes into exactly 32, so one call with a 32-byte buffer suffices.
-		core::SecureBuffer dek(kDekSize);
-		CK_ATTRIBUTE value = Attribute(CKA_VALUE, dek.data(), dek.size());
-		Check(functions_->C_GetAttributeValue(session_, dek_object, &value, 1),
-		      "C_GetAttributeValue", ErrorKind::TokenUnavailable, message);
-		if (value.ulValueLen != kDekSize)
-			throw Error(ErrorKind::Internal, message,
-			            "the unwrapped key has " + std::to_string(value.ulValueLen) + " bytes");
-		return dek;
-	});
+			// RFC 3394 turns 40 bytes into exactly 32, so one call with a 32-byte buffer suffices.
+			core::SecureBuffer dek(kDekSize);
+			CK_ATTRIBUTE value = Attribute(CKA_VALUE, dek.data(), dek.size());
+			Check(functions_->C_GetAttributeValue(session_, dek_object, &value, 1),
+				  "C_GetAttributeValue", ErrorKind::TokenUnavailable, message);
+			if (value.ulValueLen != kDekSize)
+				throw Error(ErrorKind::Internal, message,
+							"the unwrapped key has " + std::to_string(value.ulValueLen) + " bytes");
+			return dek;
+		});
 }
 
 // Reads the attributes that show the key is fit to be a master key; the value is never read.
 MasterKeyInfo Pkcs11Provider::Describe(const std::string &master_label)
 {
-	return WithSession([&] {
-		const CK_OBJECT_HANDLE key = RequireKey(master_label);
-		CK_ULONG value_len = 0;
-		CK_BBOOL token = CK_FALSE, sensitive = CK_FALSE, extractable = CK_FALSE;
-		CK_BBOOL wrap = CK_FALSE, unwrap = CK_FALSE;
-		std::array attributes = {
-			Attribute(CKA_VALUE_LEN, &value_len, sizeof value_len),
-			Attribute(CKA_TOKEN, &token, sizeof token),
-			Attribute(CKA_SENSITIVE, &sensitive, sizeof sensitive),
-			Attribute(CKA_EXTRACTABLE, &extractable, sizeof extractable),
-			Attribute(CKA_WRAP, &wrap, sizeof wrap),
-			Attribute(CKA_UNWRAP, &unwrap, sizeof unwrap),
-		};
-		const CK_RV rv =
-			functions_->C_GetAttributeValue(session_, key, attributes.data(), attributes.size());
-		// Attributes a module does not know come back as CK_UNAVAILABLE_INFORMATION.
-		if (rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_ATTRIBUTE_SENSITIVE)
-			Check(rv, "C_GetAttributeValue", ErrorKind::TokenUnavailable,
-			      "could not read the attributes of master key \"" + master_label + "\"");
-		const auto available = [&](std::size_t index) {
-			return attributes[index].ulValueLen != CK_UNAVAILABLE_INFORMATION;
-		};
-		MasterKeyInfo info;
-		info.label = master_label;
-		info.key_bits = available(0) ? value_len * 8 : 0;
-		info.token = available(1) && token == CK_TRUE;
-		info.sensitive = available(2) && sensitive == CK_TRUE;
-		info.extractable = available(3) && extractable == CK_TRUE;
-		info.can_wrap = available(4) && wrap == CK_TRUE;
-		info.can_unwrap = available(5) && unwrap == CK_TRUE;
-		return info;
-	});
+	return WithSession(
+		[&]
+		{
+			const CK_OBJECT_HANDLE key = RequireKey(master_label);
+			CK_ULONG value_len = 0;
+			CK_BBOOL token = CK_FALSE, sensitive = CK_FALSE, extractable = CK_FALSE;
+			CK_BBOOL wrap = CK_FALSE, unwrap = CK_FALSE;
+			std::array attributes = {
+				Attribute(CKA_VALUE_LEN, &value_len, sizeof value_len),
+				Attribute(CKA_TOKEN, &token, sizeof token),
+				Attribute(CKA_SENSITIVE, &sensitive, sizeof sensitive),
+				Attribute(CKA_EXTRACTABLE, &extractable, sizeof extractable),
+				Attribute(CKA_WRAP, &wrap, sizeof wrap),
+				Attribute(CKA_UNWRAP, &unwrap, sizeof unwrap),
+			};
+			const CK_RV rv = functions_->C_GetAttributeValue(session_, key, attributes.data(),
+															 attributes.size());
+			// Attributes a module does not know come back as CK_UNAVAILABLE_INFORMATION.
+			if (rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_ATTRIBUTE_SENSITIVE)
+				Check(rv, "C_GetAttributeValue", ErrorKind::TokenUnavailable,
+					  "could not read the attributes of master key \"" + master_label + "\"");
+			const auto available = [&](std::size_t index)
+			{ return attributes[index].ulValueLen != CK_UNAVAILABLE_INFORMATION; };
+			MasterKeyInfo info;
+			info.label = master_label;
+			info.key_bits = available(0) ? value_len * 8 : 0;
+			info.token = available(1) && token == CK_TRUE;
+			info.sensitive = available(2) && sensitive == CK_TRUE;
+			info.extractable = available(3) && extractable == CK_TRUE;
+			info.can_wrap = available(4) && wrap == CK_TRUE;
+			info.can_unwrap = available(5) && unwrap == CK_TRUE;
+			return info;
+		});
 }
 
 } // namespace

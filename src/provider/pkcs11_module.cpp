@@ -98,7 +98,7 @@ Module &Module::Acquire(const std::string &path)
 	void *handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
 	if (handle == nullptr)
 		throw Error(ErrorKind::TokenUnavailable, "could not load PKCS#11 module \"" + path + "\"",
-		            DlError());
+					DlError());
 
 	const auto found = registry.modules.find(handle);
 	if (found != registry.modules.end())
@@ -116,8 +116,8 @@ Module &Module::Acquire(const std::string &path)
 		const std::string detail = DlError();
 		dlclose(handle);
 		throw Error(ErrorKind::TokenUnavailable,
-		            "\"" + path + "\" is not a PKCS#11 module: it has no C_GetFunctionList",
-		            detail);
+					"\"" + path + "\" is not a PKCS#11 module: it has no C_GetFunctionList",
+					detail);
 	}
 	CK_FUNCTION_LIST *functions = nullptr;
 	const CK_RV rv = get_function_list(&functions);
@@ -125,8 +125,8 @@ Module &Module::Acquire(const std::string &path)
 	{
 		dlclose(handle);
 		throw Error(ErrorKind::TokenUnavailable,
-		            "could not get the function list of PKCS#11 module \"" + path + "\"",
-		            Detail("C_GetFunctionList", rv));
+					"could not get the function list of PKCS#11 module \"" + path + "\"",
+					Detail("C_GetFunctionList", rv));
 	}
 
 	auto module = std::unique_ptr<Module>(new Module(path, handle, functions));
@@ -176,8 +176,8 @@ std::uint64_t Module::EnsureInitialised()
 	}
 	if (rv != CKR_OK)
 		throw Error(ErrorKind::TokenUnavailable,
-		            "could not initialise PKCS#11 module \"" + path_ + "\"",
-		            Detail("C_Initialize", rv));
+					"could not initialise PKCS#11 module \"" + path_ + "\"",
+					Detail("C_Initialize", rv));
 	initialised_pid_ = pid;
 	++generation_;
 	return generation_;

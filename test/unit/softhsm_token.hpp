@@ -27,7 +27,7 @@ namespace pgkm::test
 // C_Initialize, so create providers after this object and destroy them before it.
 class SoftHsmToken
 {
-public:
+  public:
 	struct Options
 	{
 		std::string label = "pgkm-test";
@@ -51,15 +51,15 @@ public:
 		{
 			std::ofstream conf(conf_);
 			conf << "directories.tokendir = " << dir_ << "/tokens\n"
-			     << "objectstore.backend = file\n"
-			     << "log.level = ERROR\n"
-			     << "slots.removable = false\n"
-			     << "library.reset_on_fork = " << (options_.reset_on_fork ? "true" : "false")
-			     << "\n";
+				 << "objectstore.backend = file\n"
+				 << "log.level = ERROR\n"
+				 << "slots.removable = false\n"
+				 << "library.reset_on_fork = " << (options_.reset_on_fork ? "true" : "false")
+				 << "\n";
 		}
 		setenv("SOFTHSM2_CONF", conf_.c_str(), 1);
 		Run({"softhsm2-util", "--init-token", "--free", "--label", options_.label, "--so-pin",
-		     options_.so_pin, "--pin", options_.user_pin});
+			 options_.so_pin, "--pin", options_.user_pin});
 		pin_file_ = dir_ + "/pin";
 		WriteFile(pin_file_, options_.user_pin + "\n", 0600);
 	}
@@ -96,7 +96,7 @@ public:
 			throw std::runtime_error("chmod failed: " + path);
 	}
 
-private:
+  private:
 	// Runs a command with its output discarded; throws unless it exits with status 0.
 	static void Run(const std::vector<std::string> &argv)
 	{
@@ -131,7 +131,7 @@ private:
 // initialises the library only if nobody has, and finalises only what it initialised.
 class RawPkcs11
 {
-public:
+  public:
 	// Loads the module, initialises it if needed and finds the token's slot.
 	explicit RawPkcs11(const std::string &token_label)
 	{
@@ -158,7 +158,7 @@ public:
 		{
 			CK_TOKEN_INFO info;
 			if (f_->C_GetTokenInfo(slots[i], &info) == CKR_OK &&
-			    std::memcmp(info.label, padded.data(), 32) == 0)
+				std::memcmp(info.label, padded.data(), 32) == 0)
 			{
 				slot_ = slots[i];
 				return;
@@ -187,7 +187,7 @@ public:
 	CK_SESSION_HANDLE OpenUserSession(const std::string &pin)
 	{
 		if (f_->C_OpenSession(slot_, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr,
-		                      &session_) != CKR_OK)
+							  &session_) != CKR_OK)
 			throw std::runtime_error("C_OpenSession failed");
 		auto *pin_bytes = reinterpret_cast<CK_UTF8CHAR *>(const_cast<char *>(pin.data()));
 		const CK_RV rv = f_->C_Login(session_, CKU_USER, pin_bytes, pin.size());
@@ -251,10 +251,10 @@ public:
 		CK_MECHANISM mechanism{CKM_AES_KEY_GEN, nullptr, 0};
 		CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
 		return f_->C_GenerateKey(session_, &mechanism, key_template,
-		                         sizeof key_template / sizeof key_template[0], &key);
+								 sizeof key_template / sizeof key_template[0], &key);
 	}
 
-private:
+  private:
 	void *handle_ = nullptr;
 	CK_FUNCTION_LIST *f_ = nullptr;
 	bool initialised_ = false;

@@ -100,8 +100,8 @@ TEST_P(CoreAeadNist, SealMatchesKnownAnswer)
 		const ByteView aad_view(aad);
 		Bytes out_ct(pt.size());
 		std::array<std::uint8_t, kGcmTagSize> out_tag{};
-		detail::GcmSealRaw(ctx.get(), Nonce(iv), aad_view.first(split), aad_view.subspan(split),
-						   pt, out_ct, out_tag);
+		detail::GcmSealRaw(ctx.get(), Nonce(iv), aad_view.first(split), aad_view.subspan(split), pt,
+						   out_ct, out_tag);
 		EXPECT_EQ(ToHex(out_ct), ToHex(ct)) << "AAD split at " << split;
 		EXPECT_EQ(ToHex(out_tag), ToHex(tag)) << "AAD split at " << split;
 	}
@@ -125,10 +125,9 @@ TEST_P(CoreAeadNist, OpenMatchesKnownAnswerAndRejectsBadTag)
 		Bytes bad_tag = tag;
 		bad_tag[bit / 8] ^= static_cast<std::uint8_t>(1u << (bit % 8));
 		Bytes wiped(ct.size(), 0xAA);
-		EXPECT_FALSE(detail::GcmOpenRaw(ctx.get(), Nonce(iv), aad, {}, ct,
-										std::span<const std::uint8_t, kGcmTagSize>(
-											bad_tag.data(), kGcmTagSize),
-										wiped))
+		EXPECT_FALSE(detail::GcmOpenRaw(
+			ctx.get(), Nonce(iv), aad, {}, ct,
+			std::span<const std::uint8_t, kGcmTagSize>(bad_tag.data(), kGcmTagSize), wiped))
 			<< "tag bit " << bit;
 		EXPECT_TRUE(std::all_of(wiped.begin(), wiped.end(), [](std::uint8_t b) { return b == 0; }));
 	}
@@ -153,8 +152,7 @@ const Bytes kKey = FromHex("000102030405060708090a0b0c0d0e0f10111213141516171819
 const std::array<std::uint8_t, kGcmNonceSize> kNonce = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
 
 // Runs f and returns the kind of core::Error it throws; fails the test if it throws nothing.
-template <typename F>
-ErrorKind KindOf(F &&f)
+template <typename F> ErrorKind KindOf(F &&f)
 {
 	try
 	{

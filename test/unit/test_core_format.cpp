@@ -21,8 +21,7 @@ using test::FromHex;
 using test::FromText;
 
 // Returns the kind and message of the core::Error that f throws; fails if none is thrown.
-template <typename F>
-std::pair<ErrorKind, std::string> ErrorOf(F &&f)
+template <typename F> std::pair<ErrorKind, std::string> ErrorOf(F &&f)
 {
 	try
 	{
@@ -39,7 +38,7 @@ std::pair<ErrorKind, std::string> ErrorOf(F &&f)
 // A GCM cipher under a fresh random key, with helpers to seal and open whole values.
 class CoreFormat : public ::testing::Test
 {
-protected:
+  protected:
 	// Draws the random working key and builds the cipher under it.
 	CoreFormat() : key_(SecureBuffer::Random(32)), cipher_(key_.view()) {}
 
@@ -50,8 +49,8 @@ protected:
 		std::array<std::uint8_t, kGcmNonceSize> nonce{};
 		nonces_.Next(nonce);
 		Bytes out(plaintext.size() + kGcmOverhead);
-		cipher_.Seal(Header{kFormatV1, Algorithm::Aes256Gcm, key_id, key_version}, nonce,
-					 plaintext, context, out);
+		cipher_.Seal(Header{kFormatV1, Algorithm::Aes256Gcm, key_id, key_version}, nonce, plaintext,
+					 context, out);
 		return out;
 	}
 
@@ -151,7 +150,12 @@ TEST_F(CoreFormat, ShorterThanAlgorithmMinimum)
 		EXPECT_EQ(k, ErrorKind::MalformedCiphertext);
 		EXPECT_EQ(m, "ciphertext is too short: " + std::to_string(size) +
 						 " bytes, at least 38 needed for aes-256-gcm");
-		EXPECT_EQ(ErrorOf([&] { Bytes out; cipher_.Open(ByteView(sealed).first(size), {}, out); })
+		EXPECT_EQ(ErrorOf(
+					  [&]
+					  {
+						  Bytes out;
+						  cipher_.Open(ByteView(sealed).first(size), {}, out);
+					  })
 					  .first,
 				  ErrorKind::MalformedCiphertext);
 	}
@@ -224,8 +228,7 @@ TEST_F(CoreFormat, EveryBitFlipFails)
 		flipped[bit / 8] ^= static_cast<std::uint8_t>(1u << (bit % 8));
 		if (bit < 16)
 		{
-			EXPECT_EQ(ErrorOf([&] { ParseHeader(flipped); }).first,
-					  ErrorKind::MalformedCiphertext);
+			EXPECT_EQ(ErrorOf([&] { ParseHeader(flipped); }).first, ErrorKind::MalformedCiphertext);
 			continue;
 		}
 		const Header header = ParseHeader(flipped);
@@ -261,8 +264,7 @@ TEST_F(CoreFormat, ContextMustMatch)
 	const Bytes without_ctx = Seal(pt);
 	EXPECT_EQ(ErrorOf([&] { Open(without_ctx, FromText("row:12")); }).first,
 			  ErrorKind::AuthenticationFailed);
-	EXPECT_EQ(ErrorOf([&] { Open(without_ctx, Bytes{0}); }).first,
-			  ErrorKind::AuthenticationFailed);
+	EXPECT_EQ(ErrorOf([&] { Open(without_ctx, Bytes{0}); }).first, ErrorKind::AuthenticationFailed);
 }
 
 // An empty context is the same as an absent one, in both directions.

@@ -54,8 +54,8 @@ TEST(CoreNoncePool, ForkedChildDrawsFreshNonces)
 		close(fds[0]);
 		Nonce nonce{};
 		pool.Next(nonce);
-		const bool ok = write(fds[1], nonce.data(), nonce.size()) ==
-						static_cast<ssize_t>(nonce.size());
+		const bool ok =
+			write(fds[1], nonce.data(), nonce.size()) == static_cast<ssize_t>(nonce.size());
 		close(fds[1]);
 		_exit(ok ? 0 : 1);
 	}

@@ -92,8 +92,8 @@ TEST(CoreVectors, Gcm)
 			EXPECT_EQ(ToHex(opened_again), ToHex(pt));
 
 			Bytes sealed(pt.size() + kGcmOverhead);
-			cipher.Seal(header, std::span<const std::uint8_t, kGcmNonceSize>(nonce.data(), 12),
-						pt, context, sealed);
+			cipher.Seal(header, std::span<const std::uint8_t, kGcmNonceSize>(nonce.data(), 12), pt,
+						context, sealed);
 			EXPECT_EQ(ToHex(sealed), ToHex(ct));
 			valid++;
 		}
@@ -138,8 +138,8 @@ TEST(CoreVectors, SivHeadersParse)
 		{
 			EXPECT_EQ(header.key_id, v.at("key_id").get<std::uint32_t>());
 			EXPECT_EQ(header.key_version, v.at("key_version").get<std::uint32_t>());
-			EXPECT_EQ(ct.size(), FromHex(v.at("plaintext").get<std::string>()).size() +
-									 kSivOverhead);
+			EXPECT_EQ(ct.size(),
+					  FromHex(v.at("plaintext").get<std::string>()).size() + kSivOverhead);
 		}
 		count++;
 	}

@@ -18,8 +18,7 @@ using pgkm::provider::MakeMemoryProvider;
 using pgkm::provider::MasterKeyVersion;
 
 // Runs the call and returns the Error it throws (a test failure if it throws nothing).
-template <typename Call>
-Error Thrown(Call &&call)
+template <typename Call> Error Thrown(Call &&call)
 {
 	try
 	{
@@ -73,7 +72,7 @@ TEST(ProviderMemory, RefusesAFlippedByte)
 		std::vector<std::uint8_t> altered = wrapped;
 		altered[i] ^= 0x01;
 		EXPECT_EQ(Thrown([&] { provider->Unwrap("m.v1", altered); }).kind(),
-		          ErrorKind::WrongMasterKey)
+				  ErrorKind::WrongMasterKey)
 			<< "byte " << i;
 	}
 }
@@ -93,7 +92,7 @@ TEST(ProviderMemory, RefusesWrongLengths)
 	}
 	const SecureBuffer short_dek = SecureBuffer::Random(16);
 	EXPECT_EQ(Thrown([&] { provider->Wrap("m.v1", short_dek.view()); }).kind(),
-	          ErrorKind::InvalidArgument);
+			  ErrorKind::InvalidArgument);
 }
 
 TEST(ProviderMemory, KnowsItsKeys)
@@ -124,12 +123,12 @@ TEST(ProviderMasterLabel, ParsesOnlyCanonicalVersions)
 	EXPECT_EQ(MasterKeyVersion("pgkm-master", "pgkm-master.v1"), 1u);
 	EXPECT_EQ(MasterKeyVersion("pgkm-master", "pgkm-master.v10"), 10u);
 	EXPECT_EQ(MasterKeyVersion("pgkm-master", "pgkm-master.v18446744073709551615"),
-	          18446744073709551615u);
+			  18446744073709551615u);
 	for (const char *label :
-	     {"pgkm-master", "pgkm-master.", "pgkm-master.v", "pgkm-master.v0", "pgkm-master.v01",
-	      "pgkm-master.vx", "pgkm-master.v1x", "pgkm-master.v-1", "pgkm-master.v+1",
-	      "pgkm-master.v 1", "pgkm-masterx.v3", "xpgkm-master.v3", "pgkm-master.V3",
-	      "pgkm-master.v18446744073709551616"})
+		 {"pgkm-master", "pgkm-master.", "pgkm-master.v", "pgkm-master.v0", "pgkm-master.v01",
+		  "pgkm-master.vx", "pgkm-master.v1x", "pgkm-master.v-1", "pgkm-master.v+1",
+		  "pgkm-master.v 1", "pgkm-masterx.v3", "xpgkm-master.v3", "pgkm-master.V3",
+		  "pgkm-master.v18446744073709551616"})
 		EXPECT_EQ(MasterKeyVersion("pgkm-master", label), std::nullopt) << label;
 }
 

@@ -21,7 +21,7 @@ using pgkm::provider::ReadPinFile;
 
 class ProviderPinFile : public ::testing::Test
 {
-protected:
+  protected:
 	// Creates a private temporary directory for the test's files.
 	void SetUp() override
 	{

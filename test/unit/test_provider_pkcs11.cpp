@@ -27,8 +27,7 @@ using pgkm::test::SoftHsmToken;
 constexpr const char *kMaster = "pgkm-master.v1";
 
 // Runs the call and returns the Error it throws (a test failure if it throws nothing).
-template <typename Call>
-Error Thrown(Call &&call)
+template <typename Call> Error Thrown(Call &&call)
 {
 	try
 	{
@@ -51,7 +50,7 @@ std::vector<std::uint8_t> Bytes(const SecureBuffer &buffer)
 // A fresh token and a provider on it; the provider goes first, then the token.
 class ProviderPkcs11 : public ::testing::Test
 {
-protected:
+  protected:
 	ProviderPkcs11() : ProviderPkcs11(SoftHsmToken::Options{}) {}
 	explicit ProviderPkcs11(SoftHsmToken::Options options)
 		: token_(std::move(options)), provider_(MakePkcs11Provider(token_.Config()))
@@ -97,7 +96,7 @@ protected:
 // The same, on a token whose library keeps its state across fork (Debian's default).
 class ProviderPkcs11NoResetOnFork : public ProviderPkcs11
 {
-protected:
+  protected:
 	ProviderPkcs11NoResetOnFork() : ProviderPkcs11(NoReset()) {}
 
 	// Returns token options with library.reset_on_fork = false.
@@ -112,9 +111,9 @@ protected:
 TEST_F(ProviderPkcs11, FindsTheNewestVersion)
 {
 	EXPECT_EQ(provider_->FindNewestMasterKey("pgkm-master"), std::nullopt);
-	for (const char *label : {"pgkm-master.v2", "pgkm-master.v1", "pgkm-master.v10",
-	                          "pgkm-master.v01", "pgkm-master.vx", "pgkm-masterx.v3",
-	                          "pgkm-master.v0", "other.v99"})
+	for (const char *label :
+		 {"pgkm-master.v2", "pgkm-master.v1", "pgkm-master.v10", "pgkm-master.v01",
+		  "pgkm-master.vx", "pgkm-masterx.v3", "pgkm-master.v0", "other.v99"})
 		provider_->Generate(label);
 	EXPECT_EQ(provider_->FindNewestMasterKey("pgkm-master"), "pgkm-master.v10");
 	EXPECT_EQ(provider_->FindNewestMasterKey("other"), "other.v99");
@@ -146,9 +145,9 @@ TEST_F(ProviderPkcs11, LeavesNoDekObjectsBehind)
 	const SecureBuffer dek = SecureBuffer::Random(32);
 	const std::vector<std::uint8_t> wrapped = WrapUnderMaster(dek);
 	provider_->Unwrap(kMaster, wrapped);
-	EXPECT_EQ(Thrown([&] { provider_->Unwrap(kMaster, std::vector<std::uint8_t>(40, 0x5a)); })
-	              .kind(),
-	          ErrorKind::WrongMasterKey);
+	EXPECT_EQ(
+		Thrown([&] { provider_->Unwrap(kMaster, std::vector<std::uint8_t>(40, 0x5a)); }).kind(),
+		ErrorKind::WrongMasterKey);
 	RawPkcs11 raw(token_.label());
 	raw.OpenUserSession(token_.user_pin());
 	EXPECT_EQ(raw.CountSessionSecretKeys(), 0u);
@@ -200,7 +199,7 @@ TEST_F(ProviderPkcs11, RefusesWrongLengths)
 	}
 	const SecureBuffer short_dek = SecureBuffer::Random(16);
 	EXPECT_EQ(Thrown([&] { provider_->Wrap(kMaster, short_dek.view()); }).kind(),
-	          ErrorKind::InvalidArgument);
+			  ErrorKind::InvalidArgument);
 }
 
 TEST_F(ProviderPkcs11, ReportsUnknownMasterKeys)
@@ -212,9 +211,8 @@ TEST_F(ProviderPkcs11, ReportsUnknownMasterKeys)
 	EXPECT_EQ(error.kind(), ErrorKind::UnknownKey);
 	EXPECT_NE(error.message().find("\"pgkm-master.v7\""), std::string::npos);
 	EXPECT_EQ(Thrown([&] { provider_->Unwrap("pgkm-master.v7", wrapped); }).kind(),
-	          ErrorKind::UnknownKey);
-	EXPECT_EQ(Thrown([&] { provider_->Describe("pgkm-master.v7"); }).kind(),
-	          ErrorKind::UnknownKey);
+			  ErrorKind::UnknownKey);
+	EXPECT_EQ(Thrown([&] { provider_->Describe("pgkm-master.v7"); }).kind(), ErrorKind::UnknownKey);
 }
 
 TEST_F(ProviderPkcs11, DescribesAMasterKey)
@@ -241,7 +239,7 @@ TEST_F(ProviderPkcs11, MasterKeyValueCannotBeRead)
 	std::vector<std::uint8_t> value(64);
 	CK_ATTRIBUTE attribute{CKA_VALUE, value.data(), value.size()};
 	EXPECT_EQ(CkrName(raw.functions()->C_GetAttributeValue(session, keys[0], &attribute, 1)),
-	          "CKR_ATTRIBUTE_SENSITIVE");
+			  "CKR_ATTRIBUTE_SENSITIVE");
 
 	CK_BBOOL always_sensitive = CK_FALSE, never_extractable = CK_FALSE, is_private = CK_FALSE;
 	CK_BBOOL encrypt = CK_TRUE, decrypt = CK_TRUE;
@@ -253,7 +251,7 @@ TEST_F(ProviderPkcs11, MasterKeyValueCannotBeRead)
 		{CKA_DECRYPT, &decrypt, sizeof decrypt},
 	};
 	ASSERT_EQ(raw.functions()->C_GetAttributeValue(session, keys[0], flags, 5),
-	          static_cast<CK_RV>(CKR_OK));
+			  static_cast<CK_RV>(CKR_OK));
 	EXPECT_EQ(always_sensitive, CK_TRUE);
 	EXPECT_EQ(never_extractable, CK_TRUE);
 	EXPECT_EQ(is_private, CK_TRUE);
@@ -287,7 +285,7 @@ TEST_F(ProviderPkcs11, ReportsAMissingToken)
 
 	config.token_label = std::string(40, 'x');
 	EXPECT_EQ(Thrown([&] { MakePkcs11Provider(config)->Generate(kMaster); }).kind(),
-	          ErrorKind::TokenUnavailable);
+			  ErrorKind::TokenUnavailable);
 }
 
 TEST_F(ProviderPkcs11, ReportsAWrongPinWithoutShowingIt)
@@ -321,7 +319,7 @@ TEST_F(ProviderPkcs11, ReportsAMissingModule)
 
 	config.module_path = "";
 	EXPECT_EQ(Thrown([&] { MakePkcs11Provider(config)->Generate(kMaster); }).kind(),
-	          ErrorKind::Configuration);
+			  ErrorKind::Configuration);
 }
 
 TEST_F(ProviderPkcs11, RefusesAPinFileOthersCanRead)

@@ -15,7 +15,7 @@ namespace pgkm::core
 
 class GcmCipher
 {
-public:
+  public:
 	// Takes a 32-byte working key (already derived with HKDF; never the DEK itself).
 	explicit GcmCipher(ByteView key);
 	~GcmCipher();
@@ -33,7 +33,7 @@ public:
 	// Error(AuthenticationFailed) when the tag does not verify; out is then wiped.
 	void Open(ByteView ciphertext, ByteView context, std::span<std::uint8_t> out);
 
-private:
+  private:
 	EVP_CIPHER_CTX *enc_ = nullptr;
 	EVP_CIPHER_CTX *dec_ = nullptr;
 };

@@ -29,9 +29,10 @@ enum class ErrorKind
 // plaintext, PINs or wrapped keys; they may name keys, versions and labels.
 class Error : public std::exception
 {
-public:
+  public:
 	Error(ErrorKind kind, std::string message, std::string detail = {}, std::string hint = {})
-		: kind_(kind), message_(std::move(message)), detail_(std::move(detail)), hint_(std::move(hint))
+		: kind_(kind), message_(std::move(message)), detail_(std::move(detail)),
+		  hint_(std::move(hint))
 	{
 	}
 
@@ -41,7 +42,7 @@ public:
 	const std::string &hint() const noexcept { return hint_; }
 	const char *what() const noexcept override { return message_.c_str(); }
 
-private:
+  private:
 	ErrorKind kind_;
 	std::string message_;
 	std::string detail_;

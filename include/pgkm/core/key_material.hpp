@@ -34,7 +34,7 @@ bool VerifyKeyCheckValue(ByteView dek, std::uint32_t key_id, std::uint32_t key_v
 
 class KeyMaterial
 {
-public:
+  public:
 	// Derives the working keys from dek (32 bytes) once; the DEK itself is not kept.
 	KeyMaterial(std::uint32_t key_id, std::uint32_t key_version, ByteView dek);
 
@@ -42,7 +42,7 @@ public:
 	std::uint32_t key_version() const noexcept { return key_version_; }
 	GcmCipher &gcm() noexcept { return *gcm_; }
 
-private:
+  private:
 	std::uint32_t key_id_;
 	std::uint32_t key_version_;
 	std::unique_ptr<GcmCipher> gcm_;

@@ -15,7 +15,7 @@ namespace pgkm::core
 
 class NoncePool
 {
-public:
+  public:
 	static constexpr std::size_t kPoolBytes = 4096 - 4096 % kGcmNonceSize;
 
 	NoncePool() noexcept = default;
@@ -28,7 +28,7 @@ public:
 	// Throws Error(Internal) if the CSPRNG fails.
 	void Next(std::span<std::uint8_t, kGcmNonceSize> out);
 
-private:
+  private:
 	void Refill();
 
 	std::array<std::uint8_t, kPoolBytes> pool_{};

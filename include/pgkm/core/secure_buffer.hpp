@@ -13,7 +13,7 @@ namespace pgkm::core
 
 class SecureBuffer
 {
-public:
+  public:
 	SecureBuffer() noexcept = default;
 	// Allocates size zeroed bytes; throws Error(Internal) when memory cannot be had.
 	explicit SecureBuffer(std::size_t size);
@@ -37,7 +37,7 @@ public:
 	// Whether mlock succeeded (informational; failure to lock is not an error).
 	bool locked() const noexcept { return locked_; }
 
-private:
+  private:
 	void Release() noexcept;
 
 	std::uint8_t *data_ = nullptr;

@@ -31,8 +31,7 @@ void CaptureUnexpected(Failure &failure, const char *what) noexcept;
 
 // Runs fn and returns true, or catches whatever it throws into failure and returns false.
 // fn must not call anything that can ereport.
-template <typename Fn>
-bool RunCore(Failure &failure, Fn &&fn) noexcept
+template <typename Fn> bool RunCore(Failure &failure, Fn &&fn) noexcept
 {
 	try
 	{
@@ -62,10 +61,10 @@ bool RunCore(Failure &failure, Fn &&fn) noexcept
 
 // Runs a statement of core code; on an exception, raises it as an ERROR with its SQLSTATE
 // once the C++ scope is gone. The one pattern every call from the glue into core follows.
-#define PGKM_CORE(...)                                                                         \
-	do                                                                                         \
-	{                                                                                          \
-		::pgkm::pg::Failure pgkm_failure_;                                                     \
-		if (!::pgkm::pg::RunCore(pgkm_failure_, [&]() { __VA_ARGS__; }))                       \
-			::pgkm::pg::ReportFailure(pgkm_failure_);                                          \
+#define PGKM_CORE(...)                                                                             \
+	do                                                                                             \
+	{                                                                                              \
+		::pgkm::pg::Failure pgkm_failure_;                                                         \
+		if (!::pgkm::pg::RunCore(pgkm_failure_, [&]() { __VA_ARGS__; }))                           \
+			::pgkm::pg::ReportFailure(pgkm_failure_);                                              \
 	} while (0)

@@ -33,7 +33,4 @@ char *CatalogText(uint64 row, int col);
 // Returns the OID of pgkm.keys as last seen by CatalogOpen (InvalidOid before that).
 Oid CatalogKeysRelid();
 
-// Returns the OID of the role the caller really is (outside any catalog session).
-Oid CallerRole();
-
 } // namespace pgkm::pg

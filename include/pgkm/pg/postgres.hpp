@@ -2,7 +2,8 @@
 // C++, OpenSSL and PKCS#11 header: the server's port.h redefines printf and friends.
 #pragma once
 
-extern "C" {
+extern "C"
+{
 #include "postgres.h"
 
 #include "access/htup_details.h"

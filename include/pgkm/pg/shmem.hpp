@@ -3,8 +3,9 @@
 
 #include <cstdint>
 
-extern "C" {
-struct LWLock;
+extern "C"
+{
+	struct LWLock;
 }
 
 namespace pgkm::pg
@@ -42,6 +43,9 @@ struct CounterEntry
 };
 // Copies up to max entries of this database into out; returns how many.
 int CounterSnapshot(CounterEntry *out, int max);
+// Zeroes the count of (key_id, version), when that version is created: ids come back after
+// DROP EXTENSION and CREATE EXTENSION, and a new version has encrypted nothing yet.
+void CounterReset(std::uint32_t key_id, std::uint32_t version);
 // Subtracts n from the slot of (key_id, version), after those counts reached the catalog.
 void CounterSubtract(std::uint32_t key_id, std::uint32_t version, std::uint64_t n);
 

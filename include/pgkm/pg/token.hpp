@@ -11,15 +11,15 @@
 
 // Runs a statement that calls the token, like PGKM_CORE, holding TokenLock() meanwhile.
 // The lock is released before any error is raised.
-#define PGKM_TOKEN_CALL(...)                                                                   \
-	do                                                                                         \
-	{                                                                                          \
-		::pgkm::pg::Failure pgkm_failure_;                                                     \
-		LWLockAcquire(::pgkm::pg::TokenLock(), LW_EXCLUSIVE);                                  \
-		bool pgkm_ok_ = ::pgkm::pg::RunCore(pgkm_failure_, [&]() { __VA_ARGS__; });            \
-		LWLockRelease(::pgkm::pg::TokenLock());                                                \
-		if (!pgkm_ok_)                                                                         \
-			::pgkm::pg::ReportFailure(pgkm_failure_);                                          \
+#define PGKM_TOKEN_CALL(...)                                                                       \
+	do                                                                                             \
+	{                                                                                              \
+		::pgkm::pg::Failure pgkm_failure_;                                                         \
+		LWLockAcquire(::pgkm::pg::TokenLock(), LW_EXCLUSIVE);                                      \
+		bool pgkm_ok_ = ::pgkm::pg::RunCore(pgkm_failure_, [&]() { __VA_ARGS__; });                \
+		LWLockRelease(::pgkm::pg::TokenLock());                                                    \
+		if (!pgkm_ok_)                                                                             \
+			::pgkm::pg::ReportFailure(pgkm_failure_);                                              \
 	} while (0)
 
 namespace pgkm::pg

@@ -19,7 +19,7 @@ namespace pgkm::provider::pkcs11
 // a second failure reaches the caller as this Error(TokenUnavailable).
 class SessionLost : public core::Error
 {
-public:
+  public:
 	SessionLost(CK_RV rv, std::string message, std::string detail)
 		: core::Error(core::ErrorKind::TokenUnavailable, std::move(message), std::move(detail)),
 		  rv_(rv)
@@ -28,7 +28,7 @@ public:
 
 	CK_RV rv() const noexcept { return rv_; }
 
-private:
+  private:
 	CK_RV rv_;
 };
 
@@ -49,7 +49,7 @@ void Check(CK_RV rv, const char *function, core::ErrorKind kind, const std::stri
 // Every member function takes the registry's mutex.
 class Module
 {
-public:
+  public:
 	// Loads the library (or shares the loaded one) and counts one more user. Throws
 	// Error(TokenUnavailable) with dlerror() in the detail.
 	static Module &Acquire(const std::string &path);
@@ -78,7 +78,7 @@ public:
 	Module &operator=(const Module &) = delete;
 	~Module() = default;
 
-private:
+  private:
 	Module(std::string path, void *handle, CK_FUNCTION_LIST *functions);
 
 	std::string path_;

@@ -31,7 +31,7 @@ struct MasterKeyInfo
 
 class Provider
 {
-public:
+  public:
 	virtual ~Provider() = default;
 
 	// Name of the wrapping mechanism recorded with each wrapped DEK ("CKM_AES_KEY_WRAP").

@@ -10,7 +10,8 @@ PGKM_PORT=${PGKM_PORT:-54329}
 
 if [ "$(id -u)" -eq 0 ]; then
 	PGKM_OS_USER=postgres
-	as_pg() { runuser -u postgres -- env SOFTHSM2_CONF="$SOFTHSM2_CONF" "$@"; }
+	# From /: the checkout may be unreadable to postgres (CI clones into a private dir).
+	as_pg() { (cd / && runuser -u postgres -- env SOFTHSM2_CONF="$SOFTHSM2_CONF" "$@"); }
 else
 	PGKM_OS_USER=$(id -un)
 	as_pg() { env SOFTHSM2_CONF="$SOFTHSM2_CONF" "$@"; }

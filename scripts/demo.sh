@@ -14,7 +14,8 @@ echo "   data and token in $PGKM_WORK (removed on exit)"
 cp scripts/demo.sql "$PGKM_WORK/demo.sql"
 [ "$(id -u)" -eq 0 ] && chown "$PGKM_OS_USER" "$PGKM_WORK/demo.sql"
 echo "== walkthrough"
-pgkm_psql -v ON_ERROR_STOP=1 -e -f "$PGKM_WORK/demo.sql" | sed 's/^/   /'
-echo "== server log lines from pgkm"
-grep -h "pgkm" "$PGKM_WORK/server.log" | sed 's/^/   /' || true
+pgkm_psql -v ON_ERROR_STOP=1 -e -f "$PGKM_WORK/demo.sql" 2>&1 | sed 's/^/   /'
+echo "== server log (no key, PIN or plaintext ever appears here)"
+grep -vE "listening on|database system|starting PostgreSQL" "$PGKM_WORK/server.log" |
+	sed 's/^/   /' || true
 echo "== done"

@@ -2,7 +2,7 @@
 
 EXTENSION = pgkm
 MODULE_big = pgkm
-DATA = pgkm--1.0.sql
+DATA = pgkm--1.0.sql pgkm--1.0--1.1.sql
 PGFILEDESC = "pgkm - column encryption under a PKCS#11 master key"
 
 OBJS = \
@@ -17,17 +17,22 @@ OBJS = \
 	src/provider/pkcs11.o \
 	src/provider/pkcs11_module.o \
 	src/pg/admin.o \
+	src/pg/aead_calls.o \
 	src/pg/boundary.o \
 	src/pg/catalog.o \
 	src/pg/data_path.o \
+	src/pg/events.o \
 	src/pg/guc.o \
+	src/pg/jobs.o \
 	src/pg/key_cache.o \
+	src/pg/lifecycle.o \
 	src/pg/pgkm.o \
 	src/pg/shmem.o \
-	src/pg/token.o
+	src/pg/token.o \
+	src/pg/worker.o
 
 # pg_regress suites, run by test/regress.sh against a cluster with a SoftHSM2 token.
-REGRESS = setup data_path errors privileges rotation key_status
+REGRESS = setup data_path errors privileges rotation key_status lifecycle jobs
 
 # JIT bitcode is not worth its build trouble for pgkm (NOTES.md): build native code only.
 override with_llvm = no
@@ -63,3 +68,4 @@ regress:
 	test/regress.sh
 bench:
 	bench/run.sh
+	bench/rotation.sh

@@ -52,11 +52,10 @@ SELECT pgkm_test_error($$SELECT pgkm_decrypt_text(pgkm_encrypt('\x410042'::bytea
 -- a version in a state that forbids use: object_not_in_prerequisite_state (55000)
 SELECT pgkm.create_key('lifecycle_key');
 CREATE TABLE lc AS SELECT pgkm_encrypt('x'::text, 'lifecycle_key') AS c;
-UPDATE pgkm.key_versions SET state = 'disabled'
-	WHERE key_id = (SELECT key_id FROM pgkm.keys WHERE name = 'lifecycle_key');
+SELECT pgkm.disable_key_version('lifecycle_key', 1);
 SELECT pgkm_test_error($$SELECT pgkm_decrypt(c) FROM lc$$);
 SELECT pgkm_test_error($$SELECT pgkm_encrypt('x'::text, 'lifecycle_key')$$);
-UPDATE pgkm.key_versions SET state = 'retired'
+UPDATE pgkm.key_versions SET state = 'retired', disabled_from = NULL
 	WHERE key_id = (SELECT key_id FROM pgkm.keys WHERE name = 'lifecycle_key');
 SELECT pgkm_test_error($$SELECT pgkm_decrypt(c) FROM lc$$);
 UPDATE pgkm.key_versions SET state = 'active'

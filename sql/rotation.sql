@@ -56,14 +56,14 @@ SELECT pg_sleep(0.5);
 CREATE TABLE ttl AS SELECT pgkm_encrypt('z'::text, 'other_key') AS c;
 SELECT pgkm_decrypt_text(c) FROM ttl;
 SET session_replication_role = replica;
-UPDATE pgkm.key_versions SET state = 'disabled'
+UPDATE pgkm.key_versions SET state = 'disabled', disabled_from = 'active'
 	WHERE key_id = (SELECT key_id FROM pgkm.keys WHERE name = 'other_key');
 RESET session_replication_role;
 -- still cached: no trigger told the cache
 SELECT pgkm_decrypt_text(c) FROM ttl;
 SELECT pg_sleep(1.2);
 SELECT pgkm_decrypt_text(c) FROM ttl;
-UPDATE pgkm.key_versions SET state = 'active'
+UPDATE pgkm.key_versions SET state = 'active', disabled_from = NULL
 	WHERE key_id = (SELECT key_id FROM pgkm.keys WHERE name = 'other_key');
 SELECT pgkm_decrypt_text(c) FROM ttl;
 DROP TABLE ttl;

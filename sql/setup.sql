@@ -1,5 +1,8 @@
 -- setup: install pgkm, create the first key (which creates the master key in the token)
-CREATE EXTENSION pgkm;
+-- 1.0 first, then the upgrade script, as an installed 1.0 would be upgraded
+CREATE EXTENSION pgkm VERSION '1.0';
+SELECT extversion FROM pg_extension WHERE extname = 'pgkm';
+ALTER EXTENSION pgkm UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'pgkm';
 
 -- Helper for the error tests: runs a statement and shows SQLSTATE and message.

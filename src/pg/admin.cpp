@@ -3,6 +3,7 @@
 // session (as the catalog owner); authorisation is checked against the real caller first.
 #include "pgkm/pg/token.hpp"
 
+#include "pgkm/pg/admin.hpp"
 #include "pgkm/pg/boundary.hpp"
 #include "pgkm/pg/catalog.hpp"
 #include "pgkm/pg/guc.hpp"
@@ -19,13 +20,6 @@ using namespace pgkm::pg;
 
 namespace
 {
-
-// The master key new DEKs are wrapped under.
-struct MasterKeyRow
-{
-	int32 id;
-	char label[kMaxLabel];
-};
 
 // Encryption counts added to the catalog in this transaction, subtracted from shared
 // memory only if it commits.
@@ -56,8 +50,25 @@ char *RequiredText(FunctionCallInfo fcinfo, int arg, const char *what)
 	return text_to_cstring(PG_GETARG_TEXT_PP(arg));
 }
 
-// Returns the active master key, finding or generating one in the token the first time.
-// Runs inside a catalog session.
+// Transaction callback: makes a flush's subtraction from shared memory final at commit.
+void FlushXactCallback(XactEvent event, void *)
+{
+	if (event == XACT_EVENT_COMMIT)
+	{
+		for (int i = 0; i < pending_flush_count; i++)
+			CounterSubtract(pending_flush[i].key_id, pending_flush[i].version,
+							pending_flush[i].unflushed);
+		pending_flush_count = 0;
+	}
+	else if (event == XACT_EVENT_ABORT)
+		pending_flush_count = 0;
+}
+
+} // namespace
+
+namespace pgkm::pg
+{
+
 MasterKeyRow ActiveMasterKey(const char *caller_name)
 {
 	static const char *select_sql = "SELECT master_key_id, label FROM pgkm.master_keys WHERE state "
@@ -95,15 +106,6 @@ MasterKeyRow ActiveMasterKey(const char *caller_name)
 	return row;
 }
 
-// A new DEK version, wrapped, with the master key that wrapped it.
-struct NewVersion
-{
-	int32 master_key_id;
-	WrappedDek dek;
-};
-
-// Makes and wraps a new DEK for (key_id, version), in a catalog session. Called before any
-// catalog write of the operation, so a token failure leaves nothing to roll back.
 NewVersion WrapNewVersion(int64 key_id, int32 version, const char *caller_name)
 {
 	MasterKeyRow master = ActiveMasterKey(caller_name);
@@ -114,7 +116,6 @@ NewVersion WrapNewVersion(int64 key_id, int32 version, const char *caller_name)
 	return result;
 }
 
-// Inserts a wrapped DEK as the active version of a key, in a catalog session.
 void StoreVersion(int64 key_id, int32 version, const NewVersion &v, const char *caller_name)
 {
 	bytea *wrapped = static_cast<bytea *>(palloc(VARHDRSZ + v.dek.wrapped_len));
@@ -136,7 +137,6 @@ void StoreVersion(int64 key_id, int32 version, const NewVersion &v, const char *
 	CounterReset((std::uint32_t)key_id, (std::uint32_t)version);
 }
 
-// Locks a key's row and returns its id and owner; raises undefined_object if absent.
 int64 LockKey(const char *name, Oid *owner)
 {
 	Oid types[1] = {TEXTOID};
@@ -151,7 +151,6 @@ int64 LockKey(const char *name, Oid *owner)
 	return DatumGetInt64(CatalogValue(0, 1, &isnull));
 }
 
-// Raises insufficient_privilege unless caller is a superuser or has the owner's privileges.
 void CheckKeyOwner(Oid caller, Oid owner, const char *name)
 {
 	if (superuser_arg(caller) || has_privs_of_role(caller, owner))
@@ -160,8 +159,6 @@ void CheckKeyOwner(Oid caller, Oid owner, const char *name)
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("must be owner of key \"%s\"", name)));
 }
 
-// Opens a catalog session with the named key's row locked, after checking that the caller
-// is its owner (or has the owner's privileges, or is a superuser). Returns the key id.
 int64 OpenOwnedKey(const char *name, CatalogSession *session)
 {
 	Oid caller = GetUserId();
@@ -172,21 +169,63 @@ int64 OpenOwnedKey(const char *name, CatalogSession *session)
 	return key_id;
 }
 
-// Transaction callback: makes a flush's subtraction from shared memory final at commit.
-void FlushXactCallback(XactEvent event, void *)
+int64 FlushEncryptionCounts()
 {
-	if (event == XACT_EVENT_COMMIT)
+	if (!flush_callback_registered)
 	{
-		for (int i = 0; i < pending_flush_count; i++)
-			CounterSubtract(pending_flush[i].key_id, pending_flush[i].version,
-							pending_flush[i].unflushed);
-		pending_flush_count = 0;
+		RegisterXactCallback(FlushXactCallback, nullptr);
+		flush_callback_registered = true;
 	}
-	else if (event == XACT_EVENT_ABORT)
-		pending_flush_count = 0;
+	// Serialises flushes, so no count is added to the catalog twice.
+	CatalogExec("LOCK TABLE pgkm.key_versions IN SHARE UPDATE EXCLUSIVE MODE", 0, nullptr, nullptr,
+				nullptr, SPI_OK_UTILITY);
+	auto *entries = static_cast<CounterEntry *>(palloc(sizeof(CounterEntry) * kCounterSlots));
+	int n = CounterSnapshot(entries, kCounterSlots);
+	int64 total = 0;
+	pending_flush_count = 0;
+	for (int i = 0; i < n; i++)
+	{
+		if (entries[i].unflushed == 0 || entries[i].version > PG_INT32_MAX)
+			continue;
+		Oid types[3] = {INT8OID, INT4OID, INT8OID};
+		Datum values[3] = {Int64GetDatum(entries[i].key_id),
+						   Int32GetDatum((int32)entries[i].version),
+						   Int64GetDatum((int64)entries[i].unflushed)};
+		CatalogExec(
+			"UPDATE pgkm.key_versions SET encryptions = encryptions OPERATOR(pg_catalog.+) $3"
+			" WHERE key_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2",
+			3, types, values, nullptr, SPI_OK_UPDATE);
+		pending_flush[pending_flush_count++] = entries[i];
+		total += (int64)entries[i].unflushed;
+	}
+	return total;
 }
 
-} // namespace
+int32 RotateKeyLocked(int64 key_id, const char *key_name, const char *actor, const char *why)
+{
+	Oid types[1] = {INT8OID};
+	Datum values[1] = {Int64GetDatum(key_id)};
+	CatalogExec("SELECT pg_catalog.max(version) FROM pgkm.key_versions"
+				" WHERE key_id OPERATOR(pg_catalog.=) $1",
+				1, types, values, nullptr, SPI_OK_SELECT);
+	bool isnull;
+	Datum max_version = CatalogValue(0, 1, &isnull);
+	if (!isnull && DatumGetInt32(max_version) == PG_INT32_MAX)
+		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						errmsg("key \"%s\" has no versions left", key_name)));
+	int32 version = isnull ? 1 : DatumGetInt32(max_version) + 1;
+	NewVersion next = WrapNewVersion(key_id, version, actor);
+	CatalogExec("UPDATE pgkm.key_versions SET state = 'decrypt_only',"
+				" state_changed_at = pg_catalog.now()"
+				" WHERE key_id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'active'",
+				1, types, values, nullptr, SPI_OK_UPDATE);
+	StoreVersion(key_id, version, next, actor);
+	RecordKeyEvent(actor, "key_rotate", key_id, version, why);
+	QueueReencryption(key_id, version, actor);
+	return version;
+}
+
+} // namespace pgkm::pg
 
 extern "C"
 {
@@ -242,6 +281,7 @@ Datum pgkm_create_key(PG_FUNCTION_ARGS)
 		" $5::pg_catalog.regrole, $6)",
 		6, types, values, nullptr, SPI_OK_INSERT);
 	StoreVersion(key_id, 1, first, caller_name);
+	RecordKeyEvent(caller_name, "key_create", key_id, 1, nullptr);
 	CatalogClose(&session);
 	PG_RETURN_INT64(key_id);
 }
@@ -255,23 +295,7 @@ Datum pgkm_rotate_key(PG_FUNCTION_ARGS)
 	char *caller_name = GetUserNameFromId(GetUserId(), false);
 	CatalogSession session;
 	int64 key_id = OpenOwnedKey(name, &session);
-	Oid types[1] = {INT8OID};
-	Datum values[1] = {Int64GetDatum(key_id)};
-	CatalogExec("SELECT pg_catalog.max(version) FROM pgkm.key_versions"
-				" WHERE key_id OPERATOR(pg_catalog.=) $1",
-				1, types, values, nullptr, SPI_OK_SELECT);
-	bool isnull;
-	Datum max_version = CatalogValue(0, 1, &isnull);
-	int32 version = isnull ? 1 : DatumGetInt32(max_version) + 1;
-	if (!isnull && DatumGetInt32(max_version) == PG_INT32_MAX)
-		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-						errmsg("key \"%s\" has no versions left", name)));
-	NewVersion next = WrapNewVersion(key_id, version, caller_name);
-	CatalogExec("UPDATE pgkm.key_versions SET state = 'decrypt_only',"
-				" state_changed_at = pg_catalog.now()"
-				" WHERE key_id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'active'",
-				1, types, values, nullptr, SPI_OK_UPDATE);
-	StoreVersion(key_id, version, next, caller_name);
+	int32 version = RotateKeyLocked(key_id, name, caller_name, "manual");
 	CatalogClose(&session);
 	PG_RETURN_INT32(version);
 }
@@ -321,35 +345,9 @@ Datum pgkm_encryption_counts(PG_FUNCTION_ARGS)
 Datum pgkm_flush_encryption_counts(PG_FUNCTION_ARGS)
 {
 	RequireSharedMemory();
-	if (!flush_callback_registered)
-	{
-		RegisterXactCallback(FlushXactCallback, nullptr);
-		flush_callback_registered = true;
-	}
 	CatalogSession session;
 	CatalogOpen(&session);
-	// Serialises flushes, so no count is added to the catalog twice.
-	CatalogExec("LOCK TABLE pgkm.key_versions IN SHARE UPDATE EXCLUSIVE MODE", 0, nullptr, nullptr,
-				nullptr, SPI_OK_UTILITY);
-	auto *entries = static_cast<CounterEntry *>(palloc(sizeof(CounterEntry) * kCounterSlots));
-	int n = CounterSnapshot(entries, kCounterSlots);
-	int64 total = 0;
-	pending_flush_count = 0;
-	for (int i = 0; i < n; i++)
-	{
-		if (entries[i].unflushed == 0 || entries[i].version > PG_INT32_MAX)
-			continue;
-		Oid types[3] = {INT8OID, INT4OID, INT8OID};
-		Datum values[3] = {Int64GetDatum(entries[i].key_id),
-						   Int32GetDatum((int32)entries[i].version),
-						   Int64GetDatum((int64)entries[i].unflushed)};
-		CatalogExec(
-			"UPDATE pgkm.key_versions SET encryptions = encryptions OPERATOR(pg_catalog.+) $3"
-			" WHERE key_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2",
-			3, types, values, nullptr, SPI_OK_UPDATE);
-		pending_flush[pending_flush_count++] = entries[i];
-		total += (int64)entries[i].unflushed;
-	}
+	int64 total = FlushEncryptionCounts();
 	CatalogClose(&session);
 	PG_RETURN_INT64(total);
 }

@@ -1,14 +1,9 @@
 // The data path that applications call per row: pgkm_encrypt, pgkm_decrypt,
 // pgkm_decrypt_text and pgkm_ciphertext_info. Each entry point reads its arguments,
-// finds its key in the backend cache, and runs the AEAD through the boundary runner.
-#include "pgkm/core/aead.hpp"
+// finds its key in the backend cache, and runs the AEAD through aead_calls.hpp.
 #include "pgkm/core/format.hpp"
-#include "pgkm/core/nonce_pool.hpp"
 
-#include <array>
-#include <cstdio>
-
-#include "pgkm/pg/boundary.hpp"
+#include "pgkm/pg/aead_calls.hpp"
 #include "pgkm/pg/key_cache.hpp"
 
 using pgkm::core::ByteView;
@@ -17,31 +12,6 @@ using namespace pgkm::pg;
 namespace
 {
 
-pgkm::core::NoncePool nonce_pool;
-
-// Returns the bytes of a varlena argument, or an empty view when it is NULL or absent.
-ByteView OptionalBytes(FunctionCallInfo fcinfo, int arg)
-{
-	if (PG_NARGS() <= arg || PG_ARGISNULL(arg))
-		return {};
-	bytea *value = PG_GETARG_BYTEA_PP(arg);
-	return {reinterpret_cast<const std::uint8_t *>(VARDATA_ANY(value)), VARSIZE_ANY_EXHDR(value)};
-}
-
-// Returns the bytes of a non-null varlena argument.
-ByteView Bytes(bytea *value)
-{
-	return {reinterpret_cast<const std::uint8_t *>(VARDATA_ANY(value)), VARSIZE_ANY_EXHDR(value)};
-}
-
-// Parses a ciphertext's header, raising invalid_binary_representation when malformed.
-pgkm::core::Header ParseOrReport(ByteView ciphertext)
-{
-	pgkm::core::Header header;
-	PGKM_CORE(header = pgkm::core::ParseHeader(ciphertext));
-	return header;
-}
-
 // Decrypts a ciphertext into a new bytea; shared by pgkm_decrypt and pgkm_decrypt_text.
 bytea *Decrypt(FunctionCallInfo fcinfo, VersionEntry **used)
 {
@@ -49,24 +19,13 @@ bytea *Decrypt(FunctionCallInfo fcinfo, VersionEntry **used)
 	ByteView in = Bytes(ciphertext);
 	ByteView context = OptionalBytes(fcinfo, 1);
 	pgkm::core::Header header = ParseOrReport(in);
-	if (header.algorithm != pgkm::core::Algorithm::Aes256Gcm)
-		ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						errmsg("ciphertext algorithm %s is not supported by this version of pgkm",
-							   pgkm::core::AlgorithmName(header.algorithm))));
+	RequireGcm(header);
 	VersionEntry *v = KeyForDecrypt(fcinfo->flinfo, header.key_id, header.key_version);
 	std::size_t len = in.size() - pgkm::core::kGcmOverhead;
 	auto *result = static_cast<bytea *>(palloc(VARHDRSZ + len));
 	SET_VARSIZE(result, VARHDRSZ + len);
-	std::span<std::uint8_t> out(reinterpret_cast<std::uint8_t *>(VARDATA(result)), len);
-	Failure failure;
-	if (!RunCore(failure, [&]() { v->material->gcm().Open(in, context, out); }))
-	{
-		char message[sizeof(failure.message)];
-		snprintf(message, sizeof(message), "%s (key \"%s\" version %u)", failure.message,
-				 v->key_name, v->version);
-		snprintf(failure.message, sizeof(failure.message), "%s", message);
-		ReportFailure(failure);
-	}
+	OpenInto(v, in, context,
+			 std::span<std::uint8_t>(reinterpret_cast<std::uint8_t *>(VARDATA(result)), len));
 	*used = v;
 	return result;
 }
@@ -98,27 +57,7 @@ Datum pgkm_encrypt(PG_FUNCTION_ARGS)
 	text *key_name = PG_GETARG_TEXT_PP(1);
 	ByteView context = OptionalBytes(fcinfo, 2);
 	VersionEntry *v = KeyForEncrypt(fcinfo->flinfo, key_name);
-
-	std::size_t len = VARSIZE_ANY_EXHDR(data);
-	if (len > MaxAllocSize - VARHDRSZ - pgkm::core::kGcmOverhead)
-		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-						errmsg("value of %zu bytes is too large to encrypt", len)));
-	std::size_t total = len + pgkm::core::kGcmOverhead;
-	auto *result = static_cast<bytea *>(palloc(VARHDRSZ + total));
-	SET_VARSIZE(result, VARHDRSZ + total);
-	std::span<std::uint8_t> out(reinterpret_cast<std::uint8_t *>(VARDATA(result)), total);
-	pgkm::core::Header header;
-	header.algorithm = pgkm::core::Algorithm::Aes256Gcm;
-	header.key_id = v->key_id;
-	header.key_version = v->version;
-	PGKM_CORE({
-		std::array<std::uint8_t, pgkm::core::kGcmNonceSize> nonce;
-		nonce_pool.Next(nonce);
-		v->material->gcm().Seal(header, nonce, Bytes(data), context, out);
-	});
-	if (v->counter)
-		CounterAdd(v->counter, 1);
-	PG_RETURN_BYTEA_P(result);
+	PG_RETURN_BYTEA_P(SealInto(v, Bytes(data), context));
 }
 
 // pgkm_decrypt(ciphertext, context): the plaintext bytes.

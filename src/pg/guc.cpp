@@ -11,6 +11,12 @@ char *guc_pkcs11_token_label = nullptr;
 char *guc_pkcs11_pin_file = nullptr;
 char *guc_master_key_label = nullptr;
 int guc_key_cache_ttl = kKeyCacheTtlDefault;
+int guc_rotation_batch_size = kBatchSizeDefault;
+int guc_rotation_batch_delay = kBatchDelayDefault;
+int guc_rotation_max_rows_per_second = kMaxRowsPerSecondDefault;
+int guc_rotation_lock_timeout = kLockTimeoutDefault;
+int guc_rotation_statement_timeout = kStatementTimeoutDefault;
+int guc_worker_naptime = kNaptimeDefault;
 
 namespace
 {
@@ -63,6 +69,31 @@ void GucInit()
 		"regardless; this bounds what changes by other means.",
 		&guc_key_cache_ttl, kKeyCacheTtlDefault, kKeyCacheTtlMin, kKeyCacheTtlMax, PGC_SIGHUP,
 		GUC_UNIT_S, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("pgkm.rotation_batch_size",
+							"Rows the worker re-encrypts in one short transaction.", nullptr,
+							&guc_rotation_batch_size, kBatchSizeDefault, 1, kBatchSizeMax,
+							PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("pgkm.rotation_batch_delay",
+							"Pause of the worker between two re-encryption batches.", nullptr,
+							&guc_rotation_batch_delay, kBatchDelayDefault, 0, 60000, PGC_SIGHUP,
+							GUC_UNIT_MS, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("pgkm.rotation_max_rows_per_second",
+							"Cap on the rows the worker re-encrypts per second (0: no cap).",
+							nullptr, &guc_rotation_max_rows_per_second, kMaxRowsPerSecondDefault, 0,
+							100000000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("pgkm.rotation_lock_timeout",
+							"lock_timeout of each re-encryption batch (0: none).", nullptr,
+							&guc_rotation_lock_timeout, kLockTimeoutDefault, 0, 600000, PGC_SIGHUP,
+							GUC_UNIT_MS, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("pgkm.rotation_statement_timeout",
+							"statement_timeout of each re-encryption batch (0: none).", nullptr,
+							&guc_rotation_statement_timeout, kStatementTimeoutDefault, 0, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("pgkm.worker_naptime",
+							"How often an idle worker flushes counters and applies rotation "
+							"policies.",
+							nullptr, &guc_worker_naptime, kNaptimeDefault, 1, 3600, PGC_SIGHUP,
+							GUC_UNIT_S, nullptr, nullptr, nullptr);
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("pgkm");
 #else

@@ -30,9 +30,11 @@ struct CallSiteCache
 {
 	std::uint64_t epoch;
 	VersionEntry *version;
-	int name_len;
+	int name_len; // KeyForEncrypt: the key name's length; otherwise one of the kinds below
 	char name[NAMEDATALEN];
 };
+inline constexpr int kSiteDecrypt = -1; // KeyForDecrypt
+inline constexpr int kSiteById = -2;    // KeyForEncryptById
 
 MemoryContext cache_context = nullptr;
 HTAB *keys_by_name = nullptr;
@@ -185,6 +187,34 @@ KeyEntry *LoadKey(const char *name)
 	return entry;
 }
 
+// Reads a key by id into a new cache entry under its name; NULL if there is none.
+KeyEntry *LoadKeyById(std::uint32_t key_id)
+{
+	static const char *sql =
+		"SELECT k.name, v.version FROM pgkm.keys k"
+		" LEFT JOIN pgkm.key_versions v ON v.key_id OPERATOR(pg_catalog.=) k.key_id"
+		"  AND v.state OPERATOR(pg_catalog.=) 'active'"
+		" WHERE k.key_id OPERATOR(pg_catalog.=) $1";
+	Oid types[1] = {INT8OID};
+	Datum values[1] = {Int64GetDatum(key_id)};
+	CatalogSession session;
+	CatalogOpen(&session);
+	KeyEntry *entry = nullptr;
+	if (CatalogExec(sql, 1, types, values, nullptr, SPI_OK_SELECT) == 1)
+	{
+		char name[NAMEDATALEN];
+		strlcpy(name, CatalogText(0, 1), sizeof(name));
+		bool isnull;
+		Datum v = CatalogValue(0, 2, &isnull);
+		std::uint32_t active = isnull ? 0 : (std::uint32_t)DatumGetInt32(v);
+		entry = static_cast<KeyEntry *>(hash_search(keys_by_name, name, HASH_ENTER, nullptr));
+		entry->key_id = key_id;
+		entry->active_version = active;
+	}
+	CatalogClose(&session);
+	return entry;
+}
+
 // Returns the cached version entry, loading it from the catalog on a miss.
 VersionEntry *FindVersion(std::uint32_t key_id, std::uint32_t version)
 {
@@ -233,6 +263,47 @@ void RefuseState(const VersionEntry *v, const char *action)
 	ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					errmsg("key \"%s\" version %u is %s and cannot be used to %s", v->key_name,
 						   v->version, VersionStateName(v->state), action)));
+}
+
+// Raises the error that a key has no active version (none, or the active one disabled).
+[[noreturn]] void RefuseNoActiveVersion(const char *name)
+{
+	ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					errmsg("key \"%s\" has no active version to encrypt with", name),
+					errhint("If its active version was disabled, pgkm.enable_key_version() "
+							"enables it again; pgkm.rotate_key() adds a new one.")));
+	pg_unreachable();
+}
+
+// Returns the active version of a key ready to encrypt, after checking the caller's role:
+// the slow path of KeyForEncrypt and KeyForEncryptById, once per call site and cache epoch.
+VersionEntry *PrepareEncrypt(const KeyEntry *key)
+{
+	if (key->active_version == 0)
+		RefuseNoActiveVersion(key->name);
+	VersionEntry *v = FindVersion(key->key_id, key->active_version);
+	if (v == nullptr || v->state != VersionState::Active)
+		RefuseNoActiveVersion(key->name);
+	CheckRole(v, v->encrypt_role, "encrypt");
+	EnsureMaterial(v);
+	if (v->counter == nullptr)
+		v->counter = CounterFor(v->key_id, v->version);
+	return v;
+}
+
+// Remembers a version in a call site's fn_extra for the next row.
+void RememberSite(FmgrInfo *flinfo, VersionEntry *v, int name_len, const char *name)
+{
+	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
+	if (site == nullptr)
+		site = static_cast<CallSiteCache *>(
+			MemoryContextAllocZero(flinfo->fn_mcxt, sizeof(CallSiteCache)));
+	site->epoch = cache_epoch;
+	site->version = v;
+	site->name_len = name_len;
+	if (name_len > 0)
+		memcpy(site->name, name, name_len);
+	flinfo->fn_extra = site;
 }
 
 // Transaction callback: publishes catalog changes at commit, forgets them at abort.
@@ -340,28 +411,46 @@ VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name)
 		if (key == nullptr)
 			ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
 							errmsg("key \"%s\" does not exist", cname)));
-		if (key->active_version == 0)
-			ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-							errmsg("key \"%s\" has no active version to encrypt with", cname)));
-		v = FindVersion(key->key_id, key->active_version);
-		if (v == nullptr || v->state != VersionState::Active)
-			ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-							errmsg("key \"%s\" has no active version to encrypt with", cname)));
-		CheckRole(v, v->encrypt_role, "encrypt");
-		EnsureMaterial(v);
-		if (v->counter == nullptr)
-			v->counter = CounterFor(v->key_id, v->version);
-		if (site == nullptr)
-			site = static_cast<CallSiteCache *>(
-				MemoryContextAllocZero(flinfo->fn_mcxt, sizeof(CallSiteCache)));
-		site->epoch = cache_epoch;
-		site->version = v;
-		site->name_len = name_len;
-		memcpy(site->name, name, name_len);
-		flinfo->fn_extra = site;
+		v = PrepareEncrypt(key);
+		RememberSite(flinfo, v, name_len, name);
 		return v;
 	}
 	CheckRole(v, v->encrypt_role, "encrypt");
+	return v;
+}
+
+VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id)
+{
+	Validate();
+	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
+	if (likely(site && site->epoch == cache_epoch && site->name_len == kSiteById &&
+			   site->version->key_id == key_id))
+	{
+		CheckRole(site->version, site->version->encrypt_role, "encrypt");
+		return site->version;
+	}
+	KeyEntry *key = nullptr;
+	HASH_SEQ_STATUS status;
+	hash_seq_init(&status, keys_by_name);
+	for (auto *k = static_cast<KeyEntry *>(hash_seq_search(&status)); k;
+		 k = static_cast<KeyEntry *>(hash_seq_search(&status)))
+	{
+		if (k->key_id == key_id)
+		{
+			key = k;
+			hash_seq_term(&status);
+			break;
+		}
+	}
+	if (key == nullptr)
+		key = LoadKeyById(key_id);
+	if (key == nullptr)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("key id %u does not exist", key_id),
+				 errdetail("The ciphertext was made under a key that is not in this "
+						   "database's pgkm catalog.")));
+	VersionEntry *v = PrepareEncrypt(key);
+	RememberSite(flinfo, v, kSiteById, nullptr);
 	return v;
 }
 
@@ -385,17 +474,16 @@ VersionEntry *KeyForDecrypt(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_
 			RefuseState(v, "decrypt");
 		CheckRole(v, v->decrypt_role, "decrypt");
 		EnsureMaterial(v);
-		if (site == nullptr)
-			site = static_cast<CallSiteCache *>(
-				MemoryContextAllocZero(flinfo->fn_mcxt, sizeof(CallSiteCache)));
-		site->epoch = cache_epoch;
-		site->version = v;
-		site->name_len = -1;
-		flinfo->fn_extra = site;
+		RememberSite(flinfo, v, kSiteDecrypt, nullptr);
 		return v;
 	}
 	CheckRole(v, v->decrypt_role, "decrypt");
 	return v;
+}
+
+std::uint64_t KeyCacheEpoch()
+{
+	return cache_epoch;
 }
 
 char *KeyNameForId(std::uint32_t key_id)

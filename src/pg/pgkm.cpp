@@ -3,6 +3,7 @@
 #include "pgkm/pg/guc.hpp"
 #include "pgkm/pg/shmem.hpp"
 #include "pgkm/pg/token.hpp"
+#include "pgkm/pg/worker.hpp"
 
 #include "pgkm/pg/postgres.hpp"
 
@@ -36,5 +37,6 @@ void _PG_init(void)
 	if (IsBinaryUpgrade)
 		return;
 	pgkm::pg::ShmemInit();
+	pgkm::pg::WorkerInit();
 	CheckPinFileAtStartup();
 }

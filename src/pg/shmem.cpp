@@ -18,14 +18,24 @@ struct CounterSlot
 namespace
 {
 
+// The worker of one database: its process and latch (dbid InvalidOid: free).
+struct WorkerSlot
+{
+	Oid dbid;
+	pid_t pid;
+	Latch *latch;
+};
+
 struct SharedState
 {
 	pg_atomic_uint64 generation;
 	LWLock *token_lock;
 	LWLock *counter_lock;
+	LWLock *worker_lock;
 	int slots_used;
 	bool warned_full;
 	CounterSlot slots[kCounterSlots];
+	WorkerSlot workers[kWorkerSlots];
 };
 
 constexpr const char *kTranche = "pgkm";
@@ -39,7 +49,7 @@ shmem_request_hook_type prev_shmem_request_hook = nullptr;
 void RequestShmem()
 {
 	RequestAddinShmemSpace(MAXALIGN(sizeof(SharedState)));
-	RequestNamedLWLockTranche(kTranche, 2);
+	RequestNamedLWLockTranche(kTranche, 3);
 }
 
 #if PG_VERSION_NUM >= 150000
@@ -68,6 +78,7 @@ void ShmemStartup()
 		LWLockPadded *locks = GetNamedLWLockTranche(kTranche);
 		shared->token_lock = &locks[0].lock;
 		shared->counter_lock = &locks[1].lock;
+		shared->worker_lock = &locks[2].lock;
 		for (int i = 0; i < kCounterSlots; i++)
 			pg_atomic_init_u64(&shared->slots[i].count, 0);
 	}
@@ -199,6 +210,66 @@ void CounterSubtract(std::uint32_t key_id, std::uint32_t version, std::uint64_t 
 		}
 	}
 	LWLockRelease(shared->counter_lock);
+}
+
+bool WorkerClaim(Oid dbid)
+{
+	bool claimed = false;
+	LWLockAcquire(shared->worker_lock, LW_EXCLUSIVE);
+	WorkerSlot *free_slot = nullptr;
+	bool taken = false;
+	for (int i = 0; i < kWorkerSlots; i++)
+	{
+		WorkerSlot *slot = &shared->workers[i];
+		if (slot->dbid == dbid)
+			taken = true;
+		else if (slot->dbid == InvalidOid && free_slot == nullptr)
+			free_slot = slot;
+	}
+	if (!taken && free_slot)
+	{
+		free_slot->dbid = dbid;
+		free_slot->pid = MyProcPid;
+		free_slot->latch = MyLatch;
+		claimed = true;
+	}
+	LWLockRelease(shared->worker_lock);
+	return claimed;
+}
+
+void WorkerRelease(Oid dbid)
+{
+	LWLockAcquire(shared->worker_lock, LW_EXCLUSIVE);
+	for (int i = 0; i < kWorkerSlots; i++)
+	{
+		WorkerSlot *slot = &shared->workers[i];
+		if (slot->dbid == dbid && slot->pid == MyProcPid)
+		{
+			slot->dbid = InvalidOid;
+			slot->pid = 0;
+			slot->latch = nullptr;
+		}
+	}
+	LWLockRelease(shared->worker_lock);
+}
+
+bool WorkerRunning(Oid dbid)
+{
+	bool running = false;
+	LWLockAcquire(shared->worker_lock, LW_SHARED);
+	for (int i = 0; i < kWorkerSlots; i++)
+		running |= shared->workers[i].dbid == dbid;
+	LWLockRelease(shared->worker_lock);
+	return running;
+}
+
+void WorkerWake(Oid dbid)
+{
+	LWLockAcquire(shared->worker_lock, LW_SHARED);
+	for (int i = 0; i < kWorkerSlots; i++)
+		if (shared->workers[i].dbid == dbid && shared->workers[i].latch)
+			SetLatch(shared->workers[i].latch);
+	LWLockRelease(shared->worker_lock);
 }
 
 } // namespace pgkm::pg

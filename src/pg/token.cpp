@@ -4,6 +4,9 @@
 
 #include "pgkm/core/error.hpp"
 #include "pgkm/core/secure_buffer.hpp"
+#include "pgkm/provider/master_label.hpp"
+
+#include <openssl/crypto.h>
 
 #include <cstdio>
 #include <memory>
@@ -84,6 +87,36 @@ void RequireMasterKey(const char *label)
 	Token().Describe(label);
 }
 
+void NextMasterKey(const char *base_label, std::uint64_t catalog_version, MasterKeyChoice *out)
+{
+	provider::Provider &p = Token();
+	auto newest = p.FindNewestMasterKey(base_label);
+	std::uint64_t token_version = newest ? *provider::MasterKeyVersion(base_label, *newest) : 0;
+	if (token_version > catalog_version)
+	{
+		provider::MasterKeyInfo info = p.Describe(*newest);
+		if (info.extractable || !info.can_wrap || !info.can_unwrap)
+			throw core::Error(core::ErrorKind::KeyNotUsable,
+							  "master key \"" + *newest + "\" in the PKCS#11 token cannot be used",
+							  "A master key must be non-extractable and allowed to wrap and unwrap "
+							  "(CKA_EXTRACTABLE false, CKA_WRAP and CKA_UNWRAP true).");
+		CopyLabel(out->label, sizeof(out->label), *newest);
+		out->generated = false;
+		return;
+	}
+	if (catalog_version == UINT64_MAX)
+		throw core::Error(core::ErrorKind::InvalidArgument, "no master key versions are left");
+	std::string label = std::string(base_label) + ".v" + std::to_string(catalog_version + 1);
+	CopyLabel(out->label, sizeof(out->label), label);
+	p.Generate(label);
+	out->generated = true;
+}
+
+std::uint64_t MasterKeyLabelVersion(const char *base_label, const char *label)
+{
+	return provider::MasterKeyVersion(base_label, label).value_or(0);
+}
+
 void NewWrappedDek(const char *master_label, std::uint32_t key_id, std::uint32_t version,
 				   WrappedDek *out)
 {
@@ -99,9 +132,13 @@ void NewWrappedDek(const char *master_label, std::uint32_t key_id, std::uint32_t
 	std::snprintf(out->mechanism, sizeof(out->mechanism), "%s", p.Mechanism().c_str());
 }
 
-core::KeyMaterial *UnwrapKeyMaterial(const char *master_label, const char *key_name,
-									 std::uint32_t key_id, std::uint32_t version,
-									 core::ByteView wrapped, core::ByteView check)
+namespace
+{
+
+// Unwraps a stored DEK and verifies its key check value against (key_id, version).
+core::SecureBuffer UnwrapVerified(const char *master_label, const char *key_name,
+								  std::uint32_t key_id, std::uint32_t version,
+								  core::ByteView wrapped, core::ByteView check)
 {
 	core::SecureBuffer dek;
 	try
@@ -132,7 +169,44 @@ core::KeyMaterial *UnwrapKeyMaterial(const char *master_label, const char *key_n
 						  "or master key \"" +
 							  std::string(master_label) + "\" is not the one that wrapped it.");
 	}
+	return dek;
+}
+
+} // namespace
+
+core::KeyMaterial *UnwrapKeyMaterial(const char *master_label, const char *key_name,
+									 std::uint32_t key_id, std::uint32_t version,
+									 core::ByteView wrapped, core::ByteView check)
+{
+	core::SecureBuffer dek =
+		UnwrapVerified(master_label, key_name, key_id, version, wrapped, check);
 	return new core::KeyMaterial(key_id, version, dek.view());
+}
+
+void RewrapDek(const char *old_label, const char *new_label, const char *key_name,
+			   std::uint32_t key_id, std::uint32_t version, core::ByteView wrapped,
+			   core::ByteView check, WrappedDek *out)
+{
+	if (check.size() != sizeof(out->check))
+		throw core::Error(core::ErrorKind::WrongMasterKey,
+						  "key check value of key \"" + std::string(key_name) + "\" version " +
+							  std::to_string(version) + " has the wrong length");
+	provider::Provider &p = Token();
+	core::SecureBuffer dek = UnwrapVerified(old_label, key_name, key_id, version, wrapped, check);
+	std::vector<std::uint8_t> rewrapped = p.Wrap(new_label, dek.view());
+	if (rewrapped.size() > sizeof(out->wrapped))
+		throw core::Error(core::ErrorKind::Internal, "wrapped key is longer than expected");
+	// The old blob is overwritten in the catalog: prove the new one opens first.
+	core::SecureBuffer again = p.Unwrap(new_label, rewrapped);
+	if (again.size() != dek.size() || CRYPTO_memcmp(again.data(), dek.data(), dek.size()) != 0)
+		throw core::Error(core::ErrorKind::Internal, "key \"" + std::string(key_name) +
+														 "\" version " + std::to_string(version) +
+														 " does not unwrap under master key \"" +
+														 new_label + "\" after re-wrapping");
+	std::copy(rewrapped.begin(), rewrapped.end(), out->wrapped);
+	out->wrapped_len = rewrapped.size();
+	std::copy(check.begin(), check.end(), out->check);
+	std::snprintf(out->mechanism, sizeof(out->mechanism), "%s", p.Mechanism().c_str());
 }
 
 void DestroyKeyMaterial(core::KeyMaterial *material) noexcept

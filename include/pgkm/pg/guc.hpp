@@ -8,11 +8,25 @@ inline constexpr int kKeyCacheTtlDefault = 300; // seconds
 inline constexpr int kKeyCacheTtlMin = 1;
 inline constexpr int kKeyCacheTtlMax = 86400;
 
+inline constexpr int kBatchSizeDefault = 1000;
+inline constexpr int kBatchSizeMax = 100000;
+inline constexpr int kBatchDelayDefault = 20;          // ms
+inline constexpr int kMaxRowsPerSecondDefault = 20000; // 0: unlimited
+inline constexpr int kLockTimeoutDefault = 1000;       // ms
+inline constexpr int kStatementTimeoutDefault = 60000; // ms
+inline constexpr int kNaptimeDefault = 10;             // s
+
 extern char *guc_pkcs11_module;
 extern char *guc_pkcs11_token_label;
 extern char *guc_pkcs11_pin_file;
 extern char *guc_master_key_label;
 extern int guc_key_cache_ttl;
+extern int guc_rotation_batch_size;
+extern int guc_rotation_batch_delay;
+extern int guc_rotation_max_rows_per_second;
+extern int guc_rotation_lock_timeout;
+extern int guc_rotation_statement_timeout;
+extern int guc_worker_naptime;
 
 // Defines every pgkm.* setting and reserves the prefix.
 void GucInit();

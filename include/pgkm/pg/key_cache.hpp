@@ -42,9 +42,19 @@ struct VersionEntry
 // after checking that the caller may encrypt with it. Raises the documented errors.
 VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name);
 
+// Returns the active version of the key with this id for encrypting, like KeyForEncrypt:
+// for re-encrypting a ciphertext under its key's newest version.
+VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id);
+
 // Returns a version for decrypting, with its key material ready, after checking its
 // state and that the caller may decrypt with it.
 VersionEntry *KeyForDecrypt(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_t version);
+
+// The KeyFor* functions remember their key in flinfo->fn_extra (allocated in fn_mcxt; no
+// other field is used), so each needs a call site of its own. An entry they return stays
+// valid until the next KeyFor* call, which may empty the cache; KeyCacheEpoch() changes
+// whenever it does, so a caller that holds two entries can check that the first survived.
+std::uint64_t KeyCacheEpoch();
 
 // Returns the name of a key id as a palloc'd string, or NULL if there is no such key.
 char *KeyNameForId(std::uint32_t key_id);

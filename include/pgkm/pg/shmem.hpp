@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "pgkm/pg/postgres.hpp"
+
 extern "C"
 {
 	struct LWLock;
@@ -12,6 +14,7 @@ namespace pgkm::pg
 {
 
 inline constexpr int kCounterSlots = 4096;
+inline constexpr int kWorkerSlots = 128; // databases with a pgkm worker at once
 
 // Installs the shared-memory hooks; called from _PG_init under shared_preload_libraries.
 void ShmemInit();
@@ -48,5 +51,14 @@ int CounterSnapshot(CounterEntry *out, int max);
 void CounterReset(std::uint32_t key_id, std::uint32_t version);
 // Subtracts n from the slot of (key_id, version), after those counts reached the catalog.
 void CounterSubtract(std::uint32_t key_id, std::uint32_t version, std::uint64_t n);
+
+// Claims the worker slot of a database for this process; false if another worker has it.
+bool WorkerClaim(Oid dbid);
+// Frees this process's worker slot.
+void WorkerRelease(Oid dbid);
+// Whether a worker holds the slot of a database.
+bool WorkerRunning(Oid dbid);
+// Sets the latch of a database's worker, if one runs.
+void WorkerWake(Oid dbid);
 
 } // namespace pgkm::pg

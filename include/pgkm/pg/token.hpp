@@ -56,6 +56,15 @@ void FindOrGenerateMasterKey(const char *base_label, MasterKeyChoice *out);
 // Checks that a master key with this label exists in the token.
 void RequireMasterKey(const char *label);
 
+// Chooses the master key that follows the catalog's newest "<base>.vN" (N = catalog_version,
+// 0 if none): adopts the token's newest "<base>.vM" if M > N (one the HSM's officers made,
+// or one left by a rotation that rolled back) after checking that it is a non-extractable
+// wrapping key, or else generates "<base>.v<N+1>".
+void NextMasterKey(const char *base_label, std::uint64_t catalog_version, MasterKeyChoice *out);
+
+// Returns N when label is "<base>.vN", or 0.
+std::uint64_t MasterKeyLabelVersion(const char *base_label, const char *label);
+
 // Makes a random 32-byte DEK for (key_id, version), wraps it under the master key and
 // computes its key check value. The DEK itself is wiped before returning.
 void NewWrappedDek(const char *master_label, std::uint32_t key_id, std::uint32_t version,
@@ -66,6 +75,14 @@ void NewWrappedDek(const char *master_label, std::uint32_t key_id, std::uint32_t
 core::KeyMaterial *UnwrapKeyMaterial(const char *master_label, const char *key_name,
 									 std::uint32_t key_id, std::uint32_t version,
 									 core::ByteView wrapped, core::ByteView check);
+
+// Re-wraps the stored DEK of (key_id, version) from master key old_label to new_label:
+// unwraps it, verifies its key check value, wraps it under the new master key and checks
+// that the new blob unwraps to the same DEK. out->check is the stored check value (it
+// depends on the DEK and its identity only, not on the master key). The DEK is wiped.
+void RewrapDek(const char *old_label, const char *new_label, const char *key_name,
+			   std::uint32_t key_id, std::uint32_t version, core::ByteView wrapped,
+			   core::ByteView check, WrappedDek *out);
 
 // Frees key material; its keys are wiped by their secure buffers.
 void DestroyKeyMaterial(core::KeyMaterial *material) noexcept;

@@ -1,0 +1,63 @@
+// Building blocks of key administration shared by the SQL functions and the worker. Each
+// runs inside an open catalog session (CatalogOpen) and may raise errors.
+#pragma once
+
+#include "pgkm/pg/token.hpp"
+
+#include "pgkm/pg/catalog.hpp"
+
+namespace pgkm::pg
+{
+
+// The master key new DEKs are wrapped under.
+struct MasterKeyRow
+{
+	int32 id;
+	char label[kMaxLabel];
+};
+
+// A new DEK version, wrapped, with the master key that wrapped it.
+struct NewVersion
+{
+	int32 master_key_id;
+	WrappedDek dek;
+};
+
+// Returns the active master key, finding or generating one in the token the first time.
+MasterKeyRow ActiveMasterKey(const char *caller_name);
+
+// Makes and wraps a new DEK for (key_id, version). Called before any catalog write of the
+// operation, so a token failure leaves nothing to roll back.
+NewVersion WrapNewVersion(int64 key_id, int32 version, const char *caller_name);
+
+// Inserts a wrapped DEK as the active version of a key.
+void StoreVersion(int64 key_id, int32 version, const NewVersion &v, const char *caller_name);
+
+// Locks a key's row and returns its id and owner; raises undefined_object if absent.
+int64 LockKey(const char *name, Oid *owner);
+
+// Raises insufficient_privilege unless caller is a superuser or has the owner's privileges.
+void CheckKeyOwner(Oid caller, Oid owner, const char *name);
+
+// Opens a catalog session with the named key's row locked, after checking that the caller
+// is its owner (or has the owner's privileges, or is a superuser). Returns the key id.
+int64 OpenOwnedKey(const char *name, CatalogSession *session);
+
+// Adds a version to a key: wraps a new DEK, demotes the active version to decrypt_only,
+// stores the new one active, records the event and queues re-encryption jobs for the
+// key's protected columns. The key row must be locked (LockKey). Returns the new version.
+int32 RotateKeyLocked(int64 key_id, const char *key_name, const char *actor, const char *why);
+
+// Queues a re-encryption job to target_version for each protected column of the key
+// (replacing open jobs of older targets) and wakes the database's worker.
+void QueueReencryption(int64 key_id, int32 target_version, const char *actor);
+
+// Adds the shared-memory encryption counts of this database to pgkm.key_versions; shared
+// memory forgets them only if the transaction commits. Returns the total added.
+int64 FlushEncryptionCounts();
+
+// Records who did what to which key (pgkm.key_events). key_id/version 0 mean none.
+void RecordKeyEvent(const char *actor, const char *action, int64 key_id, int32 version,
+					const char *detail);
+
+} // namespace pgkm::pg

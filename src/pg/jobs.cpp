@@ -1,0 +1,330 @@
+// Protected columns and re-encryption jobs: what the worker re-encrypts, and the DBA's
+// controls over it (start, pause, resume, cancel). The worker itself is in worker.cpp.
+#include "pgkm/pg/admin.hpp"
+#include "pgkm/pg/boundary.hpp"
+#include "pgkm/pg/key_cache.hpp"
+#include "pgkm/pg/shmem.hpp"
+#include "pgkm/pg/worker.hpp"
+
+extern "C"
+{
+#include "catalog/pg_index.h"
+#include "utils/syscache.h"
+}
+
+using namespace pgkm::pg;
+
+namespace
+{
+
+// Raises insufficient_privilege unless the caller owns the table (or is a superuser).
+void CheckTableOwner(Oid relid)
+{
+#if PG_VERSION_NUM >= 160000
+	bool owner = object_ownercheck(RelationRelationId, relid, GetUserId());
+#else
+	bool owner = pg_class_ownercheck(relid, GetUserId());
+#endif
+	if (!owner)
+		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						errmsg("must be owner of table %s", get_rel_name(relid))));
+}
+
+// Returns the type of a column, raising undefined_column if it does not exist.
+Oid ColumnType(Oid relid, const char *column)
+{
+	AttrNumber attnum = get_attnum(relid, column);
+	if (attnum == InvalidAttrNumber || attnum < 0)
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
+						errmsg("column \"%s\" of relation \"%s\" does not exist", column,
+							   get_rel_name(relid))));
+	return get_atttype(relid, attnum);
+}
+
+// Raises an error unless the table has a single-column primary key (re-encryption walks it).
+void RequireSingleColumnPrimaryKey(Oid relid)
+{
+	Oid types[1] = {OIDOID};
+	Datum values[1] = {ObjectIdGetDatum(relid)};
+	uint64 n = CatalogExec("SELECT 1 FROM pg_catalog.pg_index i"
+						   " WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary"
+						   " AND i.indnkeyatts OPERATOR(pg_catalog.=) 1",
+						   1, types, values, nullptr, SPI_OK_SELECT);
+	if (n != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table %s needs a single-column primary key to be protected",
+						get_rel_name(relid)),
+				 errdetail("Re-encryption walks the table by its primary key in short batches.")));
+}
+
+// Reads a job's key and locks its row; raises undefined_object if there is no such job.
+int64 LockJob(int64 job_id, char *state_out, size_t state_size)
+{
+	Oid types[1] = {INT8OID};
+	Datum values[1] = {Int64GetDatum(job_id)};
+	if (CatalogExec("SELECT key_id, state FROM pgkm.rotation_jobs"
+					" WHERE job_id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+					1, types, values, nullptr, SPI_OK_SELECT) != 1)
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
+						errmsg("re-encryption job %lld does not exist", (long long)job_id)));
+	bool isnull;
+	int64 key_id = DatumGetInt64(CatalogValue(0, 1, &isnull));
+	strlcpy(state_out, CatalogText(0, 2), state_size);
+	return key_id;
+}
+
+// Raises insufficient_privilege unless the caller owns the key with this id.
+void CheckKeyIdOwner(Oid caller, int64 key_id)
+{
+	Oid types[1] = {INT8OID};
+	Datum values[1] = {Int64GetDatum(key_id)};
+	CatalogExec("SELECT name, owner::oid FROM pgkm.keys WHERE key_id OPERATOR(pg_catalog.=) $1", 1,
+				types, values, nullptr, SPI_OK_SELECT);
+	bool isnull;
+	char *name = CatalogText(0, 1);
+	CheckKeyOwner(caller, DatumGetObjectId(CatalogValue(0, 2, &isnull)), name);
+}
+
+// Moves a job from one of the states in from (a SQL array literal) to state to.
+void ChangeJobState(FunctionCallInfo fcinfo, const char *from, const char *to, const char *action)
+{
+	RequireSharedMemory();
+	int64 job_id = PG_GETARG_INT64(0);
+	Oid caller = GetUserId();
+	char *caller_name = GetUserNameFromId(caller, false);
+	CatalogSession session;
+	CatalogOpen(&session);
+	char state[32];
+	int64 key_id = LockJob(job_id, state, sizeof(state));
+	CheckKeyIdOwner(caller, key_id);
+	Oid types[3] = {INT8OID, TEXTOID, TEXTOID};
+	Datum values[3] = {Int64GetDatum(job_id), CStringGetTextDatum(to), CStringGetTextDatum(from)};
+	if (CatalogExec("UPDATE pgkm.rotation_jobs SET state = $2, updated_at = pg_catalog.now(),"
+					" finished_at = CASE WHEN $2 OPERATOR(pg_catalog.=) 'cancelled'"
+					"  THEN pg_catalog.now() END"
+					" WHERE job_id OPERATOR(pg_catalog.=) $1"
+					" AND state OPERATOR(pg_catalog.=) ANY ($3::text[])",
+					3, types, values, nullptr, SPI_OK_UPDATE) != 1)
+		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						errmsg("re-encryption job %lld is %s and cannot be %s", (long long)job_id,
+							   state, to)));
+	char detail[64];
+	snprintf(detail, sizeof(detail), "job %lld", (long long)job_id);
+	RecordKeyEvent(caller_name, action, key_id, 0, detail);
+	CatalogClose(&session);
+	WakeDatabaseWorker();
+}
+
+// Queues one job for a protected column, superseding its open jobs. Returns the job id.
+int64 QueueJob(Oid relid, const char *column, int64 key_id, int32 target, const char *actor)
+{
+	Oid types[5] = {OIDOID, NAMEOID, INT8OID, INT4OID, NAMEOID};
+	Datum values[5] = {ObjectIdGetDatum(relid), CStringGetDatum(column), Int64GetDatum(key_id),
+					   Int32GetDatum(target), CStringGetDatum(actor)};
+	CatalogExec("INSERT INTO pgkm.rotation_jobs (table_name, column_name, key_id, target_version,"
+				" created_by) VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5) RETURNING job_id",
+				5, types, values, nullptr, SPI_OK_INSERT_RETURNING);
+	bool isnull;
+	int64 job_id = DatumGetInt64(CatalogValue(0, 1, &isnull));
+	Oid stypes[3] = {OIDOID, NAMEOID, INT8OID};
+	Datum svalues[3] = {ObjectIdGetDatum(relid), CStringGetDatum(column), Int64GetDatum(job_id)};
+	CatalogExec("UPDATE pgkm.rotation_jobs SET state = 'cancelled', finished_at = pg_catalog.now(),"
+				" error = 'superseded by job ' OPERATOR(pg_catalog.||) $3"
+				" WHERE table_name OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
+				" AND column_name OPERATOR(pg_catalog.=) $2 AND job_id OPERATOR(pg_catalog.<>) $3"
+				" AND state OPERATOR(pg_catalog.=) ANY ('{pending,running,paused}')",
+				3, stypes, svalues, nullptr, SPI_OK_UPDATE);
+	char detail[NAMEDATALEN * 3 + 64];
+	snprintf(detail, sizeof(detail), "job %lld: %s.%s", (long long)job_id, get_rel_name(relid),
+			 column);
+	RecordKeyEvent(actor, "job_queue", key_id, target, detail);
+	return job_id;
+}
+
+} // namespace
+
+namespace pgkm::pg
+{
+
+void QueueReencryption(int64 key_id, int32 target_version, const char *actor)
+{
+	Oid types[1] = {INT8OID};
+	Datum values[1] = {Int64GetDatum(key_id)};
+	uint64 n = CatalogExec("SELECT table_name::oid, column_name::text FROM pgkm.protected_columns"
+						   " WHERE key_id OPERATOR(pg_catalog.=) $1 ORDER BY 1, 2",
+						   1, types, values, nullptr, SPI_OK_SELECT);
+	if (n == 0)
+		return;
+	// The result is overwritten by QueueJob's statements: copy it first.
+	Oid *relids = static_cast<Oid *>(palloc(sizeof(Oid) * n));
+	char **columns = static_cast<char **>(palloc(sizeof(char *) * n));
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool isnull;
+		relids[i] = DatumGetObjectId(CatalogValue(i, 1, &isnull));
+		columns[i] = CatalogText(i, 2);
+	}
+	for (uint64 i = 0; i < n; i++)
+		QueueJob(relids[i], columns[i], key_id, target_version, actor);
+	WakeDatabaseWorker();
+}
+
+} // namespace pgkm::pg
+
+extern "C"
+{
+	PG_FUNCTION_INFO_V1(pgkm_protect_column);
+	PG_FUNCTION_INFO_V1(pgkm_unprotect_column);
+	PG_FUNCTION_INFO_V1(pgkm_start_reencryption);
+	PG_FUNCTION_INFO_V1(pgkm_pause_job);
+	PG_FUNCTION_INFO_V1(pgkm_resume_job);
+	PG_FUNCTION_INFO_V1(pgkm_cancel_job);
+	Datum pgkm_protect_column(PG_FUNCTION_ARGS);
+	Datum pgkm_unprotect_column(PG_FUNCTION_ARGS);
+	Datum pgkm_start_reencryption(PG_FUNCTION_ARGS);
+	Datum pgkm_pause_job(PG_FUNCTION_ARGS);
+	Datum pgkm_resume_job(PG_FUNCTION_ARGS);
+	Datum pgkm_cancel_job(PG_FUNCTION_ARGS);
+}
+
+// pgkm.protect_column(table, column, key_name, context_column): registers a bytea column
+// as encrypted under a key, so the worker re-encrypts it after rotations. The caller must
+// own both the table and the key.
+Datum pgkm_protect_column(PG_FUNCTION_ARGS)
+{
+	RequireSharedMemory();
+	KeyCacheInit();
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						errmsg("table, column and key name must not be null")));
+	Oid relid = PG_GETARG_OID(0);
+	char *column = NameStr(*PG_GETARG_NAME(1));
+	char *key_name = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	char *context = PG_ARGISNULL(3) ? nullptr : NameStr(*PG_GETARG_NAME(3));
+	char *caller_name = GetUserNameFromId(GetUserId(), false);
+
+	if (get_rel_relkind(relid) != RELKIND_RELATION &&
+		get_rel_relkind(relid) != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
+						errmsg("%s is not a table", get_rel_name(relid))));
+	CheckTableOwner(relid);
+	if (ColumnType(relid, column) != BYTEAOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("column \"%s\" must be of type bytea to hold pgkm ciphertexts", column)));
+	if (context)
+		(void)ColumnType(relid, context);
+
+	CatalogSession session;
+	int64 key_id = OpenOwnedKey(key_name, &session);
+	RequireSingleColumnPrimaryKey(relid);
+	Oid types[5] = {OIDOID, NAMEOID, INT8OID, NAMEOID, NAMEOID};
+	Datum values[5] = {ObjectIdGetDatum(relid), PG_GETARG_DATUM(1), Int64GetDatum(key_id),
+					   context ? PG_GETARG_DATUM(3) : (Datum)0, CStringGetDatum(caller_name)};
+	char nulls[5] = {' ', ' ', ' ', context ? ' ' : 'n', ' '};
+	CatalogExec("INSERT INTO pgkm.protected_columns (table_name, column_name, key_id,"
+				" context_column, created_by) VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5)"
+				" ON CONFLICT (table_name, column_name) DO UPDATE SET key_id = EXCLUDED.key_id,"
+				" context_column = EXCLUDED.context_column",
+				5, types, values, nulls, SPI_OK_INSERT);
+	char detail[NAMEDATALEN * 3 + 32];
+	snprintf(detail, sizeof(detail), "%s.%s%s%s", get_rel_name(relid), column,
+			 context ? ", context " : "", context ? context : "");
+	RecordKeyEvent(caller_name, "column_protect", key_id, 0, detail);
+	CatalogClose(&session);
+	PG_RETURN_VOID();
+}
+
+// pgkm.unprotect_column(table, column): forgets a protected column and cancels its jobs.
+Datum pgkm_unprotect_column(PG_FUNCTION_ARGS)
+{
+	RequireSharedMemory();
+	KeyCacheInit();
+	Oid relid = PG_GETARG_OID(0);
+	char *column = NameStr(*PG_GETARG_NAME(1));
+	Oid caller = GetUserId();
+	char *caller_name = GetUserNameFromId(caller, false);
+	CheckTableOwner(relid);
+	CatalogSession session;
+	CatalogOpen(&session);
+	Oid types[2] = {OIDOID, NAMEOID};
+	Datum values[2] = {ObjectIdGetDatum(relid), PG_GETARG_DATUM(1)};
+	if (CatalogExec("DELETE FROM pgkm.protected_columns"
+					" WHERE table_name OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
+					" AND column_name OPERATOR(pg_catalog.=) $2 RETURNING key_id",
+					2, types, values, nullptr, SPI_OK_DELETE_RETURNING) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("column \"%s\" of %s is not protected", column, get_rel_name(relid))));
+	bool isnull;
+	int64 key_id = DatumGetInt64(CatalogValue(0, 1, &isnull));
+	CatalogExec("UPDATE pgkm.rotation_jobs SET state = 'cancelled', finished_at = pg_catalog.now(),"
+				" error = 'column unprotected'"
+				" WHERE table_name OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
+				" AND column_name OPERATOR(pg_catalog.=) $2"
+				" AND state OPERATOR(pg_catalog.=) ANY ('{pending,running,paused}')",
+				2, types, values, nullptr, SPI_OK_UPDATE);
+	char detail[NAMEDATALEN * 2 + 8];
+	snprintf(detail, sizeof(detail), "%s.%s", get_rel_name(relid), column);
+	RecordKeyEvent(caller_name, "column_unprotect", key_id, 0, detail);
+	CatalogClose(&session);
+	PG_RETURN_VOID();
+}
+
+// pgkm.start_reencryption(table, column): queues a job that re-encrypts the column to its
+// key's active version. Returns the job id.
+Datum pgkm_start_reencryption(PG_FUNCTION_ARGS)
+{
+	RequireSharedMemory();
+	KeyCacheInit();
+	Oid relid = PG_GETARG_OID(0);
+	char *column = NameStr(*PG_GETARG_NAME(1));
+	Oid caller = GetUserId();
+	char *caller_name = GetUserNameFromId(caller, false);
+	CatalogSession session;
+	CatalogOpen(&session);
+	Oid types[2] = {OIDOID, NAMEOID};
+	Datum values[2] = {ObjectIdGetDatum(relid), PG_GETARG_DATUM(1)};
+	if (CatalogExec("SELECT p.key_id, v.version FROM pgkm.protected_columns p"
+					" LEFT JOIN pgkm.key_versions v ON v.key_id OPERATOR(pg_catalog.=) p.key_id"
+					"  AND v.state OPERATOR(pg_catalog.=) 'active'"
+					" WHERE p.table_name OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
+					" AND p.column_name OPERATOR(pg_catalog.=) $2",
+					2, types, values, nullptr, SPI_OK_SELECT) != 1)
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
+						errmsg("column \"%s\" of %s is not protected", column, get_rel_name(relid)),
+						errhint("Use pgkm.protect_column() first.")));
+	bool isnull, no_active;
+	int64 key_id = DatumGetInt64(CatalogValue(0, 1, &isnull));
+	Datum active = CatalogValue(0, 2, &no_active);
+	if (no_active)
+		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						errmsg("the key of column \"%s\" has no active version", column)));
+	CheckKeyIdOwner(caller, key_id);
+	int64 job_id = QueueJob(relid, column, key_id, DatumGetInt32(active), caller_name);
+	CatalogClose(&session);
+	WakeDatabaseWorker();
+	PG_RETURN_INT64(job_id);
+}
+
+// pgkm.pause_job(job_id): the worker leaves the job between batches.
+Datum pgkm_pause_job(PG_FUNCTION_ARGS)
+{
+	ChangeJobState(fcinfo, "{pending,running}", "paused", "job_pause");
+	PG_RETURN_VOID();
+}
+
+// pgkm.resume_job(job_id): a paused job continues from its checkpoint.
+Datum pgkm_resume_job(PG_FUNCTION_ARGS)
+{
+	ChangeJobState(fcinfo, "{paused}", "pending", "job_resume");
+	PG_RETURN_VOID();
+}
+
+// pgkm.cancel_job(job_id): the job stops for good; rows done so far stay re-encrypted.
+Datum pgkm_cancel_job(PG_FUNCTION_ARGS)
+{
+	ChangeJobState(fcinfo, "{pending,running,paused}", "cancelled", "job_cancel");
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,735 @@
+// Background workers. The launcher starts one worker per database at server start (and
+// CREATE EXTENSION starts its database's worker); a worker whose database lacks the
+// extension exits with status 0 and is not restarted. Each worker loops: flush encryption
+// counts and apply rotation policies every pgkm.worker_naptime, and run re-encryption jobs
+// one batch per short transaction, walking the table by primary key with SKIP LOCKED and
+// checkpointing in the batch's own transaction. Errors are caught per step: a failing job is
+// marked failed, a lock or statement timeout is retried later.
+#include "pgkm/pg/admin.hpp"
+#include "pgkm/pg/catalog.hpp"
+#include "pgkm/pg/guc.hpp"
+#include "pgkm/pg/key_cache.hpp"
+#include "pgkm/pg/shmem.hpp"
+#include "pgkm/pg/worker.hpp"
+
+extern "C"
+{
+#include "access/heapam.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/pg_database.h"
+#include "commands/extension.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "tcop/tcopprot.h"
+#include "utils/snapmgr.h"
+}
+
+using namespace pgkm::pg;
+
+extern "C"
+{
+	PGDLLEXPORT void pgkm_launcher_main(Datum arg);
+	PGDLLEXPORT void pgkm_worker_main(Datum arg);
+	PG_FUNCTION_INFO_V1(pgkm_start_worker);
+	Datum pgkm_start_worker(PG_FUNCTION_ARGS);
+}
+
+namespace
+{
+
+constexpr int kRestartSeconds = 5;
+constexpr const char *kActor = "pgkm worker";
+
+// Whether this transaction queued work for the worker, and the callback that wakes it.
+bool wake_at_commit = false;
+bool wake_callback_registered = false;
+
+// Transaction callback: wakes the database's worker once queued work is visible.
+void WakeAtCommit(XactEvent event, void *)
+{
+	if (!wake_at_commit)
+		return;
+	if (event == XACT_EVENT_COMMIT)
+		WorkerWake(MyDatabaseId);
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
+		wake_at_commit = false;
+}
+
+// The job the current batch works on, kept where an ERROR's longjmp cannot lose it.
+int64 batch_job_id = 0;
+
+// What one step of the worker did, so the loop knows how long to wait.
+enum class Step
+{
+	Idle,    // no open job: wait for the naptime or a wake-up
+	Worked,  // a batch re-encrypted rows: wait the throttle delay
+	Blocked, // rows remain but are locked or timed out: wait the naptime
+};
+
+// A job as read at the start of a batch.
+struct Job
+{
+	int64 job_id;
+	Oid relid;
+	char column[NAMEDATALEN];
+	int64 key_id;
+	int32 target;
+	char state[16];
+	char phase[16];
+	char *last_key; // NULL: from the start
+	int64 rows_done;
+};
+
+// Fills a bgworker registration for pgkm's library.
+void FillWorker(BackgroundWorker *worker, const char *function, const char *type, Datum arg)
+{
+	memset(worker, 0, sizeof(*worker));
+	worker->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker->bgw_restart_time = kRestartSeconds;
+	strlcpy(worker->bgw_library_name, "pgkm", BGW_MAXLEN);
+	strlcpy(worker->bgw_function_name, function, BGW_MAXLEN);
+	strlcpy(worker->bgw_type, type, BGW_MAXLEN);
+	worker->bgw_main_arg = arg;
+}
+
+// Registers the worker of one database.
+bool RegisterDatabaseWorker(Oid dbid)
+{
+	BackgroundWorker worker;
+	FillWorker(&worker, "pgkm_worker_main", "pgkm worker", ObjectIdGetDatum(dbid));
+	snprintf(worker.bgw_name, BGW_MAXLEN, "pgkm worker for database %u", dbid);
+	BackgroundWorkerHandle *handle;
+	return RegisterDynamicBackgroundWorker(&worker, &handle);
+}
+
+// Sets a setting for the current transaction only.
+void SetLocal(const char *name, const char *value)
+{
+	(void)set_config_option(name, value, PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0,
+							false);
+}
+
+// Sets an integer setting (in ms) for the current transaction only.
+void SetLocalInt(const char *name, int value)
+{
+	char text[32];
+	snprintf(text, sizeof(text), "%d", value);
+	SetLocal(name, text);
+}
+
+// Starts a transaction with SPI connected, a snapshot, and search_path pinned.
+void BeginStep()
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SetLocal("search_path", "pg_catalog, pg_temp");
+}
+
+// Commits the step's transaction.
+void EndStep()
+{
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, nullptr);
+}
+
+// Whether pgkm 1.1 or later is installed in this database (checked in its own transaction).
+bool ExtensionReady()
+{
+	BeginStep();
+	bool ready = false;
+	if (CatalogExec("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pgkm'", 0,
+					nullptr, nullptr, nullptr, SPI_OK_SELECT) == 1)
+	{
+		char *version = CatalogText(0, 1);
+		ready = version && strcmp(version, "1.0") != 0;
+	}
+	EndStep();
+	return ready;
+}
+
+// Returns the schema the data-path functions live in, quoted.
+const char *ExtensionSchema()
+{
+	CatalogExec("SELECT n.nspname::text FROM pg_catalog.pg_extension e"
+				" JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace"
+				" WHERE e.extname OPERATOR(pg_catalog.=) 'pgkm'",
+				0, nullptr, nullptr, nullptr, SPI_OK_SELECT);
+	return quote_identifier(CatalogText(0, 1));
+}
+
+// Puts jobs left running by a crash or a stop back to pending: they resume from their
+// checkpoint.
+void RecoverJobs()
+{
+	BeginStep();
+	uint64 n = CatalogExec("UPDATE pgkm.rotation_jobs SET state = 'pending'"
+						   " WHERE state OPERATOR(pg_catalog.=) 'running'",
+						   0, nullptr, nullptr, nullptr, SPI_OK_UPDATE);
+	EndStep();
+	if (n > 0)
+		ereport(LOG,
+				(errmsg("pgkm worker: resuming %llu re-encryption job(s) from their checkpoint",
+						(unsigned long long)n)));
+}
+
+// Reads the oldest open job and locks it; false if there is none.
+bool NextJob(Job *job)
+{
+	if (CatalogExec("SELECT job_id, table_name::oid, column_name::text, key_id, target_version,"
+					" state, phase, last_key, rows_done FROM pgkm.rotation_jobs"
+					" WHERE state OPERATOR(pg_catalog.=) ANY ('{pending,running}')"
+					" ORDER BY job_id LIMIT 1 FOR UPDATE SKIP LOCKED",
+					0, nullptr, nullptr, nullptr, SPI_OK_SELECT) != 1)
+		return false;
+	bool isnull;
+	job->job_id = DatumGetInt64(CatalogValue(0, 1, &isnull));
+	job->relid = DatumGetObjectId(CatalogValue(0, 2, &isnull));
+	strlcpy(job->column, CatalogText(0, 3), NAMEDATALEN);
+	job->key_id = DatumGetInt64(CatalogValue(0, 4, &isnull));
+	job->target = DatumGetInt32(CatalogValue(0, 5, &isnull));
+	strlcpy(job->state, CatalogText(0, 6), sizeof(job->state));
+	strlcpy(job->phase, CatalogText(0, 7), sizeof(job->phase));
+	job->last_key = CatalogText(0, 8);
+	job->rows_done = DatumGetInt64(CatalogValue(0, 9, &isnull));
+	return true;
+}
+
+// Marks a job failed with a message (in the current transaction).
+void FailJob(int64 job_id, const char *message)
+{
+	Oid types[2] = {INT8OID, TEXTOID};
+	Datum values[2] = {Int64GetDatum(job_id), CStringGetTextDatum(message)};
+	CatalogExec("UPDATE pgkm.rotation_jobs SET state = 'failed', error = $2,"
+				" updated_at = pg_catalog.now(), finished_at = pg_catalog.now()"
+				" WHERE job_id OPERATOR(pg_catalog.=) $1",
+				2, types, values, nullptr, SPI_OK_UPDATE);
+}
+
+// The SQL pieces of one protected column: table, primary key, context expression.
+struct Target
+{
+	char *table;     // schema-qualified and quoted
+	char *column;    // quoted
+	char *pk;        // quoted
+	char *pk_type;   // format_type of the primary key
+	char *context;   // expression over alias t, or NULL::bytea
+	const char *ext; // schema of pgkm_rewrap, quoted
+	const char *why; // set when the job cannot run
+};
+
+// Resolves what a job needs to build its statements.
+Target ResolveTarget(const Job *job)
+{
+	Target t = {};
+	char *relname = get_rel_name(job->relid);
+	if (relname == nullptr)
+	{
+		t.why = "the table no longer exists";
+		return t;
+	}
+	t.table =
+		quote_qualified_identifier(get_namespace_name(get_rel_namespace(job->relid)), relname);
+	t.column = pstrdup(quote_identifier(job->column));
+	t.ext = ExtensionSchema();
+	Oid types[2] = {OIDOID, NAMEOID};
+	Datum values[2] = {ObjectIdGetDatum(job->relid), CStringGetDatum(job->column)};
+	if (CatalogExec("SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod)"
+					" FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a"
+					"  ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid"
+					"  AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]"
+					" WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary"
+					" AND i.indnkeyatts OPERATOR(pg_catalog.=) 1",
+					1, types, values, nullptr, SPI_OK_SELECT) != 1)
+	{
+		t.why = "the table has no single-column primary key";
+		return t;
+	}
+	t.pk = pstrdup(quote_identifier(CatalogText(0, 1)));
+	t.pk_type = CatalogText(0, 2);
+	if (CatalogExec("SELECT p.context_column::text, a.atttypid OPERATOR(pg_catalog.=)"
+					" 'pg_catalog.bytea'::pg_catalog.regtype"
+					" FROM pgkm.protected_columns p LEFT JOIN pg_catalog.pg_attribute a"
+					"  ON a.attrelid OPERATOR(pg_catalog.=) p.table_name"
+					"  AND a.attname OPERATOR(pg_catalog.=) p.context_column"
+					" WHERE p.table_name OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
+					" AND p.column_name OPERATOR(pg_catalog.=) $2",
+					2, types, values, nullptr, SPI_OK_SELECT) != 1)
+	{
+		t.why = "the column is no longer protected";
+		return t;
+	}
+	char *context = CatalogText(0, 1);
+	bool isnull;
+	bool is_bytea = DatumGetBool(CatalogValue(0, 2, &isnull));
+	if (context == nullptr)
+		t.context = pstrdup("NULL::pg_catalog.bytea");
+	else if (is_bytea)
+		t.context = psprintf("t.%s", quote_identifier(context));
+	else
+		t.context = psprintf("t.%s::pg_catalog.text", quote_identifier(context));
+	return t;
+}
+
+// The predicate "holds a ciphertext of this key older than the target version".
+char *OldPredicate(const Target &t, const char *alias)
+{
+	return psprintf("%s%s IS NOT NULL AND pgkm.ciphertext_key_id(%s%s) OPERATOR(pg_catalog.=) $2"
+					" AND pgkm.ciphertext_version(%s%s) OPERATOR(pg_catalog.<) $3",
+					alias, t.column, alias, t.column, alias, t.column);
+}
+
+// Counts the rows that still hold an older version (no locks taken).
+int64 CountOld(const Job *job, const Target &t)
+{
+	char *sql =
+		psprintf("SELECT pg_catalog.count(*) FROM %s WHERE %s", t.table, OldPredicate(t, ""));
+	Oid types[3] = {TEXTOID, INT8OID, INT4OID};
+	Datum values[3] = {(Datum)0, Int64GetDatum(job->key_id), Int32GetDatum(job->target)};
+	char nulls[3] = {'n', ' ', ' '};
+	CatalogExec(sql, 3, types, values, nulls, SPI_OK_SELECT);
+	bool isnull;
+	return DatumGetInt64(CatalogValue(0, 1, &isnull));
+}
+
+// Retires the key's decrypt-only versions older than target that no protected column
+// references any more (a scan of every protected column of the key proves it).
+void RetireUnreferenced(int64 key_id, int32 target)
+{
+	Oid types[2] = {INT8OID, INT4OID};
+	Datum values[2] = {Int64GetDatum(key_id), Int32GetDatum(target)};
+	uint64 n = CatalogExec("SELECT version FROM pgkm.key_versions"
+						   " WHERE key_id OPERATOR(pg_catalog.=) $1"
+						   " AND version OPERATOR(pg_catalog.<) $2"
+						   " AND state OPERATOR(pg_catalog.=) 'decrypt_only' ORDER BY version",
+						   2, types, values, nullptr, SPI_OK_SELECT);
+	int32 *versions = static_cast<int32 *>(palloc(sizeof(int32) * (n + 1)));
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool isnull;
+		versions[i] = DatumGetInt32(CatalogValue(i, 1, &isnull));
+	}
+	uint64 ncols = CatalogExec("SELECT table_name::oid, column_name::text FROM"
+							   " pgkm.protected_columns WHERE key_id OPERATOR(pg_catalog.=) $1",
+							   1, types, values, nullptr, SPI_OK_SELECT);
+	char **checks = static_cast<char **>(palloc(sizeof(char *) * (ncols + 1)));
+	for (uint64 c = 0; c < ncols; c++)
+	{
+		bool isnull;
+		Oid relid = DatumGetObjectId(CatalogValue(c, 1, &isnull));
+		char *column = CatalogText(c, 2);
+		char *relname = get_rel_name(relid);
+		checks[c] = relname == nullptr
+						? nullptr
+						: psprintf("SELECT 1 FROM %s WHERE %s IS NOT NULL AND"
+								   " pgkm.ciphertext_key_id(%s) OPERATOR(pg_catalog.=) $1 AND"
+								   " pgkm.ciphertext_version(%s) OPERATOR(pg_catalog.=) $2 LIMIT 1",
+								   quote_qualified_identifier(
+									   get_namespace_name(get_rel_namespace(relid)), relname),
+								   quote_identifier(column), quote_identifier(column),
+								   quote_identifier(column));
+	}
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool referenced = false;
+		Datum args[2] = {Int64GetDatum(key_id), Int32GetDatum(versions[i])};
+		for (uint64 c = 0; c < ncols && !referenced; c++)
+			referenced =
+				checks[c] && CatalogExec(checks[c], 2, types, args, nullptr, SPI_OK_SELECT) > 0;
+		if (referenced)
+			continue;
+		CatalogExec("UPDATE pgkm.key_versions SET state = 'retired',"
+					" state_changed_at = pg_catalog.now()"
+					" WHERE key_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2",
+					2, types, args, nullptr, SPI_OK_UPDATE);
+		RecordKeyEvent(kActor, "version_retire", key_id, versions[i],
+					   "no protected column references it");
+	}
+}
+
+// Re-encrypts one batch of the oldest open job, checkpointing it in the same transaction.
+Step RunBatch()
+{
+	Job job;
+	if (!NextJob(&job))
+		return Step::Idle;
+	batch_job_id = job.job_id;
+	Target t = ResolveTarget(&job);
+	if (t.why)
+	{
+		FailJob(job.job_id, t.why);
+		return Step::Worked;
+	}
+
+	Oid id_types[1] = {INT8OID};
+	Datum id_values[1] = {Int64GetDatum(job.job_id)};
+	if (strcmp(job.state, "pending") == 0)
+	{
+		int64 total = job.rows_done + CountOld(&job, t);
+		Oid types[2] = {INT8OID, INT8OID};
+		Datum values[2] = {Int64GetDatum(job.job_id), Int64GetDatum(total)};
+		CatalogExec("UPDATE pgkm.rotation_jobs SET state = 'running', rows_total = $2,"
+					" started_at = COALESCE(started_at, pg_catalog.now()),"
+					" updated_at = pg_catalog.now() WHERE job_id OPERATOR(pg_catalog.=) $1",
+					2, types, values, nullptr, SPI_OK_UPDATE);
+		if (job.rows_done == 0)
+			RecordKeyEvent(kActor, "job_start", job.key_id, job.target,
+						   psprintf("job %lld: %s.%s, %lld rows", (long long)job.job_id, t.table,
+									t.column, (long long)total));
+	}
+
+	// The new value is computed inside the UPDATE from the row it locked; the predicate
+	// makes the statement idempotent and leaves rows that others locked to a later pass.
+	char *sql = psprintf(
+		"WITH batch AS (SELECT %s AS k FROM %s WHERE %s %s ORDER BY %s LIMIT $4"
+		" FOR UPDATE SKIP LOCKED),"
+		" done AS (UPDATE %s t SET %s = %s.pgkm_rewrap(t.%s, %s) FROM batch"
+		" WHERE t.%s OPERATOR(pg_catalog.=) batch.k AND %s RETURNING t.%s AS k)"
+		" SELECT pg_catalog.count(*), pg_catalog.max(k)::pg_catalog.text FROM done",
+		t.pk, t.table, OldPredicate(t, ""),
+		job.last_key ? psprintf("AND %s OPERATOR(pg_catalog.>) $1::%s", t.pk, t.pk_type) : "", t.pk,
+		t.table, t.column, t.ext, t.column, t.context, t.pk, OldPredicate(t, "t."), t.pk);
+	Oid types[4] = {TEXTOID, INT8OID, INT4OID, INT4OID};
+	Datum values[4] = {job.last_key ? CStringGetTextDatum(job.last_key) : (Datum)0,
+					   Int64GetDatum(job.key_id), Int32GetDatum(job.target),
+					   Int32GetDatum(guc_rotation_batch_size)};
+	char nulls[4] = {job.last_key ? ' ' : 'n', ' ', ' ', ' '};
+	CatalogExec(sql, 4, types, values, nulls, SPI_OK_SELECT);
+	bool isnull;
+	int64 n = DatumGetInt64(CatalogValue(0, 1, &isnull));
+	if (n > 0)
+	{
+		char *last = CatalogText(0, 2);
+		Oid ctypes[3] = {INT8OID, TEXTOID, INT8OID};
+		Datum cvalues[3] = {Int64GetDatum(job.job_id), CStringGetTextDatum(last), Int64GetDatum(n)};
+		CatalogExec("UPDATE pgkm.rotation_jobs SET last_key = $2,"
+					" rows_done = rows_done OPERATOR(pg_catalog.+) $3,"
+					" batches = batches OPERATOR(pg_catalog.+) 1, updated_at = pg_catalog.now()"
+					" WHERE job_id OPERATOR(pg_catalog.=) $1",
+					3, ctypes, cvalues, nullptr, SPI_OK_UPDATE);
+		return Step::Worked;
+	}
+
+	// The pass is over. A fresh count decides: nothing old is left, or another pass.
+	int64 left = CountOld(&job, t);
+	if (left == 0)
+	{
+		CatalogExec("UPDATE pgkm.rotation_jobs SET state = 'done', phase = 'finished',"
+					" last_key = NULL, updated_at = pg_catalog.now(),"
+					" finished_at = pg_catalog.now() WHERE job_id OPERATOR(pg_catalog.=) $1",
+					1, id_types, id_values, nullptr, SPI_OK_UPDATE);
+		RecordKeyEvent(kActor, "job_finish", job.key_id, job.target,
+					   psprintf("job %lld: %lld rows re-encrypted", (long long)job.job_id,
+								(long long)job.rows_done));
+		RetireUnreferenced(job.key_id, job.target);
+		return Step::Worked;
+	}
+	bool nothing_this_pass = job.last_key == nullptr;
+	CatalogExec("UPDATE pgkm.rotation_jobs SET phase = 'sweep', last_key = NULL,"
+				" sweeps = sweeps OPERATOR(pg_catalog.+) 1, updated_at = pg_catalog.now()"
+				" WHERE job_id OPERATOR(pg_catalog.=) $1",
+				1, id_types, id_values, nullptr, SPI_OK_UPDATE);
+	// A whole pass that found only locked rows waits before trying again.
+	return nothing_this_pass ? Step::Blocked : Step::Worked;
+}
+
+// Runs one batch in its own transaction; a failure marks the job failed, except a lock or
+// statement timeout, which is retried later.
+Step RunBatchStep()
+{
+	volatile Step step = Step::Idle;
+	batch_job_id = 0;
+	MemoryContext oldcontext = CurrentMemoryContext;
+	PG_TRY();
+	{
+		BeginStep();
+		SetLocal("session_replication_role", "replica");
+		SetLocalInt("lock_timeout", guc_rotation_lock_timeout);
+		SetLocalInt("statement_timeout", guc_rotation_statement_timeout);
+		step = RunBatch();
+		EndStep();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcontext);
+		ErrorData *error = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		bool retry = error->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+					 error->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+					 error->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
+					 error->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED;
+		ereport(retry ? LOG : WARNING,
+				(errmsg("pgkm worker: re-encryption job %lld %s: %s", (long long)batch_job_id,
+						retry ? "will retry" : "failed", error->message)));
+		if (!retry && batch_job_id != 0)
+		{
+			BeginStep();
+			FailJob(batch_job_id, error->message);
+			EndStep();
+		}
+		FreeErrorData(error);
+		step = Step::Blocked;
+	}
+	PG_END_TRY();
+	return step;
+}
+
+// Rotates one key that its policy says is due, in its own transaction; a failure is logged
+// and retried at the next naptime.
+void RotateByPolicy(const char *name, const char *why)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+	PG_TRY();
+	{
+		BeginStep();
+		CatalogSession session;
+		CatalogOpen(&session);
+		Oid owner;
+		int64 key_id = LockKey(name, &owner);
+		int32 version = RotateKeyLocked(key_id, name, kActor, why);
+		CatalogClose(&session);
+		EndStep();
+		ereport(LOG,
+				(errmsg("pgkm worker: rotated key \"%s\" to version %d (%s)", name, version, why)));
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcontext);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+}
+
+// Flushes encryption counts and rotates keys whose policy says so, each in its own
+// transaction; a failure is logged and retried at the next naptime.
+void Housekeeping()
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+	PG_TRY();
+	{
+		BeginStep();
+		CatalogSession session;
+		CatalogOpen(&session);
+		(void)FlushEncryptionCounts();
+		CatalogClose(&session);
+		EndStep();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcontext);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+
+	// Keys due for rotation: the active version is older than max_age, or has encrypted
+	// max_encryptions values (the counts were just flushed).
+	BeginStep();
+	uint64 n = CatalogExec(
+		"SELECT k.name, CASE WHEN v.encryptions OPERATOR(pg_catalog.>=) k.rotation_max_encryptions"
+		"  THEN 'automatic: ' OPERATOR(pg_catalog.||) v.encryptions OPERATOR(pg_catalog.||)"
+		"  ' encryptions' ELSE 'automatic: older than ' OPERATOR(pg_catalog.||)"
+		"  k.rotation_max_age::pg_catalog.text END"
+		" FROM pgkm.keys k JOIN pgkm.key_versions v ON v.key_id OPERATOR(pg_catalog.=) k.key_id"
+		"  AND v.state OPERATOR(pg_catalog.=) 'active'"
+		" WHERE v.encryptions OPERATOR(pg_catalog.>=) k.rotation_max_encryptions"
+		" OR pg_catalog.now() OPERATOR(pg_catalog.-) v.created_at OPERATOR(pg_catalog.>)"
+		"  k.rotation_max_age ORDER BY k.key_id",
+		0, nullptr, nullptr, nullptr, SPI_OK_SELECT);
+	MemoryContext keep = MemoryContextSwitchTo(TopMemoryContext);
+	char **names = static_cast<char **>(palloc(sizeof(char *) * (n + 1)));
+	char **whys = static_cast<char **>(palloc(sizeof(char *) * (n + 1)));
+	for (uint64 i = 0; i < n; i++)
+	{
+		names[i] = CatalogText(i, 1);
+		whys[i] = CatalogText(i, 2);
+	}
+	MemoryContextSwitchTo(keep);
+	EndStep();
+
+	for (uint64 i = 0; i < n; i++)
+	{
+		RotateByPolicy(names[i], whys[i]);
+		pfree(names[i]);
+		pfree(whys[i]);
+	}
+	pfree(names);
+	pfree(whys);
+}
+
+// Releases the database's worker slot when the worker exits.
+void ReleaseSlot(int, Datum arg)
+{
+	WorkerRelease(DatumGetObjectId(arg));
+}
+
+// Sleeps up to ms milliseconds, or until woken.
+void Nap(long ms)
+{
+	if (ms <= 0)
+		return;
+	(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, ms,
+					PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+}
+
+// Reloads the settings on SIGHUP; exits (status 1: restarted) on SIGTERM.
+void HandleSignals()
+{
+	CHECK_FOR_INTERRUPTS();
+	if (ShutdownRequestPending)
+		proc_exit(1);
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
+} // namespace
+
+namespace pgkm::pg
+{
+
+void WorkerInit()
+{
+	BackgroundWorker launcher;
+	FillWorker(&launcher, "pgkm_launcher_main", "pgkm launcher", (Datum)0);
+	strlcpy(launcher.bgw_name, "pgkm launcher", BGW_MAXLEN);
+	RegisterBackgroundWorker(&launcher);
+}
+
+bool StartDatabaseWorker()
+{
+	if (WorkerRunning(MyDatabaseId))
+		return false;
+	if (!RegisterDatabaseWorker(MyDatabaseId))
+		ereport(WARNING, (errmsg("pgkm: could not start the worker of this database"),
+						  errhint("Raise max_worker_processes.")));
+	return true;
+}
+
+void WakeDatabaseWorker()
+{
+	// The worker must see what this transaction queued: wake it when the transaction commits.
+	if (!wake_callback_registered)
+	{
+		RegisterXactCallback(WakeAtCommit, nullptr);
+		wake_callback_registered = true;
+	}
+	wake_at_commit = true;
+}
+
+} // namespace pgkm::pg
+
+// pgkm.start_worker(): starts this database's worker unless one runs.
+Datum pgkm_start_worker(PG_FUNCTION_ARGS)
+{
+	RequireSharedMemory();
+	PG_RETURN_BOOL(StartDatabaseWorker());
+}
+
+// The launcher: starts a worker for every database that accepts connections, then waits.
+// Workers of databases without pgkm exit at once with status 0 and are not restarted.
+void pgkm_launcher_main(Datum)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(nullptr, nullptr, 0);
+
+	List *databases = NIL;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	Relation rel = table_open(DatabaseRelationId, AccessShareLock);
+	TableScanDesc scan = table_beginscan_catalog(rel, 0, nullptr);
+	HeapTuple tuple;
+	MemoryContext txn = MemoryContextSwitchTo(TopMemoryContext);
+	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != nullptr)
+	{
+		Form_pg_database db = (Form_pg_database)GETSTRUCT(tuple);
+		if (db->datallowconn && !db->datistemplate)
+			databases = lappend_oid(databases, db->oid);
+	}
+	MemoryContextSwitchTo(txn);
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+
+	ListCell *cell;
+	foreach (cell, databases)
+	{
+		Oid dbid = lfirst_oid(cell);
+		if (!WorkerRunning(dbid) && !RegisterDatabaseWorker(dbid))
+			ereport(WARNING,
+					(errmsg("pgkm launcher: could not start a worker for database %u", dbid),
+					 errhint("Raise max_worker_processes.")));
+	}
+	for (;;)
+	{
+		HandleSignals();
+		Nap(3600 * 1000L);
+	}
+}
+
+// The worker of one database.
+void pgkm_worker_main(Datum arg)
+{
+	Oid dbid = DatumGetObjectId(arg);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+	pgstat_report_appname("pgkm worker");
+
+	if (!WorkerClaim(dbid))
+		proc_exit(0); // another worker serves this database
+	before_shmem_exit(ReleaseSlot, ObjectIdGetDatum(dbid));
+	if (!ExtensionReady())
+		proc_exit(0); // no pgkm (1.1 or later) here: not restarted
+	RecoverJobs();
+
+	TimestampTz next_housekeeping = 0;
+	for (;;)
+	{
+		HandleSignals();
+		if (GetCurrentTimestamp() >= next_housekeeping)
+		{
+			if (!ExtensionReady())
+				proc_exit(0); // DROP EXTENSION
+			Housekeeping();
+			next_housekeeping =
+				TimestampTzPlusMilliseconds(GetCurrentTimestamp(), guc_worker_naptime * 1000L);
+		}
+		TimestampTz started = GetCurrentTimestamp();
+		Step step = RunBatchStep();
+		long wait = guc_worker_naptime * 1000L;
+		if (step == Step::Blocked)
+			next_housekeeping = 0; // a failure may mean DROP EXTENSION: look at once
+		if (step == Step::Worked)
+		{
+			// Throttle: the batch delay, stretched to honour the rows-per-second cap.
+			wait = guc_rotation_batch_delay;
+			if (guc_rotation_max_rows_per_second > 0)
+			{
+				long min_ms =
+					(long)guc_rotation_batch_size * 1000L / guc_rotation_max_rows_per_second;
+				long spent = (long)((GetCurrentTimestamp() - started) / 1000);
+				wait = Max(wait, min_ms - spent);
+			}
+		}
+		Nap(wait);
+	}
+}

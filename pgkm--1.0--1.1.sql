@@ -187,9 +187,6 @@ CREATE VIEW pgkm.rotation_progress AS
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pgkm FROM PUBLIC;
 REVOKE ALL ON pgkm.rotation_progress FROM PUBLIC;
--- Header parsing reveals nothing a ciphertext's holder does not already have.
-GRANT EXECUTE ON FUNCTION pgkm.ciphertext_key_id(bytea), pgkm.ciphertext_version(bytea)
-	TO PUBLIC;
 
 -- Starts the worker for this database now.
 SELECT pgkm.start_worker();

@@ -38,9 +38,10 @@ DECLARE
 	top bigint;
 BEGIN
 	LOOP
-		WITH b AS (SELECT id FROM t WHERE id > last ORDER BY id LIMIT batch FOR UPDATE SKIP LOCKED),
-		u AS (UPDATE t SET v = v FROM b WHERE t.id = b.id RETURNING t.id)
-		SELECT max(id) INTO top FROM u;
+		-- EXECUTE plans each batch for its own bounds, as the worker's statements are.
+		EXECUTE format('WITH b AS (SELECT id FROM t WHERE id > %s ORDER BY id LIMIT %s'
+			' FOR UPDATE SKIP LOCKED), u AS (UPDATE t SET v = v FROM b WHERE t.id = b.id'
+			' RETURNING t.id) SELECT max(id) FROM u', last, batch) INTO top;
 		EXIT WHEN top IS NULL;
 		last := top;
 		COMMIT;
@@ -90,7 +91,7 @@ psql_q -c "SELECT pgkm.rotate_key('bench')" >/dev/null
 job=$(psql_q -c "SELECT max(job_id) FROM pgkm.rotation_jobs")
 tps_job=$(bench_tps)
 done_rows=$(psql_q -c "SELECT rows_done FROM pgkm.rotation_jobs WHERE job_id = $job")
-psql_q -c "SELECT pgkm.cancel_job($job)" >/dev/null
+psql_q -c "SELECT pgkm.cancel_job(job_id) FROM pgkm.rotation_jobs WHERE job_id = $job AND state IN ('pending', 'running', 'paused')" >/dev/null
 psql_q -c "SELECT 'TPS without a job: ' || $tps_idle || ', with a job at default throttling: ' || $tps_job || ' (job re-encrypted ' || $done_rows || ' rows meanwhile)'"
 psql_q -c "SELECT 'TPS drop: ' || round(100 * (1 - $tps_job / $tps_idle), 1) || '%  [target <= 20%]'"
 

@@ -99,9 +99,12 @@ RESET ROLE;
 UPDATE lc_split_data SET c = pgkm_rewrap(c, id::text);
 
 -- disabling a decrypt-only version refuses every use of it, in every session, until enabled
+-- (at commit, even with triggers off: session_replication_role = replica)
 SELECT * FROM dblink('lc', $$SELECT pgkm_decrypt_text(secret, id::text) FROM lc_saved WHERE id = 1$$)
 	AS t(v text);
+SET session_replication_role = replica;
 SELECT pgkm.disable_key_version('lc_key', 1);
+RESET session_replication_role;
 SELECT version, state, disabled_from FROM pgkm.key_versions
 	WHERE key_id = (SELECT key_id FROM pgkm.keys WHERE name = 'lc_key') ORDER BY version;
 SELECT pgkm_test_error($$SELECT pgkm_decrypt_text(secret, id::text) FROM lc_saved WHERE id = 1$$);
@@ -260,3 +263,7 @@ SELECT e.actor, e.action, k.name AS key_name, e.version,
 	regexp_replace(e.detail, '\(([a-z ]+); \d+ key versions', '(\1; N key versions') AS detail
 	FROM pgkm.key_events e LEFT JOIN pgkm.keys k USING (key_id)
 	WHERE e.event_id > :first_event ORDER BY e.event_id;
+
+-- leave no protected column behind for the suites that follow
+SELECT pgkm.unprotect_column('lc_data', 'secret');
+DROP TABLE lc_data, lc_saved, lc_big, lc_split_data;

@@ -71,8 +71,9 @@ namespace pgkm::pg
 
 MasterKeyRow ActiveMasterKey(const char *caller_name)
 {
-	static const char *select_sql = "SELECT master_key_id, label FROM pgkm.master_keys WHERE state "
-									"OPERATOR(pg_catalog.=) 'active'";
+	// FOR SHARE: a concurrent master-key rotation cannot demote it before this wrap commits.
+	static const char *select_sql = "SELECT master_key_id, label FROM pgkm.master_keys"
+									" WHERE state OPERATOR(pg_catalog.=) 'active' FOR SHARE";
 	MasterKeyRow row;
 	if (CatalogExec(select_sql, 0, nullptr, nullptr, nullptr, SPI_OK_SELECT) == 0)
 	{

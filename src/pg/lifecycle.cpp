@@ -105,6 +105,14 @@ RewrapSites *SitesOf(FmgrInfo *flinfo)
 	return static_cast<RewrapSites *>(flinfo->fn_extra);
 }
 
+// Invalidates every backend's key cache when this transaction commits. The catalog trigger
+// does the same, but does not fire under session_replication_role = replica, and a
+// disabled or destroyed version must stop working everywhere at once regardless.
+void PublishAtCommit()
+{
+	KeyCacheCatalogChanged();
+}
+
 // Reads the non-null text argument arg or raises null_value_not_allowed.
 char *RequiredText(FunctionCallInfo fcinfo, int arg, const char *what)
 {
@@ -385,6 +393,7 @@ Datum pgkm_disable_key_version(PG_FUNCTION_ARGS)
 							   row.state),
 						errdetail("Only an active or decrypt-only version can be disabled.")));
 	SetVersionState(key_id, version, "disabled", row.state);
+	PublishAtCommit();
 	char detail[32];
 	snprintf(detail, sizeof(detail), "from %s", row.state);
 	RecordKeyEvent(caller_name, "version_disable", key_id, version, detail);
@@ -423,6 +432,7 @@ Datum pgkm_enable_key_version(PG_FUNCTION_ARGS)
 		snprintf(detail, sizeof(detail), "to decrypt_only (version %d is active)", active);
 	}
 	SetVersionState(key_id, version, state, nullptr);
+	PublishAtCommit();
 	RecordKeyEvent(caller_name, "version_enable", key_id, version, detail);
 	CatalogClose(&session);
 	PG_RETURN_VOID();
@@ -466,6 +476,7 @@ Datum pgkm_destroy_key_version(PG_FUNCTION_ARGS)
 				" state_changed_at = pg_catalog.now()"
 				" WHERE key_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2",
 				2, types, values, nullptr, SPI_OK_UPDATE);
+	PublishAtCommit();
 	char detail[96];
 	snprintf(detail, sizeof(detail), "was %s; protected columns scanned: %llu", row.state,
 			 (unsigned long long)scanned);
@@ -594,6 +605,7 @@ Datum pgkm_rotate_master_key(PG_FUNCTION_ARGS)
 		}
 		StoreRewrapped(key_ids, versions, blobs, batch, master_key_id, mechanism);
 	}
+	PublishAtCommit();
 
 	ereport(LOG, (errmsg("pgkm: rotated master key from \"%s\" to \"%s\" (%llu key versions "
 						 "re-wrapped)",

@@ -352,6 +352,8 @@ void RetireUnreferenced(int64 key_id, int32 target)
 					2, types, args, nullptr, SPI_OK_UPDATE);
 		RecordKeyEvent(kActor, "version_retire", key_id, versions[i],
 					   "no protected column references it");
+		// Batches run in replica mode, where the catalog trigger does not fire.
+		KeyCacheCatalogChanged();
 	}
 }
 

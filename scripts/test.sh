@@ -19,6 +19,8 @@ echo "== regression tests (pg_regress)"
 test/regress.sh 2>&1 | tee "$logs/regress" || status=1
 echo "== scenarios (server start-up, loading, secrets)"
 test/scenarios.sh 2>&1 | tee "$logs/scenarios" || status=1
+echo "== integration tests (GoogleTest + libpq: workers, concurrency, crashes)"
+scripts/integration.sh 2>&1 | tee "$logs/integration" || status=1
 
 # ctest: "100% tests passed, 0 tests failed out of 57"
 unit_failed=$(sed -n 's/.* tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\1/p' "$logs/unit")
@@ -27,9 +29,14 @@ regress_ok=$(grep -cE '^(ok|test) .* \.\.\. ok|^ok [0-9]+ ' "$logs/regress")
 regress_failed=$(grep -cE 'FAILED|^not ok' "$logs/regress")
 scen_ok=$(grep -c '^ok ' "$logs/scenarios")
 scen_failed=$(grep -c '^not ok ' "$logs/scenarios")
-passed=$(( ${unit_total:-0} - ${unit_failed:-0} + regress_ok + scen_ok ))
-failed=$(( ${unit_failed:-0} + regress_failed + scen_failed ))
-if [ -z "$unit_total" ] || [ "$regress_ok" -eq 0 ] || [ "$scen_ok" -eq 0 ]; then
+# integration.sh: "integration: N passed, M failed"
+int_ok=$(sed -n 's/^integration: \([0-9]*\) passed, \([0-9]*\) failed$/\1/p' "$logs/integration")
+int_failed=$(sed -n 's/^integration: \([0-9]*\) passed, \([0-9]*\) failed$/\2/p' "$logs/integration")
+int_ok=${int_ok:-0}
+int_failed=${int_failed:-1}
+passed=$(( ${unit_total:-0} - ${unit_failed:-0} + regress_ok + scen_ok + int_ok ))
+failed=$(( ${unit_failed:-0} + regress_failed + scen_failed + int_failed ))
+if [ -z "$unit_total" ] || [ "$regress_ok" -eq 0 ] || [ "$scen_ok" -eq 0 ] || [ "$int_ok" -eq 0 ]; then
 	echo "test: a suite ran no test" >&2
 	status=1
 	failed=$(( failed + 1 ))

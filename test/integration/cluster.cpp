@@ -18,6 +18,7 @@
 #include <poll.h>
 #include <pwd.h>
 #include <sstream>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <thread>
@@ -117,6 +118,10 @@ void InstallCleanupHandlers()
 					   sa.sa_flags = SA_RESETHAND;
 					   for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGABRT})
 						   sigaction(sig, &sa, nullptr);
+					   // The postmaster outlives pg_ctl: become its parent (instead of
+					   // init), so that a postmaster killed by a test is reaped at once (a
+					   // zombie still "exists" for the next postmaster's lock file check).
+					   prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
 				   });
 }
 
@@ -345,7 +350,8 @@ Connection::Connection(const std::string &conninfo) : conn_(PQconnectdb(conninfo
 		throw PgError("connection failed: " + msg, "");
 	}
 	// NOTICEs (e.g. "key has no active version now") are expected; keep the output quiet.
-	PQsetNoticeProcessor(conn_, [](void *, const char *) {}, nullptr);
+	PQsetNoticeProcessor(
+		conn_, [](void *, const char *) {}, nullptr);
 }
 
 Connection &Connection::operator=(Connection &&other) noexcept
@@ -526,6 +532,9 @@ Cluster::~Cluster()
 	{
 		Note(std::string("cluster stop failed: ") + e.what());
 	}
+	while (waitpid(-1, nullptr, WNOHANG) > 0) // exited postmasters and orphans
+	{
+	}
 	if (std::getenv("PGKM_KEEP"))
 		Note("kept " + dir_);
 	else
@@ -686,6 +695,14 @@ void Cluster::kill9(int pid)
 		throw std::invalid_argument("kill9: no pid");
 	if (kill(pid, SIGKILL) != 0)
 		throw std::runtime_error("kill -9 " + std::to_string(pid) + ": " + std::strerror(errno));
+	// If it is our child (the postmaster, through PR_SET_CHILD_SUBREAPER), reap it.
+	WaitUntil(
+		[&]
+		{
+			pid_t r = waitpid(pid, nullptr, WNOHANG);
+			return r == pid || (r < 0 && errno == ECHILD);
+		},
+		10s, 10ms);
 }
 
 void Cluster::waitReady(std::chrono::milliseconds timeout, const std::string &db)
@@ -720,7 +737,8 @@ Connection Cluster::connect(const std::string &db) const
 std::string Cluster::conninfo(const std::string &db) const
 {
 	return "host=" + dir_ + " port=" + std::to_string(port_) + " user=postgres dbname=" + db +
-		   " connect_timeout=10 application_name=pgkm_integration";
+		   " connect_timeout=10 application_name=pgkm_integration"
+		   " options='-c statement_timeout=120s'"; // no statement of a test may hang
 }
 
 int Cluster::postmasterPid() const

@@ -92,16 +92,17 @@ void Writer(const std::string &conninfo, int index, std::atomic<bool> &stop, Wri
 					op = {Op::kInsert, next_insert, 0};
 					next_insert += kWriters;
 				}
-				Result r = op.kind == Op::kOther
-							   ? db.query("UPDATE t SET other = other + 1 WHERE id = $1",
-										  {std::to_string(op.id)})
-						   : op.kind == Op::kSecret
-							   ? db.query("UPDATE t SET secret = pgkm_encrypt($2::text, 'cw', "
-										  "$1::text) WHERE id = $1",
-										  {std::to_string(op.id), Secret(op.id, op.generation)})
-							   : db.query("INSERT INTO t VALUES ($1, pgkm_encrypt($2::text, "
-										  "'cw', $1::text), 0)",
-										  {std::to_string(op.id), Secret(op.id, 0)});
+				const std::string id = std::to_string(op.id);
+				Result r =
+					op.kind == Op::kOther
+						? db.query("UPDATE t SET other = other + 1 WHERE id = $1::int", {id})
+					: op.kind == Op::kSecret
+						? db.query("UPDATE t SET secret = pgkm_encrypt($2::text, 'cw', $3::text) "
+								   "WHERE id = $1::int",
+								   {id, Secret(op.id, op.generation), id})
+						: db.query("INSERT INTO t VALUES ($1::int, pgkm_encrypt($2::text, 'cw', "
+								   "$3::text), 0)",
+								   {id, Secret(op.id, 0), id});
 				if (!r.ok() || r.affected() != 1)
 				{
 					log.errors.push_back("writer " + std::to_string(index) + ": row " +

@@ -28,6 +28,7 @@ TEST(IntegrationLifecycle, DisableEnableDestroyInEveryBackend)
 	SetUpExtension(admin, "lc");
 	LoadTable(admin, "t", kRows, "lc");
 	admin.exec("SELECT pgkm.protect_column('t', 'secret', 'lc', 'id')");
+	ASSERT_NE(WaitForWorker(admin, 15s), 0) << "no pgkm worker after CREATE EXTENSION";
 	const std::string saved = admin.value("SELECT secret FROM t WHERE id = 7"); // version 1
 	const std::string decrypt_saved = "SELECT pgkm_decrypt_text($1::bytea, '7')";
 
@@ -91,7 +92,7 @@ TEST(IntegrationLifecycle, DisableEnableDestroyInEveryBackend)
 
 	// Re-encryption finishes; version 1 is retired, then destroyable.
 	admin.exec("SELECT pgkm.resume_job($1)", {std::to_string(job)});
-	JobSnapshot done = WaitJobFinished(admin, job, 60s);
+	JobSnapshot done = WaitJobFinished(admin, job, 30s);
 	ASSERT_EQ(done.state, "done") << Describe(done);
 	EXPECT_TRUE(admin.waitFor("SELECT state = 'retired' FROM pgkm.key_status WHERE key_name = 'lc' "
 							  "AND version = 1",

@@ -21,6 +21,15 @@ TEST(IntegrationSmoke, RoundTripThroughLibpq)
 		db.value("SELECT count(*) FROM t WHERE (pgkm_ciphertext_info(secret)).key_version = 1"),
 		"100");
 
+	// The row check itself sees a wrong value, a wrong plaintext and a missing row.
+	db.exec("UPDATE t SET other = 5 WHERE id = 3");
+	db.exec("UPDATE t SET secret = pgkm_encrypt('other'::text, 'smoke', '4') WHERE id = 4");
+	db.exec("DELETE FROM t WHERE id = 5");
+	RowCheck bad = CheckRows(db, "t", BaseExpectation(100), 0, /*max_report=*/0);
+	EXPECT_EQ(bad.wrong_other, 1);
+	EXPECT_EQ(bad.wrong_secret, 1);
+	EXPECT_EQ(bad.missing, 1);
+
 	// A wrong context fails authentication with 22000; an unknown key with 42704.
 	Result wrong = db.query("SELECT pgkm_decrypt_text(secret, 'nope') FROM t WHERE id = 1");
 	EXPECT_FALSE(wrong.ok());

@@ -1,6 +1,7 @@
 // IntegrationWorkerLifecycle: one launcher, one worker per database that has the extension,
-// started by CREATE EXTENSION and gone after DROP EXTENSION; SIGHUP keeps the worker;
-// SIGTERM stops it cleanly (no crash) in the middle of a job, and it comes back and finishes.
+// started by CREATE EXTENSION (also inside a longer transaction) and gone after DROP
+// EXTENSION; DROP DATABASE is not blocked by it; SIGHUP keeps the worker; SIGTERM stops it
+// cleanly (no crash) in the middle of a job, and it comes back and finishes the job.
 #include "helpers.hpp"
 
 #include <gtest/gtest.h>
@@ -116,6 +117,52 @@ TEST(IntegrationWorkerLifecycle, PerDatabaseWorkersReloadAndTerminate)
 	EXPECT_EQ(db.value("SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
 					   "'pgkm launcher'"),
 			  "1");
+}
+
+} // namespace pgkm::it
+
+namespace pgkm::it
+{
+
+// CREATE EXTENSION inside a longer transaction (a migration tool, a restore in one
+// transaction): the worker must still be running once the transaction commits.
+TEST(IntegrationWorkerLifecycle, CreateExtensionInsideTransaction)
+{
+	Cluster cluster({"pgkm.worker_naptime = 1"});
+	cluster.start();
+	Connection db = cluster.connect();
+	db.exec("BEGIN");
+	db.exec("CREATE EXTENSION pgkm");
+	db.exec("SELECT pg_sleep(0.5)"); // the rest of the migration: widens the window
+	db.exec("COMMIT");
+	EXPECT_NE(WaitForWorker(db, 15s), 0)
+		<< "no worker 15 s after a CREATE EXTENSION that committed 0.5 s after it ran";
+	// Whatever started it, a rotation gets done.
+	db.exec("SELECT pgkm.create_key('tx')");
+	LoadTable(db, "t", 1000, "tx");
+	db.exec("SELECT pgkm.protect_column('t', 'secret', 'tx', 'id')");
+	db.exec("SELECT pgkm.rotate_key('tx')");
+	JobSnapshot done = WaitJobFinished(db, LatestJob(db, "t"), 15s);
+	EXPECT_EQ(done.state, "done") << Describe(done);
+}
+
+// DROP DATABASE of a database that has the extension: its worker must not block it.
+TEST(IntegrationWorkerLifecycle, DropDatabaseWithExtension)
+{
+	Cluster cluster({"pgkm.worker_naptime = 1"});
+	cluster.start();
+	Connection db = cluster.connect();
+	db.exec("CREATE DATABASE third");
+	{
+		Connection third = cluster.connect("third");
+		third.exec("CREATE EXTENSION pgkm");
+	}
+	ASSERT_NE(WaitForWorker(db, 15s, 0, "third"), 0) << "no worker in database third";
+	Result drop = db.query("DROP DATABASE third");
+	ASSERT_TRUE(drop.ok()) << drop.sqlstate() << " " << drop.message();
+	EXPECT_TRUE(db.waitFor("SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = "
+						   "'pgkm worker'",
+						   15s));
 }
 
 } // namespace pgkm::it

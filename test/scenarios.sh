@@ -25,6 +25,8 @@ out=$(pgkm_psql -v VERBOSITY=verbose -c "CREATE EXTENSION pgkm" \
 echo "$out" | grep -q "55000: pgkm must be loaded via shared_preload_libraries" &&
 	echo "$out" | grep -q "HINT:  Add pgkm to shared_preload_libraries"
 check $? "without shared_preload_libraries the data path fails with 55000 and a hint"
+echo "$out" | grep -q "WARNING:  01000: pgkm is not loaded via shared_preload_libraries: no background worker"
+check $? "without shared_preload_libraries CREATE EXTENSION works and warns that no worker runs"
 out=$(pgkm_psql -c "SELECT pgkm.create_key('k')" 2>&1)
 echo "$out" | grep -q "pgkm must be loaded via shared_preload_libraries"
 check $? "without shared_preload_libraries administration fails clearly"

@@ -99,6 +99,11 @@ void ShmemInit()
 	shmem_startup_hook = ShmemStartup;
 }
 
+bool SharedMemoryReady()
+{
+	return shared != nullptr;
+}
+
 void RequireSharedMemory()
 {
 	if (likely(shared != nullptr))

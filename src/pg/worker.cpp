@@ -22,6 +22,7 @@ extern "C"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "storage/lock.h"
 #include "tcop/tcopprot.h"
 #include "utils/snapmgr.h"
 }
@@ -42,17 +43,27 @@ namespace
 constexpr int kRestartSeconds = 5;
 constexpr const char *kActor = "pgkm worker";
 
-// Whether this transaction queued work for the worker, and the callback that wakes it.
+// Whether this transaction queued work for the worker (or asked for one), and the callback
+// that acts on it once the transaction has committed and its work is visible.
 bool wake_at_commit = false;
 bool wake_callback_registered = false;
 
-// Transaction callback: wakes the database's worker once queued work is visible.
+bool RegisterDatabaseWorker(Oid dbid);
+
+// Transaction callback: at commit, wakes the database's worker, or starts one if none runs
+// (a worker started earlier could not have seen the uncommitted extension or jobs).
 void WakeAtCommit(XactEvent event, void *)
 {
 	if (!wake_at_commit)
 		return;
 	if (event == XACT_EVENT_COMMIT)
-		WorkerWake(MyDatabaseId);
+	{
+		if (WorkerRunning(MyDatabaseId))
+			WorkerWake(MyDatabaseId);
+		else if (!RegisterDatabaseWorker(MyDatabaseId))
+			ereport(WARNING, (errmsg("pgkm: could not start the worker of this database"),
+							  errhint("Raise max_worker_processes.")));
+	}
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
 		wake_at_commit = false;
 }
@@ -577,14 +588,41 @@ void ReleaseSlot(int, Datum arg)
 	WorkerRelease(DatumGetObjectId(arg));
 }
 
-// Sleeps up to ms milliseconds, or until woken.
+// Exits (status 0: not restarted) when DROP DATABASE, or another command that needs the
+// database to itself, holds its lock: such a command waits only 5 s for other sessions.
+// The next pgkm administration call in the database starts a worker again if needed.
+void StepAsideForDatabaseCommands(Oid dbid)
+{
+	LOCKTAG tag;
+	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, dbid, 0);
+	if (LockAcquire(&tag, AccessShareLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+	{
+		ereport(LOG,
+				(errmsg("pgkm worker: leaving database %u, which a command needs alone", dbid)));
+		proc_exit(0);
+	}
+	LockRelease(&tag, AccessShareLock, true);
+}
+
+// Sleeps up to ms milliseconds, or until woken, looking at least once a second whether a
+// command needs the database alone.
 void Nap(long ms)
 {
-	if (ms <= 0)
-		return;
-	(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, ms,
-					PG_WAIT_EXTENSION);
-	ResetLatch(MyLatch);
+	while (ms > 0)
+	{
+		long slice = Min(ms, 1000L);
+		int rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, slice,
+						   PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		if (OidIsValid(MyDatabaseId))
+			StepAsideForDatabaseCommands(MyDatabaseId);
+		if (rc & WL_LATCH_SET)
+			return;
+		ms -= slice;
+		CHECK_FOR_INTERRUPTS();
+		if (ShutdownRequestPending || ConfigReloadPending)
+			return;
+	}
 }
 
 // Reloads the settings on SIGHUP; exits (status 1: restarted) on SIGTERM.
@@ -615,17 +653,13 @@ void WorkerInit()
 
 bool StartDatabaseWorker()
 {
-	if (WorkerRunning(MyDatabaseId))
-		return false;
-	if (!RegisterDatabaseWorker(MyDatabaseId))
-		ereport(WARNING, (errmsg("pgkm: could not start the worker of this database"),
-						  errhint("Raise max_worker_processes.")));
-	return true;
+	bool running = WorkerRunning(MyDatabaseId);
+	WakeDatabaseWorker();
+	return !running;
 }
 
 void WakeDatabaseWorker()
 {
-	// The worker must see what this transaction queued: wake it when the transaction commits.
 	if (!wake_callback_registered)
 	{
 		RegisterXactCallback(WakeAtCommit, nullptr);
@@ -639,7 +673,16 @@ void WakeDatabaseWorker()
 // pgkm.start_worker(): starts this database's worker unless one runs.
 Datum pgkm_start_worker(PG_FUNCTION_ARGS)
 {
-	RequireSharedMemory();
+	// CREATE EXTENSION calls this; it must work without shared_preload_libraries too (a
+	// restore, say), where the data path then explains what is missing.
+	if (!SharedMemoryReady())
+	{
+		ereport(WARNING,
+				(errmsg("pgkm is not loaded via shared_preload_libraries: no background worker"),
+				 errhint("Add pgkm to shared_preload_libraries in postgresql.conf and restart the "
+						 "server.")));
+		PG_RETURN_BOOL(false);
+	}
 	PG_RETURN_BOOL(StartDatabaseWorker());
 }
 

@@ -19,6 +19,9 @@ inline constexpr int kWorkerSlots = 128; // databases with a pgkm worker at once
 // Installs the shared-memory hooks; called from _PG_init under shared_preload_libraries.
 void ShmemInit();
 
+// Whether pgkm was loaded through shared_preload_libraries (its shared memory exists).
+bool SharedMemoryReady();
+
 // Raises a clear error when pgkm was not loaded through shared_preload_libraries.
 void RequireSharedMemory();
 

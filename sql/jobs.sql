@@ -121,3 +121,40 @@ SELECT pgkm_test_error($$SELECT pgkm.protect_column('accounts', 'iban', 'jobs_ke
 RESET ROLE;
 DROP TABLE accounts, no_pk, trigger_log;
 DROP FUNCTION log_update();
+
+-- rotation policies: the worker rotates a key by encryption count and by age by itself
+ALTER SYSTEM SET pgkm.worker_naptime = 1;
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.5);
+SELECT pgkm.create_key('policy_count') > 0 AS created;
+SELECT pgkm.set_rotation_policy('policy_count', max_encryptions => 10);
+SELECT count(pgkm_encrypt('v' || i, 'policy_count')) FROM generate_series(1, 25) i;
+-- Waits (up to 30 s) until the key has an active version other than 1.
+CREATE FUNCTION wait_for_rotation(key text) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+	v integer;
+BEGIN
+	FOR i IN 1..300 LOOP
+		SELECT version INTO v FROM pgkm.key_status WHERE key_name = key AND state = 'active';
+		IF v > 1 THEN
+			RETURN v;
+		END IF;
+		PERFORM pg_sleep(0.1);
+	END LOOP;
+	RETURN v;
+END
+$$;
+SELECT wait_for_rotation('policy_count');
+SELECT actor, action, version, detail LIKE 'automatic: % encryptions' AS by_count
+	FROM pgkm.key_events
+	WHERE key_id = (SELECT key_id FROM pgkm.keys WHERE name = 'policy_count') AND action = 'key_rotate';
+SELECT pgkm.create_key('policy_age') > 0 AS created;
+SELECT pgkm.set_rotation_policy('policy_age', max_age => '1 second');
+SELECT wait_for_rotation('policy_age') >= 2 AS rotated_by_age;
+SELECT actor, action, detail FROM pgkm.key_events
+	WHERE key_id = (SELECT key_id FROM pgkm.keys WHERE name = 'policy_age') AND action = 'key_rotate'
+	ORDER BY event_id LIMIT 1;
+-- stop rotating it every second
+SELECT pgkm.set_rotation_policy('policy_age', max_age => '0');
+ALTER SYSTEM RESET pgkm.worker_naptime;
+SELECT pg_reload_conf();

@@ -147,6 +147,48 @@ int64 QueueJob(Oid relid, const char *column, int64 key_id, int32 target, const 
 namespace pgkm::pg
 {
 
+ProtectedColumn *ProtectedColumnsOf(int64 key_id, uint64 *count)
+{
+	Oid types[1] = {INT8OID};
+	Datum values[1] = {Int64GetDatum(key_id)};
+	uint64 n = CatalogExec("SELECT table_name::pg_catalog.oid, table_name::pg_catalog.text,"
+						   " column_name::pg_catalog.text FROM pgkm.protected_columns"
+						   " WHERE key_id OPERATOR(pg_catalog.=) $1 ORDER BY 2, 3",
+						   1, types, values, nullptr, SPI_OK_SELECT);
+	auto *columns = static_cast<ProtectedColumn *>(palloc(sizeof(ProtectedColumn) * (n + 1)));
+	uint64 kept = 0;
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool isnull;
+		Oid relid = DatumGetObjectId(CatalogValue(i, 1, &isnull));
+		if (get_rel_name(relid) == nullptr)
+			continue; // the table was dropped: nothing of it can be read any more
+		columns[kept].relid = relid;
+		columns[kept].table = CatalogText(i, 2);
+		columns[kept].column = CatalogText(i, 3);
+		kept++;
+	}
+	*count = kept;
+	return columns;
+}
+
+int64 RowsUnderVersion(const ProtectedColumn *pc, int64 key_id, int32 version, bool exists_only)
+{
+	const char *column = quote_identifier(pc->column);
+	char *sql =
+		psprintf("SELECT %s FROM %s WHERE pgkm.ciphertext_key_id(%s) OPERATOR(pg_catalog.=) $1"
+				 " AND pgkm.ciphertext_version(%s) OPERATOR(pg_catalog.=) $2%s",
+				 exists_only ? "1" : "pg_catalog.count(*)", pc->table, column, column,
+				 exists_only ? " LIMIT 1" : "");
+	Oid types[2] = {INT8OID, INT8OID};
+	Datum values[2] = {Int64GetDatum(key_id), Int64GetDatum(version)};
+	uint64 n = CatalogExec(sql, 2, types, values, nullptr, SPI_OK_SELECT);
+	if (exists_only)
+		return (int64)n;
+	bool isnull;
+	return DatumGetInt64(CatalogValue(0, 1, &isnull));
+}
+
 void QueueReencryption(int64 key_id, int32 target_version, const char *actor)
 {
 	Oid types[1] = {INT8OID};

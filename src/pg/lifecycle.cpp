@@ -172,39 +172,14 @@ void SetVersionState(int64 key_id, int32 version, const char *state, const char 
 // the number of columns scanned.
 uint64 RequireUnreferenced(int64 key_id, const char *key_name, int32 version)
 {
-	Oid types[2] = {INT8OID, INT8OID};
-	Datum values[2] = {Int64GetDatum(key_id), Int64GetDatum(version)};
-	uint64 n = CatalogExec("SELECT table_name::pg_catalog.oid, table_name::pg_catalog.text,"
-						   " column_name::pg_catalog.text FROM pgkm.protected_columns"
-						   " WHERE key_id OPERATOR(pg_catalog.=) $1 ORDER BY 2, 3",
-						   1, types, values, nullptr, SPI_OK_SELECT);
-	// The statements below overwrite the result: copy it first.
-	Oid *relids = static_cast<Oid *>(palloc(sizeof(Oid) * (n + 1)));
-	char **tables = static_cast<char **>(palloc(sizeof(char *) * (n + 1)));
-	char **columns = static_cast<char **>(palloc(sizeof(char *) * (n + 1)));
+	uint64 n;
+	ProtectedColumn *columns = ProtectedColumnsOf(key_id, &n);
 	for (uint64 i = 0; i < n; i++)
 	{
-		bool isnull;
-		relids[i] = DatumGetObjectId(CatalogValue(i, 1, &isnull));
-		tables[i] = CatalogText(i, 2);
-		columns[i] = CatalogText(i, 3);
-	}
-	uint64 scanned = 0;
-	for (uint64 i = 0; i < n; i++)
-	{
-		if (get_rel_name(relids[i]) == nullptr)
-			continue; // the table was dropped: nothing of it can be read any more
-		// The regclass's text form is quoted and, with search_path pinned, qualified.
-		CatalogExec(psprintf("LOCK TABLE %s IN SHARE MODE", tables[i]), 0, nullptr, nullptr,
+		CatalogExec(psprintf("LOCK TABLE %s IN SHARE MODE", columns[i].table), 0, nullptr, nullptr,
 					nullptr, SPI_OK_UTILITY);
-		const char *column = quote_identifier(columns[i]);
-		CatalogExec(psprintf("SELECT pg_catalog.count(*) FROM %s"
-							 " WHERE pgkm.ciphertext_key_id(%s) OPERATOR(pg_catalog.=) $1"
-							 " AND pgkm.ciphertext_version(%s) OPERATOR(pg_catalog.=) $2",
-							 tables[i], column, column),
-					2, types, values, nullptr, SPI_OK_SELECT);
-		bool isnull;
-		int64 rows = DatumGetInt64(CatalogValue(0, 1, &isnull));
+		int64 rows = RowsUnderVersion(&columns[i], key_id, version, false);
+		const char *column = quote_identifier(columns[i].column);
 		if (rows > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -212,13 +187,12 @@ uint64 RequireUnreferenced(int64 key_id, const char *key_name, int32 version)
 							key_name, version),
 					 errdetail_plural("Column %s of table %s holds %lld value under it.",
 									  "Column %s of table %s holds %lld values under it.", rows,
-									  column, tables[i], (long long)rows),
+									  column, columns[i].table, (long long)rows),
 					 errhint("Let the re-encryption job finish (see pgkm.rotation_progress), or "
 							 "start one with pgkm.start_reencryption('%s', '%s').",
-							 tables[i], columns[i])));
-		scanned++;
+							 columns[i].table, columns[i].column)));
 	}
-	return scanned;
+	return n;
 }
 
 // Returns the highest N of the catalog's "<base>.vN" master keys, or 0.

@@ -328,33 +328,14 @@ void RetireUnreferenced(int64 key_id, int32 target)
 		bool isnull;
 		versions[i] = DatumGetInt32(CatalogValue(i, 1, &isnull));
 	}
-	uint64 ncols = CatalogExec("SELECT table_name::oid, column_name::text FROM"
-							   " pgkm.protected_columns WHERE key_id OPERATOR(pg_catalog.=) $1",
-							   1, types, values, nullptr, SPI_OK_SELECT);
-	char **checks = static_cast<char **>(palloc(sizeof(char *) * (ncols + 1)));
-	for (uint64 c = 0; c < ncols; c++)
-	{
-		bool isnull;
-		Oid relid = DatumGetObjectId(CatalogValue(c, 1, &isnull));
-		char *column = CatalogText(c, 2);
-		char *relname = get_rel_name(relid);
-		checks[c] = relname == nullptr
-						? nullptr
-						: psprintf("SELECT 1 FROM %s WHERE %s IS NOT NULL AND"
-								   " pgkm.ciphertext_key_id(%s) OPERATOR(pg_catalog.=) $1 AND"
-								   " pgkm.ciphertext_version(%s) OPERATOR(pg_catalog.=) $2 LIMIT 1",
-								   quote_qualified_identifier(
-									   get_namespace_name(get_rel_namespace(relid)), relname),
-								   quote_identifier(column), quote_identifier(column),
-								   quote_identifier(column));
-	}
+	uint64 ncols;
+	ProtectedColumn *columns = ProtectedColumnsOf(key_id, &ncols);
 	for (uint64 i = 0; i < n; i++)
 	{
 		bool referenced = false;
 		Datum args[2] = {Int64GetDatum(key_id), Int32GetDatum(versions[i])};
 		for (uint64 c = 0; c < ncols && !referenced; c++)
-			referenced =
-				checks[c] && CatalogExec(checks[c], 2, types, args, nullptr, SPI_OK_SELECT) > 0;
+			referenced = RowsUnderVersion(&columns[c], key_id, versions[i], true) > 0;
 		if (referenced)
 			continue;
 		CatalogExec("UPDATE pgkm.key_versions SET state = 'retired',"

@@ -56,6 +56,22 @@ void QueueReencryption(int64 key_id, int32 target_version, const char *actor);
 // memory forgets them only if the transaction commits. Returns the total added.
 int64 FlushEncryptionCounts();
 
+// A protected column whose table still exists.
+struct ProtectedColumn
+{
+	Oid relid;
+	char *table;  // regclass text: quoted, and qualified under the pinned search_path
+	char *column; // unquoted
+};
+
+// Lists the protected columns of a key (tables that were dropped are left out).
+ProtectedColumn *ProtectedColumnsOf(int64 key_id, uint64 *count);
+
+// Counts the rows of a protected column holding a value under (key_id, version); with
+// exists_only, stops at the first one (returns 0 or 1). The scan that proves a version
+// unused, for retirement and destruction alike.
+int64 RowsUnderVersion(const ProtectedColumn *pc, int64 key_id, int32 version, bool exists_only);
+
 // Records who did what to which key (pgkm.key_events). key_id/version 0 mean none.
 void RecordKeyEvent(const char *actor, const char *action, int64 key_id, int32 version,
 					const char *detail);

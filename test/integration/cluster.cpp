@@ -441,7 +441,7 @@ bool Connection::alive() const
 
 // --- Cluster ----------------------------------------------------------------------------
 
-Cluster::Cluster(std::vector<std::string> extra_settings)
+void Cluster::createDir()
 {
 	InstallCleanupHandlers();
 	std::string pattern = "/tmp/pgkm-it.XXXXXX";
@@ -452,6 +452,11 @@ Cluster::Cluster(std::vector<std::string> extra_settings)
 	chmod(dir_.c_str(), 0700);
 	chownToServer(dir_);
 	data_ = dir_ + "/data";
+}
+
+Cluster::Cluster(std::vector<std::string> extra_settings)
+{
+	createDir();
 	conf_ = dir_ + "/softhsm2.conf";
 	pin_file_ = dir_ + "/pin";
 
@@ -510,6 +515,41 @@ Cluster::Cluster(std::vector<std::string> extra_settings)
 	if (const char *level = std::getenv("PGKM_IT_LOG_LEVEL"); level && *level)
 		conf += std::string("log_min_messages = ") + level + "\n";
 	WriteFile(data_ + "/postgresql.conf", conf, 0600, true);
+}
+
+Cluster Cluster::standbyOf(const Cluster &primary)
+{
+	return Cluster(primary, StandbyTag{});
+}
+
+Cluster::Cluster(const Cluster &primary, StandbyTag)
+{
+	createDir();
+	conf_ = primary.conf_; // the same token: both servers run on this machine
+	pin_file_ = primary.pin_file_;
+	port_ = primary.port_ + 1;
+	try
+	{
+		std::string out;
+		if (runAsServerUser({PgBinDir() + "/pg_basebackup", "-h", primary.dir_, "-p",
+							 std::to_string(primary.port_), "-U", "postgres", "-D", data_, "-R",
+							 "-X", "stream", "--checkpoint=fast", "--no-sync"},
+							&out) != 0)
+			throw std::runtime_error("pg_basebackup failed: " + out);
+		// The backup's postgresql.conf is the primary's: the later lines win.
+		appendConf("\n# pgkm integration tests: standby of " + primary.dir_ +
+				   "\n"
+				   "port = " +
+				   std::to_string(port_) + "\nunix_socket_directories = '" + dir_ + "'");
+	}
+	catch (...)
+	{
+		std::error_code ec;
+		std::filesystem::remove_all(dir_, ec);
+		if (slot_ >= 0)
+			cleanup_slots[slot_].used = false;
+		throw;
+	}
 }
 
 Cluster::~Cluster()

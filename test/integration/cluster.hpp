@@ -114,6 +114,13 @@ class Cluster
   public:
 	// extra_settings: lines appended to postgresql.conf after the standard ones.
 	explicit Cluster(std::vector<std::string> extra_settings = {});
+	// A streaming-replication standby of a running primary: a base backup of it
+	// (pg_basebackup -R -X stream, so standby.signal and primary_conninfo are set) in a fresh
+	// directory, with its own socket directory and port and the primary's settings. It shares
+	// the primary's SoftHSM2 token, PIN file and SOFTHSM2_CONF, so the primary object must
+	// outlive it (declare it after the primary). Not started; the destructor stops and
+	// removes it like any cluster.
+	static Cluster standbyOf(const Cluster &primary);
 	Cluster(const Cluster &) = delete;
 	Cluster &operator=(const Cluster &) = delete;
 	~Cluster();
@@ -144,6 +151,12 @@ class Cluster
 	std::string serverLogTail(int lines = 40) const;
 
   private:
+	struct StandbyTag
+	{
+	};
+	Cluster(const Cluster &primary, StandbyTag);
+	// Creates and registers dir_ (mkdtemp), owned by the server's OS user.
+	void createDir();
 	// Runs argv as the server's OS user from /, with SOFTHSM2_CONF set; returns the exit
 	// status and fills output (stdout + stderr). Kills it after timeout.
 	int runAsServerUser(const std::vector<std::string> &argv, std::string *output = nullptr,

@@ -1,4 +1,5 @@
--- The pgkm walkthrough of `make demo`: one key, a table, encrypt, decrypt, rotate, status.
+-- The pgkm walkthrough of `make demo`: a key, a table, encrypt, decrypt, rotate online,
+-- re-encrypt in the background, rotate the master key, status and the record of events.
 \pset footer off
 CREATE EXTENSION pgkm;
 
@@ -19,14 +20,36 @@ SELECT id, name, pgkm_decrypt_text(ssn, id::text) AS ssn FROM patients ORDER BY 
 SELECT pgkm_decrypt_text(ssn, '8') FROM patients WHERE id = 7;
 \set ON_ERROR_STOP 1
 
--- Rotation: version 2 encrypts from now on; version 1 still decrypts old rows.
+-- Protect the column: after a rotation the background worker re-encrypts it, online.
+SELECT pgkm.protect_column('patients', 'ssn', 'customer_pii', context_column => 'id');
+
+-- Rotation: version 2 encrypts from now on; the worker moves the old rows to it.
 SELECT pgkm.rotate_key('customer_pii') AS new_version;
 INSERT INTO patients VALUES (9, 'Edsger', pgkm_encrypt('555-12-3456', 'customer_pii', '9'));
+DO $$
+BEGIN
+	FOR i IN 1..100 LOOP
+		EXIT WHEN (SELECT bool_and(state = 'done') FROM pgkm.rotation_jobs);
+		PERFORM pg_sleep(0.1);
+	END LOOP;
+END
+$$;
+SELECT job_id, table_name, column_name, key_name, target_version, state, rows_done, rows_total
+	FROM pgkm.rotation_progress;
 SELECT id, (pgkm_ciphertext_info(ssn)).*, pgkm_decrypt_text(ssn, id::text) AS ssn
 	FROM patients ORDER BY id;
 
--- Status of every key version, with encryption counts.
+-- Status of every key version (version 1 is retired: no row uses it), with counts.
 SELECT key_name, version, state, master_key, wrap_mechanism, encryptions FROM pgkm.key_status;
+
+-- A new master key in the token re-wraps every DEK; the data is untouched.
+SELECT pgkm.rotate_master_key() AS new_master_key;
+SELECT pgkm.retire_master_key('pgkm-master.v1');
+SELECT label, state FROM pgkm.master_keys ORDER BY master_key_id;
+SELECT pgkm_decrypt_text(ssn, id::text) AS ssn FROM patients WHERE id = 9;
+
+-- Who did what, and when.
+SELECT actor, action, version, detail FROM pgkm.key_events ORDER BY event_id;
 
 -- A role without the key's decrypt role is refused.
 CREATE ROLE demo_clerk;

@@ -44,13 +44,8 @@ Oid ColumnType(Oid relid, const char *column)
 // Raises an error unless the table has a single-column primary key (re-encryption walks it).
 void RequireSingleColumnPrimaryKey(Oid relid)
 {
-	Oid types[1] = {OIDOID};
-	Datum values[1] = {ObjectIdGetDatum(relid)};
-	uint64 n = CatalogExec("SELECT 1 FROM pg_catalog.pg_index i"
-						   " WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary"
-						   " AND i.indnkeyatts OPERATOR(pg_catalog.=) 1",
-						   1, types, values, nullptr, SPI_OK_SELECT);
-	if (n != 1)
+	char *name, *type;
+	if (!SingleColumnPrimaryKey(relid, &name, &type))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("table %s needs a single-column primary key to be protected",
@@ -146,6 +141,30 @@ int64 QueueJob(Oid relid, const char *column, int64 key_id, int32 target, const 
 
 namespace pgkm::pg
 {
+
+bool SingleColumnPrimaryKey(Oid relid, char **quoted_name, char **type)
+{
+	Oid types[1] = {OIDOID};
+	Datum values[1] = {ObjectIdGetDatum(relid)};
+	if (CatalogExec("SELECT a.attname::pg_catalog.text,"
+					" pg_catalog.format_type(a.atttypid, a.atttypmod)"
+					" FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a"
+					"  ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid"
+					"  AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]"
+					" WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary"
+					" AND i.indnkeyatts OPERATOR(pg_catalog.=) 1",
+					1, types, values, nullptr, SPI_OK_SELECT) != 1)
+		return false;
+	*quoted_name = pstrdup(quote_identifier(CatalogText(0, 1)));
+	*type = CatalogText(0, 2);
+	return true;
+}
+
+void ReportNotProtected(Oid relid, const char *column)
+{
+	ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
+					errmsg("column \"%s\" of %s is not protected", column, get_rel_name(relid))));
+}
 
 ProtectedColumn *ProtectedColumnsOf(int64 key_id, uint64 *count)
 {
@@ -296,9 +315,7 @@ Datum pgkm_unprotect_column(PG_FUNCTION_ARGS)
 					" WHERE table_name OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
 					" AND column_name OPERATOR(pg_catalog.=) $2 RETURNING key_id",
 					2, types, values, nullptr, SPI_OK_DELETE_RETURNING) != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("column \"%s\" of %s is not protected", column, get_rel_name(relid))));
+		ReportNotProtected(relid, column);
 	bool isnull;
 	int64 key_id = DatumGetInt64(CatalogValue(0, 1, &isnull));
 	CatalogExec("UPDATE pgkm.rotation_jobs SET state = 'cancelled', finished_at = pg_catalog.now(),"
@@ -334,9 +351,7 @@ Datum pgkm_start_reencryption(PG_FUNCTION_ARGS)
 					" WHERE p.table_name OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
 					" AND p.column_name OPERATOR(pg_catalog.=) $2",
 					2, types, values, nullptr, SPI_OK_SELECT) != 1)
-		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
-						errmsg("column \"%s\" of %s is not protected", column, get_rel_name(relid)),
-						errhint("Use pgkm.protect_column() first.")));
+		ReportNotProtected(relid, column);
 	bool isnull, no_active;
 	int64 key_id = DatumGetInt64(CatalogValue(0, 1, &isnull));
 	Datum active = CatalogValue(0, 2, &no_active);

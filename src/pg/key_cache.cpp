@@ -160,52 +160,26 @@ VersionEntry *LoadVersion(std::uint32_t key_id, std::uint32_t version)
 	return entry;
 }
 
-// Reads a key by name into a new cache entry; NULL if there is none.
-KeyEntry *LoadKey(const char *name)
+// Reads the key whose column (name or key_id) equals value into a new cache entry under its
+// name, with its active version; NULL if there is none.
+KeyEntry *LoadKeyWhere(const char *column, Oid type, Datum value)
 {
-	static const char *sql =
-		"SELECT k.key_id, v.version FROM pgkm.keys k"
-		" LEFT JOIN pgkm.key_versions v ON v.key_id OPERATOR(pg_catalog.=) k.key_id"
-		"  AND v.state OPERATOR(pg_catalog.=) 'active'"
-		" WHERE k.name OPERATOR(pg_catalog.=) $1";
-	Oid types[1] = {TEXTOID};
-	Datum values[1] = {CStringGetTextDatum(name)};
+	char *sql =
+		psprintf("SELECT k.key_id, k.name, v.version FROM pgkm.keys k"
+				 " LEFT JOIN pgkm.key_versions v ON v.key_id OPERATOR(pg_catalog.=) k.key_id"
+				 "  AND v.state OPERATOR(pg_catalog.=) 'active'"
+				 " WHERE k.%s OPERATOR(pg_catalog.=) $1",
+				 column);
 	CatalogSession session;
 	CatalogOpen(&session);
 	KeyEntry *entry = nullptr;
-	if (CatalogExec(sql, 1, types, values, nullptr, SPI_OK_SELECT) == 1)
+	if (CatalogExec(sql, 1, &type, &value, nullptr, SPI_OK_SELECT) == 1)
 	{
 		bool isnull;
 		auto key_id = (std::uint32_t)DatumGetInt64(CatalogValue(0, 1, &isnull));
-		Datum v = CatalogValue(0, 2, &isnull);
-		std::uint32_t active = isnull ? 0 : (std::uint32_t)DatumGetInt32(v);
-		entry = static_cast<KeyEntry *>(hash_search(keys_by_name, name, HASH_ENTER, nullptr));
-		entry->key_id = key_id;
-		entry->active_version = active;
-	}
-	CatalogClose(&session);
-	return entry;
-}
-
-// Reads a key by id into a new cache entry under its name; NULL if there is none.
-KeyEntry *LoadKeyById(std::uint32_t key_id)
-{
-	static const char *sql =
-		"SELECT k.name, v.version FROM pgkm.keys k"
-		" LEFT JOIN pgkm.key_versions v ON v.key_id OPERATOR(pg_catalog.=) k.key_id"
-		"  AND v.state OPERATOR(pg_catalog.=) 'active'"
-		" WHERE k.key_id OPERATOR(pg_catalog.=) $1";
-	Oid types[1] = {INT8OID};
-	Datum values[1] = {Int64GetDatum(key_id)};
-	CatalogSession session;
-	CatalogOpen(&session);
-	KeyEntry *entry = nullptr;
-	if (CatalogExec(sql, 1, types, values, nullptr, SPI_OK_SELECT) == 1)
-	{
 		char name[NAMEDATALEN];
-		strlcpy(name, CatalogText(0, 1), sizeof(name));
-		bool isnull;
-		Datum v = CatalogValue(0, 2, &isnull);
+		strlcpy(name, CatalogText(0, 2), sizeof(name));
+		Datum v = CatalogValue(0, 3, &isnull);
 		std::uint32_t active = isnull ? 0 : (std::uint32_t)DatumGetInt32(v);
 		entry = static_cast<KeyEntry *>(hash_search(keys_by_name, name, HASH_ENTER, nullptr));
 		entry->key_id = key_id;
@@ -407,7 +381,7 @@ VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name)
 		cname[name_len] = '\0';
 		auto *key = static_cast<KeyEntry *>(hash_search(keys_by_name, cname, HASH_FIND, nullptr));
 		if (key == nullptr)
-			key = LoadKey(cname);
+			key = LoadKeyWhere("name", TEXTOID, CStringGetTextDatum(cname));
 		if (key == nullptr)
 			ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
 							errmsg("key \"%s\" does not exist", cname)));
@@ -443,7 +417,7 @@ VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id)
 		}
 	}
 	if (key == nullptr)
-		key = LoadKeyById(key_id);
+		key = LoadKeyWhere("key_id", INT8OID, Int64GetDatum(key_id));
 	if (key == nullptr)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("key id %u does not exist", key_id),

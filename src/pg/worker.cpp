@@ -251,21 +251,13 @@ Target ResolveTarget(const Job *job)
 		quote_qualified_identifier(get_namespace_name(get_rel_namespace(job->relid)), relname);
 	t.column = pstrdup(quote_identifier(job->column));
 	t.ext = ExtensionSchema();
-	Oid types[2] = {OIDOID, NAMEOID};
-	Datum values[2] = {ObjectIdGetDatum(job->relid), CStringGetDatum(job->column)};
-	if (CatalogExec("SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod)"
-					" FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a"
-					"  ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid"
-					"  AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]"
-					" WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary"
-					" AND i.indnkeyatts OPERATOR(pg_catalog.=) 1",
-					1, types, values, nullptr, SPI_OK_SELECT) != 1)
+	if (!SingleColumnPrimaryKey(job->relid, &t.pk, &t.pk_type))
 	{
 		t.why = "the table has no single-column primary key";
 		return t;
 	}
-	t.pk = pstrdup(quote_identifier(CatalogText(0, 1)));
-	t.pk_type = CatalogText(0, 2);
+	Oid types[2] = {OIDOID, NAMEOID};
+	Datum values[2] = {ObjectIdGetDatum(job->relid), CStringGetDatum(job->column)};
 	if (CatalogExec("SELECT p.context_column::text, a.atttypid OPERATOR(pg_catalog.=)"
 					" 'pg_catalog.bytea'::pg_catalog.regtype"
 					" FROM pgkm.protected_columns p LEFT JOIN pg_catalog.pg_attribute a"

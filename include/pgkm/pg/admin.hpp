@@ -56,6 +56,13 @@ void QueueReencryption(int64 key_id, int32 target_version, const char *actor);
 // memory forgets them only if the transaction commits. Returns the total added.
 int64 FlushEncryptionCounts();
 
+// Finds a table's single-column primary key: its name (quoted) and type (format_type), in
+// memory of the current context. False if the table has none, or a composite one.
+bool SingleColumnPrimaryKey(Oid relid, char **quoted_name, char **type);
+
+// Raises undefined_object: the column of the table is not protected.
+[[noreturn]] void ReportNotProtected(Oid relid, const char *column);
+
 // A protected column whose table still exists.
 struct ProtectedColumn
 {

@@ -2,11 +2,12 @@
 
 EXTENSION = pgkm
 MODULE_big = pgkm
-DATA = pgkm--1.0.sql pgkm--1.0--1.1.sql
+DATA = pgkm--1.0.sql pgkm--1.0--1.1.sql pgkm--1.1--1.2.sql
 PGFILEDESC = "pgkm - column encryption under a PKCS#11 master key"
 
 OBJS = \
 	src/core/aead.o \
+	src/core/audit_chain.o \
 	src/core/format.o \
 	src/core/key_material.o \
 	src/core/nonce_pool.o \
@@ -18,6 +19,9 @@ OBJS = \
 	src/provider/pkcs11_module.o \
 	src/pg/admin.o \
 	src/pg/aead_calls.o \
+	src/pg/audit.o \
+	src/pg/audit_log.o \
+	src/pg/audit_ring.o \
 	src/pg/boundary.o \
 	src/pg/catalog.o \
 	src/pg/data_path.o \

@@ -7,6 +7,7 @@ packages=(
 	postgresql-15 postgresql-contrib postgresql-server-dev-15 libpq-dev libipc-run-perl
 	libssl-dev libp11-kit-dev softhsm2 opensc
 	googletest libgtest-dev nlohmann-json3-dev
+	postgresql-15-pgaudit
 )
 
 missing=()

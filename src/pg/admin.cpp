@@ -4,6 +4,7 @@
 #include "pgkm/pg/token.hpp"
 
 #include "pgkm/pg/admin.hpp"
+#include "pgkm/pg/audit.hpp"
 #include "pgkm/pg/boundary.hpp"
 #include "pgkm/pg/catalog.hpp"
 #include "pgkm/pg/guc.hpp"
@@ -156,6 +157,7 @@ void CheckKeyOwner(Oid caller, Oid owner, const char *name)
 {
 	if (superuser_arg(caller) || has_privs_of_role(caller, owner))
 		return;
+	AuditAdminDenied("key administration", name, "must be owner of key");
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("must be owner of key \"%s\"", name)));
 }
@@ -319,6 +321,11 @@ Datum pgkm_alter_key_roles(PG_FUNCTION_ARGS)
 				" WHERE key_id OPERATOR(pg_catalog.=) $1",
 				3, types, values, nulls, SPI_OK_UPDATE);
 	CatalogClose(&session);
+	char detail[2 * NAMEDATALEN + 40];
+	snprintf(detail, sizeof(detail), "encrypt_role=%s decrypt_role=%s",
+			 PG_ARGISNULL(1) ? "(unchanged)" : GetUserNameFromId(PG_GETARG_OID(1), true),
+			 PG_ARGISNULL(2) ? "(unchanged)" : GetUserNameFromId(PG_GETARG_OID(2), true));
+	AuditAdmin("key_roles", name, 0, detail);
 	PG_RETURN_VOID();
 }
 

@@ -36,6 +36,8 @@ Oid CatalogOwner()
 
 } // namespace
 
+int catalog_session_depth = 0;
+
 void CatalogOpen(CatalogSession *session)
 {
 	Oid owner = CatalogOwner();
@@ -47,11 +49,14 @@ void CatalogOpen(CatalogSession *session)
 							GUC_ACTION_SAVE, true, 0, false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	catalog_session_depth++;
 }
 
 void CatalogClose(CatalogSession *session)
 {
 	SPI_finish();
+	if (catalog_session_depth > 0)
+		catalog_session_depth--;
 	AtEOXact_GUC(true, session->guc_nest_level);
 	SetUserIdAndSecContext(session->saved_user, session->saved_sec_context);
 }

@@ -4,6 +4,7 @@
 #include "pgkm/core/format.hpp"
 
 #include "pgkm/pg/aead_calls.hpp"
+#include "pgkm/pg/audit.hpp"
 #include "pgkm/pg/key_cache.hpp"
 
 using pgkm::core::ByteView;
@@ -19,6 +20,8 @@ bytea *Decrypt(FunctionCallInfo fcinfo, VersionEntry **used)
 	ByteView in = Bytes(ciphertext);
 	ByteView context = OptionalBytes(fcinfo, 1);
 	pgkm::core::Header header = ParseOrReport(in);
+	audit_failing.key_id = header.key_id;
+	audit_failing.key_version = header.key_version;
 	RequireGcm(header);
 	VersionEntry *v = KeyForDecrypt(fcinfo->flinfo, header.key_id, header.key_version);
 	std::size_t len = in.size() - pgkm::core::kGcmOverhead;
@@ -27,6 +30,54 @@ bytea *Decrypt(FunctionCallInfo fcinfo, VersionEntry **used)
 	OpenInto(v, in, context,
 			 std::span<std::uint8_t>(reinterpret_cast<std::uint8_t *>(VARDATA(result)), len));
 	*used = v;
+	return result;
+}
+
+// Decrypts like Decrypt, recording the use in the audit, or the failure before it is raised.
+bytea *AuditedDecrypt(FunctionCallInfo fcinfo, VersionEntry **used)
+{
+	audit_failing = AuditTarget{};
+	bytea *volatile result = nullptr;
+	PG_TRY();
+	{
+		result = Decrypt(fcinfo, used);
+	}
+	PG_CATCH();
+	{
+		AuditFailDataPath(AuditOp::Decrypt);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	AuditUse(AuditOp::Decrypt, *used, Bytes(PG_GETARG_BYTEA_PP(0)).data() + pgkm::core::kHeaderSize);
+	return result;
+}
+
+// Encrypts under the key's active version (pgkm_encrypt's work), recording it likewise.
+bytea *AuditedEncrypt(FunctionCallInfo fcinfo)
+{
+	text *key_name = PG_GETARG_TEXT_PP(1);
+	audit_failing = AuditTarget{};
+	audit_failing.key_name = text_to_cstring(key_name);
+	VersionEntry *volatile used = nullptr;
+	bytea *volatile result = nullptr;
+	PG_TRY();
+	{
+		bytea *data = PG_GETARG_BYTEA_PP(0);
+		ByteView context = OptionalBytes(fcinfo, 2);
+		VersionEntry *v = KeyForEncrypt(fcinfo->flinfo, key_name);
+		audit_failing.key_id = v->key_id;
+		audit_failing.key_version = v->version;
+		result = SealInto(v, Bytes(data), context);
+		used = v;
+	}
+	PG_CATCH();
+	{
+		AuditFailDataPath(AuditOp::Encrypt);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	AuditUse(AuditOp::Encrypt, used,
+			 reinterpret_cast<const std::uint8_t *>(VARDATA(result)) + pgkm::core::kHeaderSize);
 	return result;
 }
 
@@ -53,11 +104,7 @@ Datum pgkm_encrypt(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("key name must not be null")));
-	bytea *data = PG_GETARG_BYTEA_PP(0);
-	text *key_name = PG_GETARG_TEXT_PP(1);
-	ByteView context = OptionalBytes(fcinfo, 2);
-	VersionEntry *v = KeyForEncrypt(fcinfo->flinfo, key_name);
-	PG_RETURN_BYTEA_P(SealInto(v, Bytes(data), context));
+	PG_RETURN_BYTEA_P(AuditedEncrypt(fcinfo));
 }
 
 // pgkm_decrypt(ciphertext, context): the plaintext bytes.
@@ -66,7 +113,7 @@ Datum pgkm_decrypt(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	VersionEntry *v;
-	PG_RETURN_BYTEA_P(Decrypt(fcinfo, &v));
+	PG_RETURN_BYTEA_P(AuditedDecrypt(fcinfo, &v));
 }
 
 // pgkm_decrypt_text(ciphertext, context): the plaintext as text, checked against the
@@ -76,7 +123,7 @@ Datum pgkm_decrypt_text(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	VersionEntry *v;
-	bytea *plain = Decrypt(fcinfo, &v);
+	bytea *plain = AuditedDecrypt(fcinfo, &v);
 	if (!pg_verifymbstr(VARDATA(plain), VARSIZE(plain) - VARHDRSZ, true))
 		ereport(
 			ERROR,

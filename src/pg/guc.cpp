@@ -17,6 +17,17 @@ int guc_rotation_max_rows_per_second = kMaxRowsPerSecondDefault;
 int guc_rotation_lock_timeout = kLockTimeoutDefault;
 int guc_rotation_statement_timeout = kStatementTimeoutDefault;
 int guc_worker_naptime = kNaptimeDefault;
+int guc_audit_level = kAuditStatement;
+int guc_audit_overflow = kOverflowWait;
+int guc_audit_durability = kDurabilityAsync;
+bool guc_audit_notice = false;
+int guc_audit_ring_size = kAuditRingSizeDefault;
+char *guc_audit_file = nullptr;
+int guc_audit_retention = 0;
+int guc_audit_partition_interval = 86400;
+int guc_audit_checkpoint_interval = 60;
+int guc_audit_checkpoint_records = 10000;
+char *guc_audit_key_label = nullptr;
 
 namespace
 {
@@ -40,6 +51,80 @@ bool CheckMasterKeyLabel(char **newval, void **, GucSource)
 		}
 	}
 	return true;
+}
+
+const struct config_enum_entry audit_levels[] = {
+	{"none", kAuditNone, false},
+	{"statement", kAuditStatement, false},
+	{"row", kAuditRow, false},
+	{nullptr, 0, false},
+};
+const struct config_enum_entry audit_overflows[] = {
+	{"wait", kOverflowWait, false},
+	{"drop", kOverflowDrop, false},
+	{"error", kOverflowError, false},
+	{nullptr, 0, false},
+};
+const struct config_enum_entry audit_durabilities[] = {
+	{"async", kDurabilityAsync, false},
+	{"sync", kDurabilitySync, false},
+	{nullptr, 0, false},
+};
+
+// Defines the settings of the access audit.
+void DefineAuditSettings()
+{
+	DefineCustomEnumVariable(
+		"pgkm.audit_level", "What the access audit records: none, statement or row.",
+		"statement: one record per statement, key and version, with a count; row: one record "
+		"per use. Key administration is recorded at every level.",
+		&guc_audit_level, kAuditStatement, audit_levels, PGC_SUSET, 0, nullptr, nullptr, nullptr);
+	DefineCustomEnumVariable(
+		"pgkm.audit_overflow", "What a backend does when the audit ring is full.",
+		"wait: until the worker makes room; drop: lose the record and count it in a gap "
+		"record; error: fail the operation (fail closed).",
+		&guc_audit_overflow, kOverflowWait, audit_overflows, PGC_SUSET, 0, nullptr, nullptr,
+		nullptr);
+	DefineCustomEnumVariable(
+		"pgkm.audit_durability", "Whether a decrypt waits until its access record is durable.",
+		"sync: plaintext is returned only after the statement's access record is committed.",
+		&guc_audit_durability, kDurabilityAsync, audit_durabilities, PGC_SUSET, 0, nullptr,
+		nullptr, nullptr);
+	DefineCustomBoolVariable("pgkm.audit_notice",
+							 "Mirrors every audit record this session produces as a NOTICE.",
+							 "For regression tests: only deterministic fields are shown.",
+							 &guc_audit_notice, false, PGC_SUSET, 0, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("pgkm.audit_ring_size",
+							"Audit records the shared ring holds before overflow applies.",
+							"Records in the ring are lost if the server crashes (async).",
+							&guc_audit_ring_size, kAuditRingSizeDefault, 64, 1048576,
+							PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
+	DefineCustomStringVariable(
+		"pgkm.audit_file",
+		"JSON-lines file that receives audit records on a hot standby, besides the server log.",
+		nullptr, &guc_audit_file, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("pgkm.audit_retention",
+							"How long pgkm.audit_log keeps records (0: forever).",
+							"Whole partitions are dropped once all their records are older.",
+							&guc_audit_retention, 0, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_S, nullptr,
+							nullptr, nullptr);
+	DefineCustomIntVariable("pgkm.audit_partition_interval",
+							"Time span of one partition of pgkm.audit_log.", nullptr,
+							&guc_audit_partition_interval, 86400, 1, INT_MAX, PGC_SIGHUP,
+							GUC_UNIT_S, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("pgkm.audit_checkpoint_interval",
+							"How often the worker seals the audit chain with the token's key.",
+							nullptr, &guc_audit_checkpoint_interval, 60, 1, 86400, PGC_SIGHUP,
+							GUC_UNIT_S, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("pgkm.audit_checkpoint_records",
+							"Records after which the worker seals the audit chain at once.",
+							nullptr, &guc_audit_checkpoint_records, 10000, 1, INT_MAX, PGC_SIGHUP,
+							0, nullptr, nullptr, nullptr);
+	DefineCustomStringVariable(
+		"pgkm.audit_key_label",
+		"Label of the HMAC key in the token that seals the audit chain; created on first use.",
+		nullptr, &guc_audit_key_label, "pgkm-audit", PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+		CheckMasterKeyLabel, nullptr, nullptr);
 }
 
 } // namespace
@@ -94,6 +179,7 @@ void GucInit()
 							"policies.",
 							nullptr, &guc_worker_naptime, kNaptimeDefault, 1, 3600, PGC_SIGHUP,
 							GUC_UNIT_S, nullptr, nullptr, nullptr);
+	DefineAuditSettings();
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("pgkm");
 #else

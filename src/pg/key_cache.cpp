@@ -455,6 +455,29 @@ VersionEntry *KeyForDecrypt(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_
 	return v;
 }
 
+const char *CachedKeyName(std::uint32_t key_id, std::uint32_t version)
+{
+	if (versions_by_id == nullptr || keys_by_name == nullptr)
+		return nullptr;
+	std::uint64_t hash_key = (std::uint64_t)key_id << 32 | version;
+	auto *v =
+		static_cast<VersionEntry *>(hash_search(versions_by_id, &hash_key, HASH_FIND, nullptr));
+	if (v)
+		return v->key_name;
+	HASH_SEQ_STATUS status;
+	hash_seq_init(&status, keys_by_name);
+	for (auto *k = static_cast<KeyEntry *>(hash_seq_search(&status)); k;
+		 k = static_cast<KeyEntry *>(hash_seq_search(&status)))
+	{
+		if (k->key_id == key_id)
+		{
+			hash_seq_term(&status);
+			return k->name;
+		}
+	}
+	return nullptr;
+}
+
 std::uint64_t KeyCacheEpoch()
 {
 	return cache_epoch;

@@ -10,6 +10,7 @@
 
 #include "pgkm/pg/admin.hpp"
 #include "pgkm/pg/aead_calls.hpp"
+#include "pgkm/pg/audit.hpp"
 #include "pgkm/pg/boundary.hpp"
 #include "pgkm/pg/catalog.hpp"
 #include "pgkm/pg/guc.hpp"
@@ -267,6 +268,56 @@ void StoreRewrapped(Datum *key_ids, Datum *versions, Datum *blobs, int n, int32 
 
 } // namespace
 
+namespace
+{
+
+// Re-encrypts one value (pgkm_rewrap's work); *source is the version decrypted, left null
+// when the value is already under the active version and is returned as it is.
+bytea *Rewrap(FunctionCallInfo fcinfo, VersionEntry **source_out)
+{
+	ByteView in = Bytes(PG_GETARG_BYTEA_PP(0));
+	ByteView context = OptionalBytes(fcinfo, 1);
+	pgkm::core::Header header = ParseOrReport(in);
+	audit_failing.key_id = header.key_id;
+	audit_failing.key_version = header.key_version;
+	RequireGcm(header);
+	RewrapSites *sites = SitesOf(fcinfo->flinfo);
+	VersionEntry *source;
+	VersionEntry *target;
+	// A lookup may empty the cache (a key change committed meanwhile): retry until neither
+	// entry is stale.
+	for (;;)
+	{
+		source = KeyForDecrypt(&sites->decrypt, header.key_id, header.key_version);
+		std::uint64_t epoch = KeyCacheEpoch();
+		target = KeyForEncryptById(&sites->encrypt, header.key_id);
+		if (KeyCacheEpoch() == epoch)
+			break;
+	}
+	if (target->version == header.key_version)
+		return PG_GETARG_BYTEA_P(0);
+	*source_out = source;
+
+	std::size_t len = in.size() - pgkm::core::kGcmOverhead;
+	MemoryContext plain_context =
+		AllocSetContextCreate(CurTransactionContext, "pgkm rewrap plaintext", ALLOCSET_SMALL_SIZES);
+	auto *plain =
+		static_cast<PlainBuffer *>(MemoryContextAllocZero(plain_context, sizeof(PlainBuffer)));
+	auto *wipe = static_cast<MemoryContextCallback *>(
+		MemoryContextAlloc(plain_context, sizeof(MemoryContextCallback)));
+	wipe->func = WipePlain;
+	wipe->arg = plain;
+	MemoryContextRegisterResetCallback(plain_context, wipe);
+	plain->data = static_cast<std::uint8_t *>(MemoryContextAlloc(plain_context, len));
+	plain->len = len;
+	OpenInto(source, in, context, std::span<std::uint8_t>(plain->data, len));
+	bytea *result = SealInto(target, ByteView(plain->data, len), context);
+	MemoryContextDelete(plain_context);
+	return result;
+}
+
+} // namespace
+
 extern "C"
 {
 	PG_FUNCTION_INFO_V1(pgkm_ciphertext_key_id);
@@ -308,41 +359,24 @@ Datum pgkm_rewrap(PG_FUNCTION_ARGS)
 {
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
-	ByteView in = Bytes(PG_GETARG_BYTEA_PP(0));
-	ByteView context = OptionalBytes(fcinfo, 1);
-	pgkm::core::Header header = ParseOrReport(in);
-	RequireGcm(header);
-	RewrapSites *sites = SitesOf(fcinfo->flinfo);
-	VersionEntry *source;
-	VersionEntry *target;
-	// A lookup may empty the cache (a key change committed meanwhile): retry until neither
-	// entry is stale.
-	for (;;)
+	audit_failing = AuditTarget{};
+	VersionEntry *volatile used = nullptr;
+	bytea *volatile result = nullptr;
+	PG_TRY();
 	{
-		source = KeyForDecrypt(&sites->decrypt, header.key_id, header.key_version);
-		std::uint64_t epoch = KeyCacheEpoch();
-		target = KeyForEncryptById(&sites->encrypt, header.key_id);
-		if (KeyCacheEpoch() == epoch)
-			break;
+		VersionEntry *source = nullptr;
+		result = Rewrap(fcinfo, &source);
+		used = source;
 	}
-	if (target->version == header.key_version)
-		PG_RETURN_DATUM(PG_GETARG_DATUM(0));
-
-	std::size_t len = in.size() - pgkm::core::kGcmOverhead;
-	MemoryContext plain_context =
-		AllocSetContextCreate(CurTransactionContext, "pgkm rewrap plaintext", ALLOCSET_SMALL_SIZES);
-	auto *plain =
-		static_cast<PlainBuffer *>(MemoryContextAllocZero(plain_context, sizeof(PlainBuffer)));
-	auto *wipe = static_cast<MemoryContextCallback *>(
-		MemoryContextAlloc(plain_context, sizeof(MemoryContextCallback)));
-	wipe->func = WipePlain;
-	wipe->arg = plain;
-	MemoryContextRegisterResetCallback(plain_context, wipe);
-	plain->data = static_cast<std::uint8_t *>(MemoryContextAlloc(plain_context, len));
-	plain->len = len;
-	OpenInto(source, in, context, std::span<std::uint8_t>(plain->data, len));
-	bytea *result = SealInto(target, ByteView(plain->data, len), context);
-	MemoryContextDelete(plain_context);
+	PG_CATCH();
+	{
+		AuditFailDataPath(AuditOp::Rewrap);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (used)
+		AuditUse(AuditOp::Rewrap, used,
+				 Bytes(PG_GETARG_BYTEA_PP(0)).data() + pgkm::core::kHeaderSize);
 	PG_RETURN_BYTEA_P(result);
 }
 

@@ -1,4 +1,5 @@
 // Module entry: _PG_init reads like a table of contents of pgkm's subsystems.
+#include "pgkm/pg/audit.hpp"
 #include "pgkm/pg/boundary.hpp"
 #include "pgkm/pg/guc.hpp"
 #include "pgkm/pg/shmem.hpp"
@@ -38,5 +39,6 @@ void _PG_init(void)
 		return;
 	pgkm::pg::ShmemInit();
 	pgkm::pg::WorkerInit();
+	pgkm::pg::AuditInit();
 	CheckPinFileAtStartup();
 }

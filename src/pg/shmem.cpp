@@ -1,6 +1,7 @@
 // Shared memory: the key-cache generation counter, the master-key lock and the
 // per-version encryption counters (approximate: counted here, flushed to the catalog).
 #include "pgkm/pg/shmem.hpp"
+#include "pgkm/pg/audit_ring.hpp"
 
 #include "pgkm/pg/postgres.hpp"
 
@@ -50,6 +51,8 @@ void RequestShmem()
 {
 	RequestAddinShmemSpace(MAXALIGN(sizeof(SharedState)));
 	RequestNamedLWLockTranche(kTranche, 3);
+	RequestAddinShmemSpace(AuditRingShmemSize());
+	AuditRingRequestLocks();
 }
 
 #if PG_VERSION_NUM >= 150000
@@ -82,6 +85,7 @@ void ShmemStartup()
 		for (int i = 0; i < kCounterSlots; i++)
 			pg_atomic_init_u64(&shared->slots[i].count, 0);
 	}
+	AuditRingShmemInit();
 	LWLockRelease(AddinShmemInitLock);
 }
 

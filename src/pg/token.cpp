@@ -9,6 +9,7 @@
 #include <openssl/crypto.h>
 
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -80,6 +81,19 @@ void FindOrGenerateMasterKey(const char *base_label, MasterKeyChoice *out)
 	p.Generate(label);
 	CopyLabel(out->label, sizeof(out->label), label);
 	out->generated = true;
+}
+
+bool AuditMac(const char *label, core::ByteView message, std::uint8_t out[32])
+{
+	bool created = Token().EnsureMacKey(label);
+	auto mac = Token().Mac(label, message);
+	memcpy(out, mac.data(), mac.size());
+	return created;
+}
+
+bool AuditVerifyMac(const char *label, core::ByteView message, core::ByteView mac)
+{
+	return Token().VerifyMac(label, message, mac);
 }
 
 void RequireMasterKey(const char *label)

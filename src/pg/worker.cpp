@@ -6,6 +6,9 @@
 // checkpointing in the batch's own transaction. Errors are caught per step: a failing job is
 // marked failed, a lock or statement timeout is retried later.
 #include "pgkm/pg/admin.hpp"
+#include "pgkm/pg/audit.hpp"
+#include "pgkm/pg/audit_log.hpp"
+#include "pgkm/pg/audit_ring.hpp"
 #include "pgkm/pg/catalog.hpp"
 #include "pgkm/pg/guc.hpp"
 #include "pgkm/pg/key_cache.hpp"
@@ -577,6 +580,8 @@ void StepAsideForDatabaseCommands(Oid dbid)
 	LockRelease(&tag, AccessShareLock, true);
 }
 
+TimestampTz last_step_aside_check = 0;
+
 // Sleeps up to ms milliseconds, or until woken, looking at least once a second whether a
 // command needs the database alone.
 void Nap(long ms)
@@ -587,8 +592,13 @@ void Nap(long ms)
 		int rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, slice,
 						   PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
-		if (OidIsValid(MyDatabaseId))
+		// Audit records wake the worker often: look for database commands once a second.
+		TimestampTz now = GetCurrentTimestamp();
+		if (OidIsValid(MyDatabaseId) && now - last_step_aside_check >= USECS_PER_SEC)
+		{
+			last_step_aside_check = now;
 			StepAsideForDatabaseCommands(MyDatabaseId);
+		}
 		if (rc & WL_LATCH_SET)
 			return;
 		ms -= slice;
@@ -615,6 +625,21 @@ void HandleSignals()
 
 namespace pgkm::pg
 {
+
+void WorkerBeginStep()
+{
+	BeginStep();
+}
+
+void WorkerEndStep()
+{
+	EndStep();
+}
+
+void WorkerSetLocal(const char *name, const char *value)
+{
+	SetLocal(name, value);
+}
 
 void WorkerInit()
 {
@@ -716,7 +741,11 @@ void pgkm_worker_main(Datum arg)
 		proc_exit(0); // another worker serves this database
 	before_shmem_exit(ReleaseSlot, ObjectIdGetDatum(dbid));
 	if (!ExtensionReady())
+	{
+		(void)AuditDiscard(dbid);
 		proc_exit(0); // no pgkm (1.1 or later) here: not restarted
+	}
+	AuditSuppressAccess(); // re-encryption is not an access; administration is still recorded
 	RecoverJobs();
 
 	TimestampTz next_housekeeping = 0;
@@ -726,16 +755,25 @@ void pgkm_worker_main(Datum arg)
 		if (GetCurrentTimestamp() >= next_housekeeping)
 		{
 			if (!ExtensionReady())
+			{
+				(void)AuditDiscard(dbid);
 				proc_exit(0); // DROP EXTENSION
+			}
 			Housekeeping();
+			AuditHousekeeping(true);
 			next_housekeeping =
 				TimestampTzPlusMilliseconds(GetCurrentTimestamp(), guc_worker_naptime * 1000L);
 		}
+		int audited = AuditDrain();
+		if (audited > 0 && AuditCheckpointDue())
+			AuditHousekeeping(false);
 		TimestampTz started = GetCurrentTimestamp();
 		Step step = RunBatchStep();
 		long wait = guc_worker_naptime * 1000L;
-		if (step == Step::Blocked)
+		if (step == Step::Blocked || audited < 0)
 			next_housekeeping = 0; // a failure may mean DROP EXTENSION: look at once
+		if (audited < 0)
+			wait = Min(wait, 1000L); // retry the audit soon
 		if (step == Step::Worked)
 		{
 			// Throttle: the batch delay, stretched to honour the rows-per-second cap.
@@ -748,6 +786,9 @@ void pgkm_worker_main(Datum arg)
 				wait = Max(wait, min_ms - spent);
 			}
 		}
-		Nap(wait);
+		if (audited >= 0 && AuditPending(dbid))
+			wait = 0; // more records came in meanwhile
+		if (wait > 0)
+			Nap(wait);
 	}
 }

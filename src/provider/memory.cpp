@@ -1,9 +1,12 @@
-// The in-memory master-key provider: RFC 3394 wrapping with OpenSSL, for unit tests only.
+// The in-memory master-key provider: RFC 3394 wrapping and HMAC-SHA-256 with OpenSSL, for
+// unit tests only.
 #include "pgkm/core/error.hpp"
 #include "pgkm/provider/master_label.hpp"
 #include "pgkm/provider/provider.hpp"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #include <map>
 #include <memory>
@@ -18,6 +21,7 @@ using core::Error;
 using core::ErrorKind;
 
 constexpr std::size_t kMasterKeySize = 32;
+constexpr std::size_t kMacKeySize = 32;
 constexpr std::size_t kDekSize = 32;
 constexpr std::size_t kWrapOverhead = 8; // RFC 3394 integrity block
 constexpr std::size_t kWrappedSize = kDekSize + kWrapOverhead;
@@ -42,7 +46,22 @@ CipherContext WrapContext(const core::SecureBuffer &key, bool encrypt)
 	return context;
 }
 
-// Master keys as random bytes in locked memory, by label. Not thread-safe.
+// What a key may be used for: a master key wraps and unwraps, a MAC key signs and verifies.
+enum class Usage
+{
+	Wrap,
+	Mac,
+};
+
+// One key held by the provider.
+struct HeldKey
+{
+	core::SecureBuffer value;
+	Usage usage;
+};
+
+// Master and MAC keys as random bytes in locked memory, by label (one namespace, as in a
+// token). Not thread-safe.
 class MemoryProvider final : public Provider
 {
   public:
@@ -52,11 +71,15 @@ class MemoryProvider final : public Provider
 	std::vector<std::uint8_t> Wrap(const std::string &master_label, ByteView dek) override;
 	core::SecureBuffer Unwrap(const std::string &master_label, ByteView wrapped) override;
 	MasterKeyInfo Describe(const std::string &master_label) override;
+	bool EnsureMacKey(const std::string &label) override;
+	std::array<std::uint8_t, kMacSize> Mac(const std::string &label, ByteView data) override;
+	bool VerifyMac(const std::string &label, ByteView data, ByteView mac) override;
 
   private:
-	const core::SecureBuffer &Key(const std::string &label) const;
+	const HeldKey &Find(const std::string &label, const char *what) const;
+	const core::SecureBuffer &Key(const std::string &label, Usage usage) const;
 
-	std::map<std::string, core::SecureBuffer> keys_;
+	std::map<std::string, HeldKey> keys_;
 };
 
 // Names the same mechanism as the PKCS#11 provider: the blobs have the same format.
@@ -89,7 +112,7 @@ void MemoryProvider::Generate(const std::string &label)
 		throw Error(ErrorKind::InvalidArgument, "master key label must not be empty");
 	if (keys_.count(label) != 0)
 		throw Error(ErrorKind::InvalidArgument, "master key \"" + label + "\" already exists");
-	keys_.emplace(label, core::SecureBuffer::Random(kMasterKeySize));
+	keys_.emplace(label, HeldKey{core::SecureBuffer::Random(kMasterKeySize), Usage::Wrap});
 }
 
 // Wraps the DEK with AES-256 key wrap; the result is 40 bytes.
@@ -97,7 +120,7 @@ std::vector<std::uint8_t> MemoryProvider::Wrap(const std::string &master_label, 
 {
 	if (dek.size() != kDekSize)
 		throw Error(ErrorKind::InvalidArgument, "a data encryption key must be 32 bytes");
-	CipherContext context = WrapContext(Key(master_label), true);
+	CipherContext context = WrapContext(Key(master_label, Usage::Wrap), true);
 	std::vector<std::uint8_t> wrapped(kWrappedSize);
 	int length = 0;
 	if (EVP_CipherUpdate(context.get(), wrapped.data(), &length, dek.data(),
@@ -114,7 +137,7 @@ core::SecureBuffer MemoryProvider::Unwrap(const std::string &master_label, ByteV
 		throw Error(ErrorKind::WrongMasterKey, "wrapped key has the wrong length",
 					"expected " + std::to_string(kWrappedSize) + " bytes, got " +
 						std::to_string(wrapped.size()));
-	CipherContext context = WrapContext(Key(master_label), false);
+	CipherContext context = WrapContext(Key(master_label, Usage::Wrap), false);
 	core::SecureBuffer dek(kDekSize);
 	int length = 0;
 	if (EVP_CipherUpdate(context.get(), dek.data(), &length, wrapped.data(),
@@ -126,28 +149,82 @@ core::SecureBuffer MemoryProvider::Unwrap(const std::string &master_label, ByteV
 	return dek;
 }
 
-// Reports fixed attributes: memory keys are neither persistent nor extractable through the API.
+// Reports fixed attributes: memory keys are neither persistent nor extractable through the API,
+// and each is usable only for its own purpose.
 MasterKeyInfo MemoryProvider::Describe(const std::string &master_label)
 {
-	const core::SecureBuffer &key = Key(master_label);
+	const HeldKey &key = Find(master_label, "master key");
 	MasterKeyInfo info;
 	info.label = master_label;
-	info.key_bits = key.size() * 8;
+	info.key_bits = key.value.size() * 8;
 	info.token = false;
 	info.sensitive = true;
 	info.extractable = false;
-	info.can_wrap = true;
-	info.can_unwrap = true;
+	info.can_wrap = key.usage == Usage::Wrap;
+	info.can_unwrap = key.usage == Usage::Wrap;
+	info.can_sign = key.usage == Usage::Mac;
+	info.can_verify = key.usage == Usage::Mac;
 	return info;
 }
 
-// Returns the key with this label or throws Error(UnknownKey).
-const core::SecureBuffer &MemoryProvider::Key(const std::string &label) const
+// Draws a fresh random MAC key unless one already has this label.
+bool MemoryProvider::EnsureMacKey(const std::string &label)
+{
+	if (label.empty())
+		throw Error(ErrorKind::InvalidArgument, "MAC key label must not be empty");
+	const auto found = keys_.find(label);
+	if (found != keys_.end())
+	{
+		if (found->second.usage != Usage::Mac)
+			throw Error(ErrorKind::KeyNotUsable,
+						"secret key \"" + label + "\" is not an HMAC key that may sign and verify");
+		return false;
+	}
+	keys_.emplace(label, HeldKey{core::SecureBuffer::Random(kMacKeySize), Usage::Mac});
+	return true;
+}
+
+// Computes HMAC-SHA-256 with OpenSSL.
+std::array<std::uint8_t, kMacSize> MemoryProvider::Mac(const std::string &label, ByteView data)
+{
+	const core::SecureBuffer &key = Key(label, Usage::Mac);
+	std::array<std::uint8_t, kMacSize> mac{};
+	unsigned int length = 0;
+	if (HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), data.data(), data.size(),
+			 mac.data(), &length) == nullptr ||
+		length != kMacSize)
+		throw Error(ErrorKind::Internal, "HMAC-SHA-256 failed with MAC key \"" + label + "\"");
+	return mac;
+}
+
+// Recomputes the MAC and compares in constant time; a MAC of the wrong length is false.
+bool MemoryProvider::VerifyMac(const std::string &label, ByteView data, ByteView mac)
+{
+	const std::array<std::uint8_t, kMacSize> expected = Mac(label, data);
+	return mac.size() == kMacSize && CRYPTO_memcmp(expected.data(), mac.data(), kMacSize) == 0;
+}
+
+// Returns the key with this label, whatever its use, or throws Error(UnknownKey) naming what
+// was wanted.
+const HeldKey &MemoryProvider::Find(const std::string &label, const char *what) const
 {
 	const auto found = keys_.find(label);
 	if (found == keys_.end())
-		throw Error(ErrorKind::UnknownKey, "master key \"" + label + "\" not found");
+		throw Error(ErrorKind::UnknownKey, std::string(what) + " \"" + label + "\" not found");
 	return found->second;
+}
+
+// Returns the key with this label or throws Error(UnknownKey); a key of the other use is
+// Error(KeyNotUsable), as a token refuses a key without the usage attribute.
+const core::SecureBuffer &MemoryProvider::Key(const std::string &label, Usage usage) const
+{
+	const HeldKey &key = Find(label, usage == Usage::Wrap ? "master key" : "MAC key");
+	if (key.usage != usage)
+		throw Error(ErrorKind::KeyNotUsable,
+					usage == Usage::Wrap
+						? "key \"" + label + "\" is not a master key that may wrap and unwrap"
+						: "key \"" + label + "\" cannot compute an HMAC-SHA-256 MAC");
+	return key.value;
 }
 
 } // namespace

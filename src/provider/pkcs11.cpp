@@ -1,5 +1,6 @@
 // The PKCS#11 master-key provider: finds the token by label, logs in with the PIN file,
-// and wraps and unwraps DEKs with CKM_AES_KEY_WRAP inside the token.
+// wraps and unwraps DEKs with CKM_AES_KEY_WRAP and computes audit MACs with
+// CKM_SHA256_HMAC, all inside the token.
 #include "pgkm/core/error.hpp"
 #include "pgkm/provider/master_label.hpp"
 #include "pgkm/provider/pkcs11.hpp"
@@ -8,6 +9,7 @@
 #include <array>
 #include <cstring>
 #include <map>
+#include <mutex>
 
 namespace pgkm::provider
 {
@@ -25,6 +27,7 @@ using pkcs11::SessionLost;
 constexpr std::size_t kDekSize = 32;
 constexpr std::size_t kWrappedSize = kDekSize + 8; // RFC 3394 adds one 64-bit block
 constexpr CK_ULONG kMasterKeySize = 32;
+constexpr CK_ULONG kMacKeySize = 32;
 constexpr std::size_t kTokenLabelSize = 32;
 constexpr CK_ULONG kFindBatch = 64;
 
@@ -44,6 +47,30 @@ bool IsIntegrityFailure(CK_RV rv) noexcept
 	default:
 		return false;
 	}
+}
+
+// Whether C_SignInit's or C_VerifyInit's answer means the key exists but may not compute an
+// HMAC-SHA-256 (a master key, a key without CKA_SIGN or CKA_VERIFY, a key too short).
+bool IsUnusableMacKey(CK_RV rv) noexcept
+{
+	return rv == CKR_KEY_TYPE_INCONSISTENT || rv == CKR_KEY_FUNCTION_NOT_PERMITTED ||
+		   rv == CKR_KEY_SIZE_RANGE;
+}
+
+// Returns a pointer that PKCS#11 accepts for input bytes: a module may refuse a null pointer
+// even with a zero length (SoftHSM answers CKR_ARGUMENTS_BAD and keeps the operation active).
+CK_BYTE_PTR InputBytes(ByteView bytes) noexcept
+{
+	static CK_BYTE empty = 0;
+	return bytes.empty() ? &empty : const_cast<CK_BYTE_PTR>(bytes.data());
+}
+
+// Serialises the find-then-generate of EnsureMacKey among every provider of the process, so
+// that two racing calls cannot both create a key with the same label.
+std::mutex &MacKeyMutex()
+{
+	static std::mutex mutex;
+	return mutex;
 }
 
 // Builds one template entry; PKCS#11 takes non-const pointers even for input values.
@@ -87,7 +114,7 @@ class FindGuard
 	CK_SESSION_HANDLE session_;
 };
 
-// One connection to the token: a session, its login and the master key handles. Not
+// One connection to the token: a session, its login and the key handles. Not
 // thread-safe: an object serves one thread (a backend) at a time.
 class Pkcs11Provider final : public Provider
 {
@@ -103,6 +130,9 @@ class Pkcs11Provider final : public Provider
 	std::vector<std::uint8_t> Wrap(const std::string &master_label, ByteView dek) override;
 	core::SecureBuffer Unwrap(const std::string &master_label, ByteView wrapped) override;
 	MasterKeyInfo Describe(const std::string &master_label) override;
+	bool EnsureMacKey(const std::string &label) override;
+	std::array<std::uint8_t, kMacSize> Mac(const std::string &label, ByteView data) override;
+	bool VerifyMac(const std::string &label, ByteView data, ByteView mac) override;
 
   private:
 	template <typename Operation> auto WithSession(Operation &&operation) -> decltype(operation());
@@ -113,7 +143,8 @@ class Pkcs11Provider final : public Provider
 	void Login();
 	std::vector<CK_OBJECT_HANDLE> FindObjects(CK_ATTRIBUTE *search, CK_ULONG count);
 	std::optional<CK_OBJECT_HANDLE> FindKey(const std::string &label);
-	CK_OBJECT_HANDLE RequireKey(const std::string &label);
+	CK_OBJECT_HANDLE RequireKey(const std::string &label, const char *what = "master key");
+	void RequireMacUsage(CK_OBJECT_HANDLE key, const std::string &label);
 	std::optional<std::string> ReadLabel(CK_OBJECT_HANDLE object);
 	std::string Token() const;
 
@@ -123,7 +154,7 @@ class Pkcs11Provider final : public Provider
 	std::uint64_t generation_ = 0;
 	bool connected_ = false;
 	CK_SESSION_HANDLE session_ = CK_INVALID_HANDLE;
-	std::map<std::string, CK_OBJECT_HANDLE> keys_; // master key handles by label
+	std::map<std::string, CK_OBJECT_HANDLE> keys_; // master and MAC key handles by label
 };
 
 // Closes the session, and when this is the library's last user in the process, logs out
@@ -334,14 +365,36 @@ std::optional<CK_OBJECT_HANDLE> Pkcs11Provider::FindKey(const std::string &label
 	return objects.front();
 }
 
-// Looks a master key up by label or throws Error(UnknownKey).
-CK_OBJECT_HANDLE Pkcs11Provider::RequireKey(const std::string &label)
+// Looks a master or MAC key up by label or throws Error(UnknownKey) naming what was wanted.
+CK_OBJECT_HANDLE Pkcs11Provider::RequireKey(const std::string &label, const char *what)
 {
 	const std::optional<CK_OBJECT_HANDLE> key = FindKey(label);
 	if (!key)
 		throw Error(ErrorKind::UnknownKey,
-					"master key \"" + label + "\" not found in PKCS#11 token " + Token());
+					std::string(what) + " \"" + label + "\" not found in PKCS#11 token " + Token());
 	return *key;
+}
+
+// Refuses a key found under the MAC key's label that is not an HMAC key allowed to sign and
+// verify (a master key under the same label, say): Error(KeyNotUsable).
+void Pkcs11Provider::RequireMacUsage(CK_OBJECT_HANDLE key, const std::string &label)
+{
+	CK_KEY_TYPE key_type = CKK_AES;
+	CK_BBOOL sign = CK_FALSE, verify = CK_FALSE;
+	std::array attributes = {
+		Attribute(CKA_KEY_TYPE, &key_type, sizeof key_type),
+		Attribute(CKA_SIGN, &sign, sizeof sign),
+		Attribute(CKA_VERIFY, &verify, sizeof verify),
+	};
+	Check(functions_->C_GetAttributeValue(session_, key, attributes.data(), attributes.size()),
+		  "C_GetAttributeValue", ErrorKind::TokenUnavailable,
+		  "could not read the attributes of MAC key \"" + label + "\"");
+	if ((key_type != CKK_GENERIC_SECRET && key_type != CKK_SHA256_HMAC) || sign != CK_TRUE ||
+		verify != CK_TRUE)
+		throw Error(ErrorKind::KeyNotUsable,
+					"secret key \"" + label + "\" in PKCS#11 token " + Token() +
+						" is not an HMAC key that may sign and verify",
+					{}, "Give the audit MAC key a label of its own.");
 }
 
 // Reads an object's CKA_LABEL; nullopt when the object has none.
@@ -544,7 +597,7 @@ MasterKeyInfo Pkcs11Provider::Describe(const std::string &master_label)
 			const CK_OBJECT_HANDLE key = RequireKey(master_label);
 			CK_ULONG value_len = 0;
 			CK_BBOOL token = CK_FALSE, sensitive = CK_FALSE, extractable = CK_FALSE;
-			CK_BBOOL wrap = CK_FALSE, unwrap = CK_FALSE;
+			CK_BBOOL wrap = CK_FALSE, unwrap = CK_FALSE, sign = CK_FALSE, verify = CK_FALSE;
 			std::array attributes = {
 				Attribute(CKA_VALUE_LEN, &value_len, sizeof value_len),
 				Attribute(CKA_TOKEN, &token, sizeof token),
@@ -552,6 +605,8 @@ MasterKeyInfo Pkcs11Provider::Describe(const std::string &master_label)
 				Attribute(CKA_EXTRACTABLE, &extractable, sizeof extractable),
 				Attribute(CKA_WRAP, &wrap, sizeof wrap),
 				Attribute(CKA_UNWRAP, &unwrap, sizeof unwrap),
+				Attribute(CKA_SIGN, &sign, sizeof sign),
+				Attribute(CKA_VERIFY, &verify, sizeof verify),
 			};
 			const CK_RV rv = functions_->C_GetAttributeValue(session_, key, attributes.data(),
 															 attributes.size());
@@ -569,7 +624,111 @@ MasterKeyInfo Pkcs11Provider::Describe(const std::string &master_label)
 			info.extractable = available(3) && extractable == CK_TRUE;
 			info.can_wrap = available(4) && wrap == CK_TRUE;
 			info.can_unwrap = available(5) && unwrap == CK_TRUE;
+			info.can_sign = available(6) && sign == CK_TRUE;
+			info.can_verify = available(7) && verify == CK_TRUE;
 			return info;
+		});
+}
+
+// Finds the MAC key or generates it inside the token: persistent, private, sensitive, never
+// extractable, usable only to sign and verify. CKA_ID repeats the label, as for master keys.
+bool Pkcs11Provider::EnsureMacKey(const std::string &label)
+{
+	if (label.empty())
+		throw Error(ErrorKind::InvalidArgument, "MAC key label must not be empty");
+	std::lock_guard lock(MacKeyMutex());
+	return WithSession(
+		[&]
+		{
+			if (const std::optional<CK_OBJECT_HANDLE> existing = FindKey(label))
+			{
+				RequireMacUsage(*existing, label);
+				return false;
+			}
+			CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+			CK_KEY_TYPE key_type = CKK_GENERIC_SECRET;
+			CK_ULONG value_len = kMacKeySize;
+			CK_BBOOL yes = CK_TRUE;
+			CK_BBOOL no = CK_FALSE;
+			std::array key_template = {
+				Attribute(CKA_CLASS, &key_class, sizeof key_class),
+				Attribute(CKA_KEY_TYPE, &key_type, sizeof key_type),
+				Attribute(CKA_VALUE_LEN, &value_len, sizeof value_len),
+				Attribute(CKA_TOKEN, &yes, sizeof yes),
+				Attribute(CKA_PRIVATE, &yes, sizeof yes),
+				Attribute(CKA_SENSITIVE, &yes, sizeof yes),
+				Attribute(CKA_EXTRACTABLE, &no, sizeof no),
+				Attribute(CKA_SIGN, &yes, sizeof yes),
+				Attribute(CKA_VERIFY, &yes, sizeof yes),
+				Attribute(CKA_ENCRYPT, &no, sizeof no),
+				Attribute(CKA_DECRYPT, &no, sizeof no),
+				Attribute(CKA_WRAP, &no, sizeof no),
+				Attribute(CKA_UNWRAP, &no, sizeof no),
+				Attribute(CKA_DERIVE, &no, sizeof no),
+				Attribute(CKA_LABEL, label.data(), label.size()),
+				Attribute(CKA_ID, label.data(), label.size()),
+			};
+			CK_MECHANISM mechanism{CKM_GENERIC_SECRET_KEY_GEN, nullptr, 0};
+			CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+			Check(functions_->C_GenerateKey(session_, &mechanism, key_template.data(),
+											key_template.size(), &key),
+				  "C_GenerateKey", ErrorKind::TokenUnavailable,
+				  "could not generate MAC key \"" + label + "\" in PKCS#11 token " + Token());
+			keys_.emplace(label, key);
+			return true;
+		});
+}
+
+// Computes HMAC-SHA-256 inside the token; the key never leaves it.
+std::array<std::uint8_t, kMacSize> Pkcs11Provider::Mac(const std::string &label, ByteView data)
+{
+	return WithSession(
+		[&]
+		{
+			const CK_OBJECT_HANDLE key = RequireKey(label, "MAC key");
+			const std::string message =
+				"could not compute a MAC with key \"" + label + "\" in PKCS#11 token " + Token();
+			CK_MECHANISM mechanism{CKM_SHA256_HMAC, nullptr, 0};
+			const CK_RV rv = functions_->C_SignInit(session_, &mechanism, key);
+			if (IsUnusableMacKey(rv))
+				throw Error(ErrorKind::KeyNotUsable,
+							"key \"" + label + "\" cannot compute an HMAC-SHA-256 MAC",
+							Detail("C_SignInit", rv));
+			Check(rv, "C_SignInit", ErrorKind::TokenUnavailable, message);
+			std::array<std::uint8_t, kMacSize> mac{};
+			CK_ULONG length = mac.size();
+			Check(functions_->C_Sign(session_, InputBytes(data), data.size(), mac.data(), &length),
+				  "C_Sign", ErrorKind::TokenUnavailable, message);
+			if (length != kMacSize)
+				throw Error(ErrorKind::Internal, message,
+							"C_Sign returned " + std::to_string(length) + " bytes, expected " +
+								std::to_string(kMacSize));
+			return mac;
+		});
+}
+
+// Lets the token compare the MAC; a wrong or wrongly sized MAC is false, not an error.
+bool Pkcs11Provider::VerifyMac(const std::string &label, ByteView data, ByteView mac)
+{
+	return WithSession(
+		[&]
+		{
+			const CK_OBJECT_HANDLE key = RequireKey(label, "MAC key");
+			const std::string message =
+				"could not verify a MAC with key \"" + label + "\" in PKCS#11 token " + Token();
+			CK_MECHANISM mechanism{CKM_SHA256_HMAC, nullptr, 0};
+			const CK_RV init = functions_->C_VerifyInit(session_, &mechanism, key);
+			if (IsUnusableMacKey(init))
+				throw Error(ErrorKind::KeyNotUsable,
+							"key \"" + label + "\" cannot verify an HMAC-SHA-256 MAC",
+							Detail("C_VerifyInit", init));
+			Check(init, "C_VerifyInit", ErrorKind::TokenUnavailable, message);
+			const CK_RV rv = functions_->C_Verify(session_, InputBytes(data), data.size(),
+												  InputBytes(mac), mac.size());
+			if (rv == CKR_SIGNATURE_INVALID || rv == CKR_SIGNATURE_LEN_RANGE)
+				return false;
+			Check(rv, "C_Verify", ErrorKind::TokenUnavailable, message);
+			return true;
 		});
 }
 

@@ -30,6 +30,10 @@ Datum CatalogValue(uint64 row, int col, bool *isnull);
 // Reads a text column as a palloc'd C string in the current memory context (NULL if null).
 char *CatalogText(uint64 row, int col);
 
+// How many catalog sessions are open in this process: the audit hooks ignore pgkm's own
+// queries. Reset at the end of every (sub)transaction, since an error skips CatalogClose.
+extern int catalog_session_depth;
+
 // Returns the OID of pgkm.keys as last seen by CatalogOpen (InvalidOid before that).
 Oid CatalogKeysRelid();
 

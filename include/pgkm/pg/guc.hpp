@@ -28,6 +28,38 @@ extern int guc_rotation_lock_timeout;
 extern int guc_rotation_statement_timeout;
 extern int guc_worker_naptime;
 
+// The access audit (issue 4).
+enum AuditLevel
+{
+	kAuditNone,
+	kAuditStatement,
+	kAuditRow,
+};
+enum AuditOverflow
+{
+	kOverflowWait,
+	kOverflowDrop,
+	kOverflowError,
+};
+enum AuditDurability
+{
+	kDurabilityAsync,
+	kDurabilitySync,
+};
+inline constexpr int kAuditRingSizeDefault = 8192; // records
+
+extern int guc_audit_level;
+extern int guc_audit_overflow;
+extern int guc_audit_durability;
+extern bool guc_audit_notice;
+extern int guc_audit_ring_size;
+extern char *guc_audit_file;
+extern int guc_audit_retention;          // s; 0 keeps everything
+extern int guc_audit_partition_interval; // s
+extern int guc_audit_checkpoint_interval; // s
+extern int guc_audit_checkpoint_records;
+extern char *guc_audit_key_label;
+
 // Defines every pgkm.* setting and reserves the prefix.
 void GucInit();
 

@@ -59,6 +59,10 @@ std::uint64_t KeyCacheEpoch();
 // Returns the name of a key id as a palloc'd string, or NULL if there is no such key.
 char *KeyNameForId(std::uint32_t key_id);
 
+// Returns the name of a key id if the cache knows it (never reads the catalog, so it is safe
+// while an error is being handled), or nullptr.
+const char *CachedKeyName(std::uint32_t key_id, std::uint32_t version);
+
 // Notes that this transaction changed the key catalog: at commit every backend's cache
 // is invalidated; at abort this backend's is.
 void KeyCacheCatalogChanged();

@@ -84,6 +84,14 @@ void RewrapDek(const char *old_label, const char *new_label, const char *key_nam
 			   std::uint32_t key_id, std::uint32_t version, core::ByteView wrapped,
 			   core::ByteView check, WrappedDek *out);
 
+// MACs an audit checkpoint message with the token's HMAC key (CKM_SHA256_HMAC), creating
+// the key first if the token has none with this label. Returns whether it was created.
+bool AuditMac(const char *label, core::ByteView message, std::uint8_t out[32]);
+
+// Verifies an audit checkpoint MAC through the token; false when it does not match.
+// Throws Error(UnknownKey) when the token holds no key with this label.
+bool AuditVerifyMac(const char *label, core::ByteView message, core::ByteView mac);
+
 // Frees key material; its keys are wiped by their secure buffers.
 void DestroyKeyMaterial(core::KeyMaterial *material) noexcept;
 

@@ -17,4 +17,11 @@ bool StartDatabaseWorker();
 // Sets the latch of the current database's worker, so it looks for work at once.
 void WakeDatabaseWorker();
 
+// A worker step: a transaction with SPI connected, a snapshot and search_path pinned.
+void WorkerBeginStep();
+// Commits the step's transaction.
+void WorkerEndStep();
+// Sets a setting for the current transaction only.
+void WorkerSetLocal(const char *name, const char *value);
+
 } // namespace pgkm::pg

@@ -6,6 +6,7 @@
 #include "pgkm/core/pure.hpp"
 #include "pgkm/core/secure_buffer.hpp"
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -27,7 +28,11 @@ struct MasterKeyInfo
 	bool extractable = false; // CKA_EXTRACTABLE
 	bool can_wrap = false;    // CKA_WRAP
 	bool can_unwrap = false;  // CKA_UNWRAP
+	bool can_sign = false;    // CKA_SIGN
+	bool can_verify = false;  // CKA_VERIFY
 };
+
+inline constexpr std::size_t kMacSize = 32; // HMAC-SHA-256
 
 class Provider
 {
@@ -52,8 +57,27 @@ class Provider
 	// mechanism's integrity check (wrong master key, foreign or altered blob).
 	virtual core::SecureBuffer Unwrap(const std::string &master_label, ByteView wrapped) = 0;
 
-	// Describes a master key's attributes. Throws Error(UnknownKey) if absent.
+	// Describes a master key's or a MAC key's attributes. Throws Error(UnknownKey) if absent.
 	virtual MasterKeyInfo Describe(const std::string &master_label) = 0;
+
+	// Finds the secret key used for audit checkpoints, or creates it inside the token:
+	// CKK_GENERIC_SECRET, 256 bits (CKM_GENERIC_SECRET_KEY_GEN with CKA_VALUE_LEN 32),
+	// CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, CKA_EXTRACTABLE false, CKA_SIGN and CKA_VERIFY
+	// true, every other usage (encrypt, decrypt, wrap, unwrap, derive) false.
+	// Returns true when it created the key. Must be safe when two calls race in one process.
+	// Throws Error(InvalidArgument) for an empty label and Error(KeyNotUsable) when the label
+	// names a secret key that is not an HMAC key (a master key, say).
+	virtual bool EnsureMacKey(const std::string &label) = 0;
+
+	// HMAC-SHA-256 (CKM_SHA256_HMAC via C_SignInit/C_Sign) of data; throws Error(UnknownKey) if
+	// no key has this label, Error(KeyNotUsable) if the key may not sign.
+	virtual std::array<std::uint8_t, kMacSize> Mac(const std::string &label, ByteView data) = 0;
+
+	// C_VerifyInit/C_Verify with CKM_SHA256_HMAC: true if mac is right, false on
+	// CKR_SIGNATURE_INVALID or CKR_SIGNATURE_LEN_RANGE (a mac of the wrong length); throws
+	// Error(UnknownKey) if absent, Error(KeyNotUsable) if the key may not verify, and
+	// Error(TokenUnavailable) for other failures.
+	virtual bool VerifyMac(const std::string &label, ByteView data, ByteView mac) = 0;
 };
 
 // Where the PKCS#11 module, token and PIN are.

@@ -1,0 +1,295 @@
+// The audit ring in shared memory: pgkm.audit_ring_size slots, a head (next position to
+// write) and a tail (oldest slot not yet free), one lock and one condition variable that
+// the worker broadcasts whenever it frees slots.
+#include "pgkm/pg/audit_ring.hpp"
+
+#include "pgkm/pg/guc.hpp"
+#include "pgkm/pg/shmem.hpp"
+
+extern "C"
+{
+#include "storage/condition_variable.h"
+#include "utils/wait_event.h"
+}
+
+namespace pgkm::pg
+{
+
+namespace
+{
+
+enum SlotState : std::uint8_t
+{
+	kFree,
+	kReady,
+	kTaken,
+};
+
+struct Slot
+{
+	std::uint64_t pos; // ring position of the entry it holds (0: never used)
+	SlotState state;
+	AuditEntry entry;
+};
+
+// Records dropped per database since its worker last wrote a gap record.
+struct DroppedCount
+{
+	Oid dbid;
+	std::uint64_t count;
+};
+inline constexpr int kDroppedSlots = 64;
+
+struct Ring
+{
+	LWLock *lock;
+	ConditionVariable freed;
+	std::uint64_t head; // next position to write; positions start at 1
+	std::uint64_t tail; // oldest position whose slot is not free
+	std::uint64_t size;
+	DroppedCount dropped[kDroppedSlots];
+	Slot slots[FLEXIBLE_ARRAY_MEMBER];
+};
+
+constexpr const char *kTranche = "pgkm audit";
+Ring *ring = nullptr;
+
+Slot *SlotAt(std::uint64_t pos)
+{
+	return &ring->slots[pos % ring->size];
+}
+
+// Advances the tail over freed slots. Caller holds the lock exclusively.
+void AdvanceTail()
+{
+	while (ring->tail < ring->head && SlotAt(ring->tail)->state == kFree)
+		ring->tail++;
+}
+
+// Counts one dropped record of the current database. Caller holds the lock exclusively.
+void CountDropped(int n)
+{
+	DroppedCount *free_slot = nullptr;
+	for (auto &d : ring->dropped)
+	{
+		if (d.dbid == MyDatabaseId)
+		{
+			d.count += n;
+			return;
+		}
+		if (d.dbid == InvalidOid && free_slot == nullptr)
+			free_slot = &d;
+	}
+	if (free_slot)
+	{
+		free_slot->dbid = MyDatabaseId;
+		free_slot->count = n;
+	}
+}
+
+} // namespace
+
+Size AuditRingShmemSize()
+{
+	return MAXALIGN(add_size(offsetof(Ring, slots),
+							 mul_size(sizeof(Slot), (Size)guc_audit_ring_size)));
+}
+
+void AuditRingShmemInit()
+{
+	bool found;
+	ring = static_cast<Ring *>(ShmemInitStruct("pgkm audit ring", AuditRingShmemSize(), &found));
+	if (found)
+		return;
+	memset(ring, 0, AuditRingShmemSize());
+	ring->lock = &GetNamedLWLockTranche(kTranche)->lock;
+	ConditionVariableInit(&ring->freed);
+	ring->head = 1;
+	ring->tail = 1;
+	ring->size = guc_audit_ring_size;
+}
+
+void AuditRingRequestLocks()
+{
+	RequestNamedLWLockTranche(kTranche, 1);
+}
+
+bool AuditRingHasRoom(int n)
+{
+	LWLockAcquire(ring->lock, LW_SHARED);
+	bool room = ring->head + n - ring->tail <= ring->size;
+	LWLockRelease(ring->lock);
+	return room;
+}
+
+std::uint64_t AuditEnqueue(const AuditEntry *entries, int n, AuditFull full)
+{
+	if (n <= 0)
+		return 0;
+	if ((std::uint64_t)n > ring->size)
+		full = AuditFull::Drop; // can never fit
+	std::uint64_t last = 0;
+	bool sleeping = false;
+	for (;;)
+	{
+		LWLockAcquire(ring->lock, LW_EXCLUSIVE);
+		if (ring->head + n - ring->tail <= ring->size)
+		{
+			for (int i = 0; i < n; i++)
+			{
+				Slot *slot = SlotAt(ring->head);
+				slot->pos = ring->head;
+				slot->entry = entries[i];
+				slot->state = kReady;
+				last = ring->head++;
+			}
+			LWLockRelease(ring->lock);
+			break;
+		}
+		if (full == AuditFull::Drop)
+			CountDropped(n);
+		LWLockRelease(ring->lock);
+		if (full == AuditFull::Drop)
+			break;
+		if (full == AuditFull::Error)
+		{
+			if (sleeping)
+				ConditionVariableCancelSleep();
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_RESOURCES), errmsg("pgkm audit ring is full"),
+					 errdetail("The operation is refused because its audit record cannot be "
+							   "queued (pgkm.audit_overflow = error)."),
+					 errhint("Check that the pgkm worker of this database runs; raise "
+							 "pgkm.audit_ring_size.")));
+		}
+		// Wait: the worker frees slots and broadcasts.
+		WorkerWake(MyDatabaseId);
+		if (!sleeping)
+		{
+			ConditionVariablePrepareToSleep(&ring->freed);
+			sleeping = true;
+			continue; // look again before the first sleep
+		}
+		(void)ConditionVariableTimedSleep(&ring->freed, 1000, PG_WAIT_EXTENSION);
+		CHECK_FOR_INTERRUPTS();
+	}
+	if (sleeping)
+		ConditionVariableCancelSleep();
+	WorkerWake(MyDatabaseId);
+	return last;
+}
+
+void AuditWaitDurable(std::uint64_t pos)
+{
+	if (pos == 0)
+		return;
+	ConditionVariablePrepareToSleep(&ring->freed);
+	for (;;)
+	{
+		LWLockAcquire(ring->lock, LW_SHARED);
+		Slot *slot = SlotAt(pos);
+		bool done = slot->pos != pos || slot->state == kFree;
+		LWLockRelease(ring->lock);
+		if (done)
+			break;
+		WorkerWake(MyDatabaseId);
+		(void)ConditionVariableTimedSleep(&ring->freed, 1000, PG_WAIT_EXTENSION);
+		CHECK_FOR_INTERRUPTS();
+	}
+	ConditionVariableCancelSleep();
+}
+
+int AuditTake(Oid dbid, AuditEntry *out, std::uint64_t *positions, int max)
+{
+	int n = 0;
+	LWLockAcquire(ring->lock, LW_EXCLUSIVE);
+	for (std::uint64_t pos = ring->tail; pos < ring->head && n < max; pos++)
+	{
+		Slot *slot = SlotAt(pos);
+		if (slot->state != kReady || slot->entry.dbid != dbid)
+			continue;
+		out[n] = slot->entry;
+		positions[n] = pos;
+		slot->state = kTaken;
+		n++;
+	}
+	LWLockRelease(ring->lock);
+	return n;
+}
+
+void AuditRelease(const std::uint64_t *positions, int n)
+{
+	LWLockAcquire(ring->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < n; i++)
+	{
+		Slot *slot = SlotAt(positions[i]);
+		if (slot->pos == positions[i])
+			slot->state = kFree;
+	}
+	AdvanceTail();
+	LWLockRelease(ring->lock);
+	ConditionVariableBroadcast(&ring->freed);
+}
+
+void AuditUntake(const std::uint64_t *positions, int n)
+{
+	LWLockAcquire(ring->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < n; i++)
+	{
+		Slot *slot = SlotAt(positions[i]);
+		if (slot->pos == positions[i] && slot->state == kTaken)
+			slot->state = kReady;
+	}
+	LWLockRelease(ring->lock);
+}
+
+int AuditDiscard(Oid dbid)
+{
+	int n = 0;
+	LWLockAcquire(ring->lock, LW_EXCLUSIVE);
+	for (std::uint64_t pos = ring->tail; pos < ring->head; pos++)
+	{
+		Slot *slot = SlotAt(pos);
+		if (slot->state != kFree && slot->entry.dbid == dbid)
+		{
+			slot->state = kFree;
+			n++;
+		}
+	}
+	AdvanceTail();
+	LWLockRelease(ring->lock);
+	ConditionVariableBroadcast(&ring->freed);
+	return n;
+}
+
+std::uint64_t AuditTakeDropped(Oid dbid)
+{
+	std::uint64_t n = 0;
+	LWLockAcquire(ring->lock, LW_EXCLUSIVE);
+	for (auto &d : ring->dropped)
+	{
+		if (d.dbid == dbid)
+		{
+			n = d.count;
+			d.dbid = InvalidOid;
+			d.count = 0;
+		}
+	}
+	LWLockRelease(ring->lock);
+	return n;
+}
+
+bool AuditPending(Oid dbid)
+{
+	bool pending = false;
+	LWLockAcquire(ring->lock, LW_SHARED);
+	for (std::uint64_t pos = ring->tail; pos < ring->head && !pending; pos++)
+	{
+		Slot *slot = SlotAt(pos);
+		pending = slot->state == kReady && slot->entry.dbid == dbid;
+	}
+	LWLockRelease(ring->lock);
+	return pending;
+}
+
+} // namespace pgkm::pg

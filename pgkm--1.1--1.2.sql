@@ -105,4 +105,7 @@ ALTER FUNCTION @extschema@.pgkm_encrypt(bytea, text, bytea) PARALLEL RESTRICTED;
 ALTER FUNCTION @extschema@.pgkm_encrypt(bytea, text, text) PARALLEL RESTRICTED;
 ALTER FUNCTION @extschema@.pgkm_encrypt(text, text, text) PARALLEL RESTRICTED;
 
+ALTER FUNCTION @extschema@.pgkm_rewrap(bytea, bytea) PARALLEL RESTRICTED;
+ALTER FUNCTION @extschema@.pgkm_rewrap(bytea, text) PARALLEL RESTRICTED;
+
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pgkm FROM PUBLIC;

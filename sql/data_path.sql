@@ -57,7 +57,8 @@ SELECT p.oid::regprocedure AS function, p.provolatile, p.proparallel, p.proisstr
 	FROM pg_proc p WHERE p.proname LIKE 'pgkm\_%' AND p.pronamespace = 'public'::regnamespace
 	ORDER BY p.oid::regprocedure::text;
 
--- parallel workers unwrap keys through the token themselves
+-- since 1.2 the data path is PARALLEL RESTRICTED: it runs in the leader, which audits
+-- every use (a parallel worker could not attribute its records to the statement)
 CREATE TABLE many AS
 	SELECT i AS id, pgkm_encrypt('value ' || i, 'customer_pii', i::text) AS v
 	FROM generate_series(1, 20000) i;

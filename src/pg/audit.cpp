@@ -244,8 +244,8 @@ void LogAsJson(const AuditEntry *e)
 	JsonText(&buf, "sqlstate", e->sqlstate);
 	JsonText(&buf, "detail", e->detail);
 	appendStringInfoString(&buf, ",\"standby\":true}");
-	ereport(LOG, (errmsg_internal("pgkm_audit: %s", buf.data), errhidestmt(true),
-				  errhidecontext(true)));
+	ereport(LOG,
+			(errmsg_internal("pgkm_audit: %s", buf.data), errhidestmt(true), errhidecontext(true)));
 	if (guc_audit_file && guc_audit_file[0])
 	{
 		appendStringInfoChar(&buf, '\n');
@@ -297,12 +297,11 @@ AuditFull OverflowPolicy()
 // failure leaves the application's transaction alone). False if that failed.
 bool LoadProtectedColumns()
 {
-	static const char *sql =
-		"SELECT pc.table_name::pg_catalog.oid, a.attnum, pc.key_id,"
-		" pc.table_name::pg_catalog.text, pc.column_name::pg_catalog.text"
-		" FROM pgkm.protected_columns pc JOIN pg_catalog.pg_attribute a"
-		" ON a.attrelid OPERATOR(pg_catalog.=) pc.table_name"
-		" AND a.attname OPERATOR(pg_catalog.=) pc.column_name";
+	static const char *sql = "SELECT pc.table_name::pg_catalog.oid, a.attnum, pc.key_id,"
+							 " pc.table_name::pg_catalog.text, pc.column_name::pg_catalog.text"
+							 " FROM pgkm.protected_columns pc JOIN pg_catalog.pg_attribute a"
+							 " ON a.attrelid OPERATOR(pg_catalog.=) pc.table_name"
+							 " AND a.attname OPERATOR(pg_catalog.=) pc.column_name";
 	MemoryContext caller = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	volatile bool ok = true;
@@ -336,8 +335,8 @@ bool LoadProtectedColumns()
 		ErrorData *error = CopyErrorData();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
-		ereport(WARNING, (errmsg("pgkm audit: could not read pgkm.protected_columns: %s",
-								 error->message)));
+		ereport(WARNING,
+				(errmsg("pgkm audit: could not read pgkm.protected_columns: %s", error->message)));
 		FreeErrorData(error);
 		ok = false;
 	}
@@ -646,8 +645,8 @@ void AuditExecutorEnd(QueryDesc *query)
 	{
 		Note *note = &notes[note_depth - 1];
 		std::int64_t processed = query->estate ? (std::int64_t)query->estate->es_processed : -1;
-		FinishNote(note, processed, OverflowPolicy() == AuditFull::Error ? AuditFull::Drop
-																		  : OverflowPolicy());
+		FinishNote(note, processed,
+				   OverflowPolicy() == AuditFull::Error ? AuditFull::Drop : OverflowPolicy());
 		note_depth--;
 	}
 	if (prev_executor_end)
@@ -822,8 +821,7 @@ void AuditUse(AuditOp op, const VersionEntry *v, const std::uint8_t *nonce)
 	for (int i = 0; i < aggregate_count; i++)
 	{
 		Aggregate &a = aggregates[i];
-		if (a.note_id == note_id && a.op == op && a.key_id == v->key_id &&
-			a.version == v->version)
+		if (a.note_id == note_id && a.op == op && a.key_id == v->key_id && a.version == v->version)
 		{
 			a.count++;
 			return;
@@ -890,8 +888,7 @@ void AuditFailure(AuditOp op, const AuditTarget &target)
 	(void)Emit(&e, 1, AuditFull::Drop);
 }
 
-void AuditAdmin(const char *action, const char *key_name, std::int32_t version,
-				const char *detail)
+void AuditAdmin(const char *action, const char *key_name, std::int32_t version, const char *detail)
 {
 	if (!SharedMemoryReady())
 		return;

@@ -11,6 +11,7 @@
 #include "pgkm/pg/boundary.hpp"
 #include "pgkm/pg/catalog.hpp"
 #include "pgkm/pg/guc.hpp"
+#include "pgkm/pg/key_cache.hpp"
 #include "pgkm/pg/shmem.hpp"
 #include "pgkm/pg/worker.hpp"
 
@@ -133,7 +134,8 @@ pgkm::core::AuditChain *chain = nullptr;
 pgkm::core::AuditEncoder *encoder = nullptr;
 AuditEntry *taken = nullptr;
 std::uint64_t *positions = nullptr;
-TimestampTz partition_upper = 0; // the newest partition's upper bound, once known
+TimestampTz partition_upper = 0;  // the newest partition's upper bound, once known
+Oid partition_relid = InvalidOid; // the pgkm.audit_log that partition_upper belongs to
 TimestampTz last_checkpoint_try = 0;
 
 // The chain head and checkpoint position from pgkm.audit_state.
@@ -321,10 +323,9 @@ State ReadState()
 void WriteState(const State &s)
 {
 	Oid types[5] = {INT8OID, BYTEAOID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID};
-	Datum values[5] = {Int64GetDatum(s.last_seq), HashDatum(s.last_hash),
-					   Int64GetDatum(s.last_checkpoint_seq),
-					   TimestampTzGetDatum(s.last_checkpoint_at),
-					   TimestampTzGetDatum(s.last_written_at)};
+	Datum values[5] = {
+		Int64GetDatum(s.last_seq), HashDatum(s.last_hash), Int64GetDatum(s.last_checkpoint_seq),
+		TimestampTzGetDatum(s.last_checkpoint_at), TimestampTzGetDatum(s.last_written_at)};
 	char nulls[5] = {' ', ' ', ' ', s.last_checkpoint_at ? ' ' : 'n',
 					 s.last_written_at ? ' ' : 'n'};
 	CatalogExec("UPDATE pgkm.audit_state SET last_seq = $1, last_hash = $2,"
@@ -337,6 +338,12 @@ void WriteState(const State &s)
 // bound (or the interval's start) to the end of the interval.
 void EnsurePartition(TimestampTz written_at)
 {
+	// The cache holds for one pgkm.audit_log: DROP and CREATE EXTENSION make another.
+	Oid nsp = get_namespace_oid("pgkm", false);
+	Oid relid = get_relname_relid("audit_log", nsp);
+	if (relid != partition_relid)
+		partition_upper = 0;
+	partition_relid = relid;
 	if (partition_upper != 0 && written_at < partition_upper)
 		return;
 	CatalogExec("SELECT pg_catalog.max(upper_bound) FROM pgkm.audit_partitions", 0, nullptr,
@@ -440,6 +447,7 @@ void AppendSealed(const char *action, const char *kind, std::int64_t seq, const 
 {
 	std::uint8_t mac[32];
 	bool created = false;
+	KeyCacheInit(); // closes the token session at exit, before the module's own atexit
 	PGKM_TOKEN_CALL({
 		auto message = pgkm::core::AuditCheckpointMessage(kind, seq, hash);
 		created = AuditMac(guc_audit_key_label, ByteView(message.data(), message.size()), mac);
@@ -479,8 +487,7 @@ int ApplyRetention(State *state)
 {
 	if (guc_audit_retention <= 0)
 		return 0;
-	TimestampTz cutoff =
-		GetCurrentTimestamp() - (std::int64_t)guc_audit_retention * USECS_PER_SEC;
+	TimestampTz cutoff = GetCurrentTimestamp() - (std::int64_t)guc_audit_retention * USECS_PER_SEC;
 	Oid types[1] = {TIMESTAMPTZOID};
 	Datum values[1] = {TimestampTzGetDatum(Min(cutoff, state->last_written_at))};
 	uint64 n = CatalogExec("SELECT name::pg_catalog.text, upper_bound FROM pgkm.audit_partitions"
@@ -520,8 +527,8 @@ int ApplyRetention(State *state)
 	AppendSealed("anchor", "anchor", first_seq, first_prev, detail.data, state);
 	for (uint64 i = 0; i < n; i++)
 	{
-		CatalogExec(psprintf("DROP TABLE pgkm.%s", quote_identifier(names[i])), 0, nullptr,
-					nullptr, nullptr, SPI_OK_UTILITY);
+		CatalogExec(psprintf("DROP TABLE pgkm.%s", quote_identifier(names[i])), 0, nullptr, nullptr,
+					nullptr, SPI_OK_UTILITY);
 		Oid ntypes[1] = {TEXTOID};
 		Datum nvalues[1] = {CStringGetTextDatum(names[i])};
 		CatalogExec("DELETE FROM pgkm.audit_partitions WHERE name OPERATOR(pg_catalog.=) $1", 1,
@@ -632,8 +639,9 @@ int DrainBatch()
 		FlushErrorState();
 		AbortCurrentTransaction();
 		AuditUntake(positions, n);
-		ereport(WARNING, (errmsg("pgkm worker: could not write %d audit records, will retry: %s",
-								 n, error->message)));
+		partition_upper = 0; // look again next time
+		ereport(WARNING, (errmsg("pgkm worker: could not write %d audit records, will retry: %s", n,
+								 error->message)));
 		FreeErrorData(error);
 		return -1;
 	}
@@ -760,11 +768,11 @@ void WaitForWorker(AuditKind kind)
 	for (int waited = 0; !WorkerRunning(MyDatabaseId); waited++)
 	{
 		if (waited >= 100)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("no pgkm worker runs in database \"%s\"",
-							get_database_name(MyDatabaseId)),
-					 errhint("SELECT pgkm.start_worker() starts it; check max_worker_processes.")));
+			ereport(
+				ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("no pgkm worker runs in database \"%s\"", get_database_name(MyDatabaseId)),
+				 errhint("SELECT pgkm.start_worker() starts it; check max_worker_processes.")));
 		(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 100,
 						PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
@@ -818,10 +826,11 @@ bool MacVerifies(const char *kind, int64 seq, const AuditHash &hash, Datum mac_d
 	ByteView mac_view(reinterpret_cast<const std::uint8_t *>(VARDATA_ANY(mac)),
 					  VARSIZE_ANY_EXHDR(mac));
 	bool ok = false;
+	KeyCacheInit();
 	PGKM_TOKEN_CALL({
 		auto message = pgkm::core::AuditCheckpointMessage(kind, seq, hash);
-		ok = AuditVerifyMac(guc_audit_key_label, ByteView(message.data(), message.size()),
-							mac_view);
+		ok =
+			AuditVerifyMac(guc_audit_key_label, ByteView(message.data(), message.size()), mac_view);
 	});
 	return ok;
 }
@@ -856,10 +865,10 @@ Datum pgkm_audit_guard(PG_FUNCTION_ARGS)
 	auto *trigger = reinterpret_cast<TriggerData *>(fcinfo->context);
 	if (TRIGGER_FIRED_BY_INSERT(trigger->tg_event) && AuditIsWriter())
 		return PointerGetDatum(trigger->tg_trigtuple);
-	ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					errmsg("pgkm.audit_log is append-only"),
-					errdetail("Only the pgkm worker appends records; retention drops whole "
-							  "partitions (pgkm.audit_retention).")));
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("pgkm.audit_log is append-only"),
+			 errdetail("Only the pgkm worker appends records; retention drops whole "
+					   "partitions (pgkm.audit_retention).")));
 	PG_RETURN_NULL();
 }
 
@@ -930,8 +939,8 @@ Datum pgkm_verify_audit_log(PG_FUNCTION_ARGS)
 			MemoryContext row_old = MemoryContextSwitchTo(rows_context);
 			Row row;
 			for (int c = 0; c < kColumnCount; c++)
-				row.values[c] =
-					SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, c + 1, &row.nulls[c]);
+				row.values[c] = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, c + 1,
+											  &row.nulls[c]);
 			int64 seq = DatumGetInt64(row.values[kSeq]);
 			AuditHash stored_prev, stored_hash;
 			bool well_formed = !row.nulls[kPrevHash] && !row.nulls[kHash] &&
@@ -950,8 +959,7 @@ Datum pgkm_verify_audit_log(PG_FUNCTION_ARGS)
 				{
 					bool vouched = false;
 					for (int a = 0; a < usable_anchors && !vouched; a++)
-						vouched = anchors[a].ref_seq == seq &&
-								  anchors[a].ref_hash == stored_prev &&
+						vouched = anchors[a].ref_seq == seq && anchors[a].ref_hash == stored_prev &&
 								  MacVerifies("anchor", seq, stored_prev, anchors[a].mac);
 					if (!vouched)
 					{
@@ -966,15 +974,18 @@ Datum pgkm_verify_audit_log(PG_FUNCTION_ARGS)
 			else if (seq == prev_seq)
 			{
 				snprintf(message, sizeof(message),
-						 "seq %lld appears more than once: a record was inserted",
-						 (long long)seq);
+						 "seq %lld appears more than once: a record was inserted", (long long)seq);
 				Break(&v, seq, message);
 			}
 			else if (seq != prev_seq + 1)
 			{
-				snprintf(message, sizeof(message),
-						 "records seq %lld to %lld are missing: deleted", (long long)prev_seq + 1,
-						 (long long)seq - 1);
+				if (seq == prev_seq + 2)
+					snprintf(message, sizeof(message), "record seq %lld is missing: deleted",
+							 (long long)prev_seq + 1);
+				else
+					snprintf(message, sizeof(message),
+							 "records seq %lld to %lld are missing: deleted",
+							 (long long)prev_seq + 1, (long long)seq - 1);
 				Break(&v, prev_seq + 1, message);
 			}
 			else if (stored_prev != prev_hash)
@@ -995,8 +1006,8 @@ Datum pgkm_verify_audit_log(PG_FUNCTION_ARGS)
 							  HashFrom(row.values[kRefHash], &ref) &&
 							  MacVerifies(action, DatumGetInt64(row.values[kRefSeq]), ref,
 										  row.values[kMac]);
-					if (ok && checkpoint && (DatumGetInt64(row.values[kRefSeq]) != prev_seq ||
-											 ref != prev_hash))
+					if (ok && checkpoint &&
+						(DatumGetInt64(row.values[kRefSeq]) != prev_seq || ref != prev_hash))
 						ok = false;
 					if (!ok)
 						Break(&v, seq,
@@ -1023,8 +1034,9 @@ Datum pgkm_verify_audit_log(PG_FUNCTION_ARGS)
 	// Records cut off the end, or added after the writer's head.
 	if (v.problem == nullptr)
 	{
-		CatalogExec("SELECT last_seq FROM pgkm.audit_state", 0, nullptr, nullptr, nullptr,
-					SPI_OK_SELECT);
+		// Read-only: the statement's snapshot, the one the scan saw.
+		if (SPI_execute("SELECT last_seq FROM pgkm.audit_state", true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "pgkm: could not read pgkm.audit_state");
 		bool isnull;
 		int64 head = SPI_processed == 1 ? DatumGetInt64(CatalogValue(0, 1, &isnull)) : 0;
 		if (v.last_seq < head)

@@ -91,8 +91,8 @@ void CountDropped(int n)
 
 Size AuditRingShmemSize()
 {
-	return MAXALIGN(add_size(offsetof(Ring, slots),
-							 mul_size(sizeof(Slot), (Size)guc_audit_ring_size)));
+	return MAXALIGN(
+		add_size(offsetof(Ring, slots), mul_size(sizeof(Slot), (Size)guc_audit_ring_size)));
 }
 
 void AuditRingShmemInit()

@@ -48,7 +48,8 @@ bytea *AuditedDecrypt(FunctionCallInfo fcinfo, VersionEntry **used)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	AuditUse(AuditOp::Decrypt, *used, Bytes(PG_GETARG_BYTEA_PP(0)).data() + pgkm::core::kHeaderSize);
+	AuditUse(AuditOp::Decrypt, *used,
+			 Bytes(PG_GETARG_BYTEA_PP(0)).data() + pgkm::core::kHeaderSize);
 	return result;
 }
 

@@ -88,26 +88,24 @@ void DefineAuditSettings()
 	DefineCustomEnumVariable(
 		"pgkm.audit_durability", "Whether a decrypt waits until its access record is durable.",
 		"sync: plaintext is returned only after the statement's access record is committed.",
-		&guc_audit_durability, kDurabilityAsync, audit_durabilities, PGC_SUSET, 0, nullptr,
-		nullptr, nullptr);
+		&guc_audit_durability, kDurabilityAsync, audit_durabilities, PGC_SUSET, 0, nullptr, nullptr,
+		nullptr);
 	DefineCustomBoolVariable("pgkm.audit_notice",
 							 "Mirrors every audit record this session produces as a NOTICE.",
 							 "For regression tests: only deterministic fields are shown.",
 							 &guc_audit_notice, false, PGC_SUSET, 0, nullptr, nullptr, nullptr);
-	DefineCustomIntVariable("pgkm.audit_ring_size",
-							"Audit records the shared ring holds before overflow applies.",
-							"Records in the ring are lost if the server crashes (async).",
-							&guc_audit_ring_size, kAuditRingSizeDefault, 64, 1048576,
-							PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable(
+		"pgkm.audit_ring_size", "Audit records the shared ring holds before overflow applies.",
+		"Records in the ring are lost if the server crashes (async).", &guc_audit_ring_size,
+		kAuditRingSizeDefault, 64, 1048576, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
 	DefineCustomStringVariable(
 		"pgkm.audit_file",
 		"JSON-lines file that receives audit records on a hot standby, besides the server log.",
 		nullptr, &guc_audit_file, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
-	DefineCustomIntVariable("pgkm.audit_retention",
-							"How long pgkm.audit_log keeps records (0: forever).",
-							"Whole partitions are dropped once all their records are older.",
-							&guc_audit_retention, 0, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_S, nullptr,
-							nullptr, nullptr);
+	DefineCustomIntVariable(
+		"pgkm.audit_retention", "How long pgkm.audit_log keeps records (0: forever).",
+		"Whole partitions are dropped once all their records are older.", &guc_audit_retention, 0,
+		0, INT_MAX, PGC_SIGHUP, GUC_UNIT_S, nullptr, nullptr, nullptr);
 	DefineCustomIntVariable("pgkm.audit_partition_interval",
 							"Time span of one partition of pgkm.audit_log.", nullptr,
 							&guc_audit_partition_interval, 86400, 1, INT_MAX, PGC_SIGHUP,

@@ -21,10 +21,10 @@ enum class AuditOp : std::uint8_t
 // What a data-path call knows about its key when it succeeds or fails.
 struct AuditTarget
 {
-	const char *key_name;        // nullptr if not known
-	std::uint32_t key_id;        // 0 if not known
-	std::uint32_t key_version;   // 0 if not known
-	const std::uint8_t *nonce;   // the ciphertext's 12-byte nonce, or nullptr
+	const char *key_name;      // nullptr if not known
+	std::uint32_t key_id;      // 0 if not known
+	std::uint32_t key_version; // 0 if not known
+	const std::uint8_t *nonce; // the ciphertext's 12-byte nonce, or nullptr
 };
 
 // Installs the executor hooks and callbacks; called from _PG_init under
@@ -49,8 +49,7 @@ void AuditFailDataPath(AuditOp op);
 
 // Records a key administration action, as success when the transaction commits and as
 // failed ("rolled back") when it aborts. key_name may be nullptr.
-void AuditAdmin(const char *action, const char *key_name, std::int32_t version,
-				const char *detail);
+void AuditAdmin(const char *action, const char *key_name, std::int32_t version, const char *detail);
 
 // Records a refused administration action at once (it is about to raise 42501).
 void AuditAdminDenied(const char *action, const char *key_name, const char *message);

@@ -54,8 +54,8 @@ extern int guc_audit_durability;
 extern bool guc_audit_notice;
 extern int guc_audit_ring_size;
 extern char *guc_audit_file;
-extern int guc_audit_retention;          // s; 0 keeps everything
-extern int guc_audit_partition_interval; // s
+extern int guc_audit_retention;           // s; 0 keeps everything
+extern int guc_audit_partition_interval;  // s
 extern int guc_audit_checkpoint_interval; // s
 extern int guc_audit_checkpoint_records;
 extern char *guc_audit_key_label;

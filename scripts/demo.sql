@@ -59,3 +59,21 @@ SET ROLE demo_clerk;
 SELECT pgkm_decrypt_text(ssn, id::text) FROM patients WHERE id = 7;
 \set ON_ERROR_STOP 1
 RESET ROLE;
+
+-- The audit: every use of a key, every refusal (the one above too, although its statement
+-- failed), every administration, appended by the worker, hash-chained and sealed by an HMAC
+-- key inside the token.
+SET pgkm.audit_level = row;
+SELECT id, pgkm_decrypt_text(ssn, id::text) AS ssn FROM patients WHERE id <= 8 ORDER BY id;
+RESET pgkm.audit_level;
+SELECT pgkm.audit_flush(seal => true) AS newest_seq;
+SELECT seq, action, key_name AS key, key_version AS v, relation, column_name AS col, command,
+	row_count AS n, row_context, success AS ok, sqlstate, current_user_name AS "user"
+	FROM pgkm.audit_log WHERE action NOT IN ('checkpoint') ORDER BY seq DESC LIMIT 12;
+SELECT * FROM pgkm.verify_audit_log();
+
+-- Tampering, even by a superuser who bypasses the append-only trigger, is found and located.
+SET session_replication_role = replica;
+UPDATE pgkm.audit_log SET current_user_name = 'someone_else' WHERE action = 'denied';
+RESET session_replication_role;
+SELECT ok, broken_seq, problem FROM pgkm.verify_audit_log();

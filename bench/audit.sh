@@ -90,12 +90,17 @@ set_levels() {
 
 # Runs pgbench for $1 seconds; sets tps and txns.
 run_pgbench() {
-	local out
+	local out rc=0
 	# A worker that stopped draining the ring would block the clients (audit_overflow = wait).
-	if ! out=$(as_pg timeout $(($1 + 120)) "$PG_BINDIR/pgbench" -h "$PGKM_WORK" -p "$PGKM_PORT" -U postgres -n -M prepared \
-		-c 2 -j 2 -T "$1" -f "$PGKM_WORK/select.sql" postgres 2>&1); then
-		echo "pgbench failed:" >&2
-		echo "$out" >&2
+	out=$(as_pg timeout $(($1 + 120)) "$PG_BINDIR/pgbench" -h "$PGKM_WORK" -p "$PGKM_PORT" -U postgres -n -M prepared \
+		-c 2 -j 2 -T "$1" -f "$PGKM_WORK/select.sql" postgres 2>&1) || rc=$?
+	if [ "$rc" -ne 0 ]; then
+		if [ "$rc" -eq 124 ]; then
+			echo "pgbench did not finish within $(($1 + 120)) s: its clients were blocked" >&2
+		else
+			echo "pgbench failed (exit $rc):" >&2
+			echo "$out" >&2
+		fi
 		return 1
 	fi
 	tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
@@ -211,8 +216,10 @@ if [ "$audit" = t ]; then
 		coalesce(' broken_seq=' || broken_seq || ' problem=' || problem, '') FROM pgkm.verify_audit_log()"
 fi
 
-echo "== server log: errors and warnings"
-problems=$(cat "$PGKM_WORK/server.log" "$LOGDIR"/* 2>/dev/null | grep -E ' (WARNING|ERROR|FATAL|PANIC): ' || true)
+echo "== server log: errors, warnings and crashes"
+sleep 1 # a backend that crashes on exit
+problems=$(cat "$PGKM_WORK/server.log" "$LOGDIR"/* 2>/dev/null |
+	grep -E ' (WARNING|ERROR|FATAL|PANIC): |terminated by signal|exited with exit code [1-9]' || true)
 if [ -z "$problems" ]; then
 	echo "none"
 else

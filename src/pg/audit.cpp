@@ -852,7 +852,7 @@ void AuditUse(AuditOp op, const VersionEntry *v, const std::uint8_t *nonce)
 		return;
 	}
 	if (guc_audit_overflow == kOverflowError && !RecoveryInProgress() && !AuditRingHasRoom(1))
-		(void)AuditEnqueue(&a.entry, 1, AuditFull::Error); // raises: fail closed
+		AuditReportRingFull(); // fail closed before the first plaintext of the statement
 	a.count = 1;
 	aggregate_count++;
 }

@@ -114,6 +114,16 @@ void AuditRingRequestLocks()
 	RequestNamedLWLockTranche(kTranche, 1);
 }
 
+void AuditReportRingFull()
+{
+	ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_RESOURCES), errmsg("pgkm audit ring is full"),
+					errdetail("The operation is refused because its audit record cannot be "
+							  "queued (pgkm.audit_overflow = error)."),
+					errhint("Check that the pgkm worker of this database runs; raise "
+							"pgkm.audit_ring_size.")));
+	pg_unreachable();
+}
+
 bool AuditRingHasRoom(int n)
 {
 	LWLockAcquire(ring->lock, LW_SHARED);
@@ -155,12 +165,7 @@ std::uint64_t AuditEnqueue(const AuditEntry *entries, int n, AuditFull full)
 		{
 			if (sleeping)
 				ConditionVariableCancelSleep();
-			ereport(ERROR,
-					(errcode(ERRCODE_INSUFFICIENT_RESOURCES), errmsg("pgkm audit ring is full"),
-					 errdetail("The operation is refused because its audit record cannot be "
-							   "queued (pgkm.audit_overflow = error)."),
-					 errhint("Check that the pgkm worker of this database runs; raise "
-							 "pgkm.audit_ring_size.")));
+			AuditReportRingFull();
 		}
 		// Wait: the worker frees slots and broadcasts.
 		WorkerWake(MyDatabaseId);

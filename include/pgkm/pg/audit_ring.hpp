@@ -70,6 +70,9 @@ enum class AuditFull
 // record). With Error, raises an error when the ring is full.
 std::uint64_t AuditEnqueue(const AuditEntry *entries, int n, AuditFull full);
 
+// Raises the error of a full ring under pgkm.audit_overflow = error (53000).
+[[noreturn]] void AuditReportRingFull();
+
 // Whether n more entries fit now.
 bool AuditRingHasRoom(int n);
 

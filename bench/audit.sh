@@ -11,8 +11,10 @@
 # Rounds are interleaved (none, statement, row, pgaudit, none, ...) so that drift affects every
 # configuration alike; each figure is the median of ROUNDS runs. After every run the script
 # calls pgkm.audit_flush() and reports how many records the worker had not yet committed when
-# pgbench finished, how long the flush took, and how many records the run added. Not a test:
-# it prints the issue's targets next to the figures, it does not judge.
+# pgbench finished, how long the flush took, how many records the run added, and the CPU the
+# pgkm worker used meanwhile (% of one CPU; pgbench shares the machine). Then it checks the
+# chain with pgkm.verify_audit_log() and lists the server log's errors, warnings and crashes.
+# Not a test: it prints the issue's targets next to the figures, it does not judge.
 #   bench/audit.sh                                  30 s per run, 3 rounds, 100,000 rows
 #   BENCH_SECONDS=10 ROUNDS=1 bench/audit.sh        a quicker run
 #   NO_BUILD=1 bench/audit.sh                       uses the installed pgkm as it is
@@ -122,6 +124,18 @@ flush_audit() {
 	fi
 }
 
+# CPU time (clock ticks) the database's pgkm worker has used so far.
+worker_ticks() {
+	local pid
+	pid=$(psql_q -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgkm worker' AND datname = current_database()")
+	if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ]; then
+		sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }'
+	else
+		echo 0
+	fi
+}
+CLK_TCK=$(getconf CLK_TCK)
+
 audit_lines() { cat "$LOGDIR"/* 2>/dev/null | grep -c 'AUDIT: SESSION' || true; }
 log_bytes() { du -cb "$LOGDIR" | tail -1 | cut -f1; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -149,9 +163,12 @@ for round in $(seq "$ROUNDS"); do
 		set_levels "$level" "$pgaudit"
 		lines0=$(audit_lines)
 		bytes0=$(log_bytes)
+		ticks0=$(worker_ticks)
 		run_pgbench "$BENCH_SECONDS"
+		ticks=$(($(worker_ticks) - ticks0))
 		tps_of[$c]+=" $tps"
-		line=$(printf 'round %d/%d  %-9s  tps %9.1f  (%d transactions)' "$round" "$ROUNDS" "$c" "$tps" "$txns")
+		line=$(printf 'round %d/%d  %-9s  tps %9.1f  (%d transactions)  pgkm worker CPU %.0f%%' "$round" "$ROUNDS" "$c" \
+			"$tps" "$txns" "$(awk -v t="$ticks" -v hz="$CLK_TCK" -v s="$BENCH_SECONDS" 'BEGIN { print 100 * t / hz / s }')")
 		if [ "$audit" = t ]; then
 			prev=$head
 			flush_audit

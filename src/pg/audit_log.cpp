@@ -544,6 +544,19 @@ bool AuditTablesExist()
 	return OidIsValid(nsp) && OidIsValid(get_relname_relid("audit_state", nsp));
 }
 
+// Ends a failed writer step (in PG_CATCH): aborts its transaction, puts its ring entries back
+// for the next try, and logs why.
+void AbandonStep(const std::uint64_t *taken_positions, int n, const char *what)
+{
+	AuditSetWriter(false);
+	ErrorData *error = CopyErrorData();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	AuditUntake(taken_positions, n);
+	ereport(WARNING, (errmsg("pgkm worker: %s, will retry: %s", what, error->message)));
+	FreeErrorData(error);
+}
+
 // Appends one batch of ring entries in one transaction; markers that ask for a checkpoint or
 // retention are served in a second one, so that a token failure never holds records back.
 // Returns how many entries it took (-1 after a failure).
@@ -634,15 +647,8 @@ int DrainBatch()
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(caller);
-		AuditSetWriter(false);
-		ErrorData *error = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		AuditUntake(positions, n);
 		partition_upper = 0; // look again next time
-		ereport(WARNING, (errmsg("pgkm worker: could not write %d audit records, will retry: %s", n,
-								 error->message)));
-		FreeErrorData(error);
+		AbandonStep(positions, n, "could not write audit records");
 		return -1;
 	}
 	PG_END_TRY();
@@ -665,14 +671,7 @@ int DrainBatch()
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(caller);
-		AuditSetWriter(false);
-		ErrorData *error = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		AuditUntake(later, nlater);
-		ereport(WARNING, (errmsg("pgkm worker: could not seal the audit log, will retry: %s",
-								 error->message)));
-		FreeErrorData(error);
+		AbandonStep(later, nlater, "could not seal the audit log");
 		return -1;
 	}
 	PG_END_TRY();

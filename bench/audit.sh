@@ -12,8 +12,9 @@
 # configuration alike; each figure is the median of ROUNDS runs. After every run the script
 # calls pgkm.audit_flush() and reports how many records the worker had not yet committed when
 # pgbench finished, how long the flush took, how many records the run added, and the CPU the
-# pgkm worker used meanwhile (% of one CPU; pgbench shares the machine). Then it checks the
-# chain with pgkm.verify_audit_log() and lists the server log's errors, warnings and crashes.
+# pgkm worker used meanwhile (% of one CPU; pgbench shares the machine) with the machine's
+# context switches per second. Then it checks the chain with pgkm.verify_audit_log() and lists
+# the server log's errors, warnings and crashes.
 # Not a test: it prints the issue's targets next to the figures, it does not judge.
 #   bench/audit.sh                                  30 s per run, 3 rounds, 100,000 rows
 #   BENCH_SECONDS=10 ROUNDS=1 bench/audit.sh        a quicker run
@@ -135,6 +136,7 @@ worker_ticks() {
 	fi
 }
 CLK_TCK=$(getconf CLK_TCK)
+ctxt() { awk '$1 == "ctxt" { print $2 }' /proc/stat; }
 
 audit_lines() { cat "$LOGDIR"/* 2>/dev/null | grep -c 'AUDIT: SESSION' || true; }
 log_bytes() { du -cb "$LOGDIR" | tail -1 | cut -f1; }
@@ -164,11 +166,15 @@ for round in $(seq "$ROUNDS"); do
 		lines0=$(audit_lines)
 		bytes0=$(log_bytes)
 		ticks0=$(worker_ticks)
+		ctxt0=$(ctxt)
 		run_pgbench "$BENCH_SECONDS"
+		switches=$(($(ctxt) - ctxt0))
 		ticks=$(($(worker_ticks) - ticks0))
 		tps_of[$c]+=" $tps"
-		line=$(printf 'round %d/%d  %-9s  tps %9.1f  (%d transactions)  pgkm worker CPU %.0f%%' "$round" "$ROUNDS" "$c" \
-			"$tps" "$txns" "$(awk -v t="$ticks" -v hz="$CLK_TCK" -v s="$BENCH_SECONDS" 'BEGIN { print 100 * t / hz / s }')")
+		line=$(printf 'round %d/%d  %-9s  tps %9.1f  (%d transactions)  pgkm worker CPU %.0f%%, %.0f context switches/s' \
+			"$round" "$ROUNDS" "$c" "$tps" "$txns" \
+			"$(awk -v t="$ticks" -v hz="$CLK_TCK" -v s="$BENCH_SECONDS" 'BEGIN { print 100 * t / hz / s }')" \
+			"$(awk -v n="$switches" -v s="$BENCH_SECONDS" 'BEGIN { print n / s }')")
 		if [ "$audit" = t ]; then
 			prev=$head
 			flush_audit

@@ -94,10 +94,13 @@ void DefineAuditSettings()
 							 "Mirrors every audit record this session produces as a NOTICE.",
 							 "For regression tests: only deterministic fields are shown.",
 							 &guc_audit_notice, false, PGC_SUSET, 0, nullptr, nullptr, nullptr);
-	DefineCustomIntVariable(
-		"pgkm.audit_ring_size", "Audit records the shared ring holds before overflow applies.",
-		"Records in the ring are lost if the server crashes (async).", &guc_audit_ring_size,
-		kAuditRingSizeDefault, 64, 1048576, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
+	// A postmaster-only setting can be defined only while the server starts; loaded later,
+	// pgkm has no ring anyway.
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable(
+			"pgkm.audit_ring_size", "Audit records the shared ring holds before overflow applies.",
+			"Records in the ring are lost if the server crashes (async).", &guc_audit_ring_size,
+			kAuditRingSizeDefault, 64, 1048576, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
 	DefineCustomStringVariable(
 		"pgkm.audit_file",
 		"JSON-lines file that receives audit records on a hot standby, besides the server log.",

@@ -13,8 +13,9 @@
 # calls pgkm.audit_flush() and reports how many records the worker had not yet committed when
 # pgbench finished, how long the flush took, how many records the run added, and the CPU the
 # pgkm worker used meanwhile (% of one CPU; pgbench shares the machine) with the machine's
-# context switches per second. Then it checks the chain with pgkm.verify_audit_log() and lists
-# the server log's errors, warnings and crashes.
+# context switches per second, and how much of the machine anything else used ("other load",
+# kernel threads included, so a few % when idle: another cluster or a build disturbs the figures). Then it checks the chain with
+# pgkm.verify_audit_log() and lists the server log's errors, warnings and crashes.
 # Not a test: it prints the issue's targets next to the figures, it does not judge.
 #   bench/audit.sh                                  30 s per run, 3 rounds, 100,000 rows
 #   BENCH_SECONDS=10 ROUNDS=1 bench/audit.sh        a quicker run
@@ -138,6 +139,41 @@ worker_ticks() {
 CLK_TCK=$(getconf CLK_TCK)
 ctxt() { awk '$1 == "ctxt" { print $2 }' /proc/stat; }
 
+# CPU ticks of the machine (busy and stolen), of the cluster's processes (live ones and those
+# the postmaster reaped) and of this script's children (pgbench, psql): cpu_mark takes a
+# snapshot, cpu_other sets other to the share of the machine used since by anything else, such
+# as other clusters or builds on the same machine. Both run in this shell, for times.
+cpu_snapshot() {
+	local pm machine cluster children
+	times >"$PGKM_WORK/times"
+	pm=$(head -1 "$PGKM_PGDATA/postmaster.pid")
+	machine=$(awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat)
+	cluster=$({ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$pm" '{
+		p = 0
+		for (i = length($0); i > 0; i--) if (substr($0, i, 1) == ")") { p = i; break }
+		split(substr($0, p + 2), f, " ")
+		if ($1 == pm) t += f[12] + f[13] + f[14] + f[15]
+		else if (f[2] == pm) t += f[12] + f[13]
+	} END { print t + 0 }')
+	children=$(awk -v hz="$CLK_TCK" 'NR == 2 {
+		for (i = 1; i <= 2; i++) { split($i, m, /[ms]/); t += (m[1] * 60 + m[2]) * hz }
+		print int(t)
+	}' "$PGKM_WORK/times")
+	snapshot="$EPOCHREALTIME $machine $cluster $children"
+}
+cpu_mark() {
+	cpu_snapshot
+	cpu0=$snapshot
+}
+cpu_other() {
+	cpu_snapshot
+	other=$(awk -v a="$cpu0" -v b="$snapshot" -v hz="$CLK_TCK" -v ncpu="$(nproc)" 'BEGIN {
+		split(a, x, " "); split(b, y, " ")
+		o = (y[2] - x[2]) - (y[3] - x[3]) - (y[4] - x[4])
+		printf "%.0f", 100 * (o > 0 ? o : 0) / (hz * (y[1] - x[1]) * ncpu)
+	}')
+}
+
 audit_lines() { cat "$LOGDIR"/* 2>/dev/null | grep -c 'AUDIT: SESSION' || true; }
 log_bytes() { du -cb "$LOGDIR" | tail -1 | cut -f1; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -167,12 +203,14 @@ for round in $(seq "$ROUNDS"); do
 		bytes0=$(log_bytes)
 		ticks0=$(worker_ticks)
 		ctxt0=$(ctxt)
+		cpu_mark
 		run_pgbench "$BENCH_SECONDS"
+		cpu_other
 		switches=$(($(ctxt) - ctxt0))
 		ticks=$(($(worker_ticks) - ticks0))
 		tps_of[$c]+=" $tps"
-		line=$(printf 'round %d/%d  %-9s  tps %9.1f  (%d transactions)  pgkm worker CPU %.0f%%, %.0f context switches/s' \
-			"$round" "$ROUNDS" "$c" "$tps" "$txns" \
+		line=$(printf 'round %d/%d  %-9s  tps %9.1f  (%d transactions)  other load %d%%  pgkm worker CPU %.0f%%, %.0f context switches/s' \
+			"$round" "$ROUNDS" "$c" "$tps" "$txns" "$other" \
 			"$(awk -v t="$ticks" -v hz="$CLK_TCK" -v s="$BENCH_SECONDS" 'BEGIN { print 100 * t / hz / s }')" \
 			"$(awk -v n="$switches" -v s="$BENCH_SECONDS" 'BEGIN { print n / s }')")
 		if [ "$audit" = t ]; then

@@ -25,7 +25,8 @@ SELECT count(card) FROM audited;
 SELECT count(note) FROM audited;
 RESET ROLE;
 
--- row level: one record per use, with the ciphertext's nonce as row context
+-- row level: every use's row context (the ciphertext's nonce); a session's uses of one
+-- statement gather in one record until the worker takes it (at most 16 row contexts)
 SET pgkm.audit_level = row;
 SET ROLE regress_audit_app;
 SELECT id, pgkm_decrypt_text(card, id::text) FROM audited WHERE id <= 2 ORDER BY id;
@@ -81,12 +82,18 @@ RESET ROLE;
 SET pgkm.audit_notice = off;
 SELECT pgkm.audit_flush(true) > :mark AS flushed;
 SELECT action, key_name, key_version, relation, column_name, command, row_count,
-	row_context ~ '^nonce:[0-9a-f]{24}$' AS has_row_context, success, sqlstate,
-	session_user_name, current_user_name, detail
-	FROM pgkm.audit_log WHERE seq > :mark AND backend_pid = pg_backend_pid() ORDER BY seq;
+	success, sqlstate, session_user_name, current_user_name, detail
+	FROM pgkm.audit_log WHERE seq > :mark AND backend_pid = pg_backend_pid()
+	AND row_context IS NULL ORDER BY seq;
+-- row level: two uses, two row contexts (in one record or two, as the worker took them)
+SELECT sum(row_count) AS uses, sum(cardinality(string_to_array(row_context, ' '))) AS contexts,
+	bool_and(row_context ~ '^nonce:[0-9a-f]{24}( nonce:[0-9a-f]{24})*$') AS well_formed,
+	min(key_name) AS key, min(relation) AS relation, min(column_name) AS col
+	FROM pgkm.audit_log WHERE seq > :mark AND backend_pid = pg_backend_pid()
+	AND row_context IS NOT NULL;
 -- the row context locates the row: it is the ciphertext's nonce
 SELECT a.id FROM pgkm.audit_log l JOIN audited a
-	ON l.row_context = 'nonce:' || encode(substr(a.card, 11, 12), 'hex')
+	ON 'nonce:' || encode(substr(a.card, 11, 12), 'hex') = ANY (string_to_array(l.row_context, ' '))
 	WHERE l.seq > :mark AND l.backend_pid = pg_backend_pid() ORDER BY a.id;
 -- seq has no gap, the chain links, and no plaintext or context reached the log
 SELECT max(seq) - min(seq) + 1 = count(*) AS gapless FROM pgkm.audit_log;

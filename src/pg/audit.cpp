@@ -100,6 +100,17 @@ Oid protected_columns_relid = InvalidOid;
 ProtectedColumn *protected_columns = nullptr; // in TopMemoryContext
 int protected_count = 0;
 
+// Entries this backend queued that the worker may not have taken yet: repeated uses with the
+// same who, what and where are added to them (AuditMerge) rather than queued anew.
+struct OpenEntry
+{
+	std::uint64_t pos; // 0: unused
+	AuditEntry entry;
+};
+inline constexpr int kOpenEntries = 16;
+OpenEntry open_entries[kOpenEntries];
+int open_next = 0;
+
 Note notes[kMaxNotes];
 int note_depth = 0;
 std::uint64_t next_note_id = 1;
@@ -277,6 +288,57 @@ std::uint64_t Emit(const AuditEntry *entries, int n, AuditFull full)
 		return 0;
 	}
 	return AuditEnqueue(entries, n, full);
+}
+
+// Whether two records differ only in when, how many and which rows.
+bool SameRecord(const AuditEntry &a, const AuditEntry &b)
+{
+	return a.dbid == b.dbid && a.success == b.success && a.has_query_id == b.has_query_id &&
+		   a.query_id == b.query_id && a.key_version == b.key_version &&
+		   strcmp(a.action, b.action) == 0 && strcmp(a.key_name, b.key_name) == 0 &&
+		   strcmp(a.relation, b.relation) == 0 && strcmp(a.column, b.column) == 0 &&
+		   strcmp(a.command, b.command) == 0 && strcmp(a.current_user, b.current_user) == 0 &&
+		   strcmp(a.session_user, b.session_user) == 0 &&
+		   strcmp(a.application_name, b.application_name) == 0 &&
+		   strcmp(a.sqlstate, b.sqlstate) == 0 && strcmp(a.detail, b.detail) == 0;
+}
+
+// Hands on n uses described by e (with one row context at row level): added to an entry of
+// the same record that the worker has not taken yet, or queued as a new one. So a session
+// that runs one statement many times makes one record per drain of the worker, with the
+// count, and at row level one record per kAuditRowContexts uses, with their row contexts.
+void EmitUses(const AuditEntry &e, std::int64_t n, const char *row_context, AuditFull full)
+{
+	if (guc_audit_notice || RecoveryInProgress())
+	{
+		AuditEntry shown = e;
+		shown.has_row_count = true;
+		shown.row_count = n;
+		Put(shown.row_context, row_context);
+		if (guc_audit_notice)
+			Mirror(&shown);
+		if (RecoveryInProgress())
+		{
+			LogAsJson(&shown);
+			return;
+		}
+	}
+	for (auto &open : open_entries)
+		if (open.pos != 0 && (open.entry.row_context_len > 0) == (row_context != nullptr) &&
+			SameRecord(open.entry, e)) // row-level and statement-level records stay apart
+		{
+			if (AuditMerge(open.pos, n, row_context))
+				return;
+			open.pos = 0; // taken (or full): a new entry follows
+			break;
+		}
+	OpenEntry &slot = open_entries[open_next++ % kOpenEntries];
+	slot.entry = e;
+	slot.entry.has_row_count = true;
+	slot.entry.row_count = n;
+	Put(slot.entry.row_context, row_context);
+	slot.entry.row_context_len = (std::uint16_t)strlen(slot.entry.row_context);
+	slot.pos = AuditEnqueue(&slot.entry, 1, full);
 }
 
 // The ring policy that pgkm.audit_overflow asks for.
@@ -499,10 +561,10 @@ Note *NoteFor(std::uint32_t key_id)
 // Emits the aggregates of one note (note_id) or of all (note_id == UINT64_MAX).
 void FlushAggregates(std::uint64_t note_id, AuditFull full)
 {
-	AuditEntry out[kMaxAggregates];
-	int n = 0;
 	int kept = 0;
-	for (int i = 0; i < aggregate_count; i++)
+	int n = aggregate_count;
+	aggregate_count = 0; // an error while emitting must not emit them twice
+	for (int i = 0; i < n; i++)
 	{
 		Aggregate &a = aggregates[i];
 		if (note_id != UINT64_MAX && a.note_id != note_id)
@@ -510,15 +572,10 @@ void FlushAggregates(std::uint64_t note_id, AuditFull full)
 			aggregates[kept++] = a;
 			continue;
 		}
-		if (a.count == 0)
-			continue;
-		out[n] = a.entry;
-		out[n].has_row_count = true;
-		out[n].row_count = a.count;
-		n++;
+		if (a.count > 0)
+			EmitUses(a.entry, a.count, nullptr, full);
 	}
 	aggregate_count = kept;
-	(void)Emit(out, n, full);
 }
 
 // Ends a note: its aggregates, then an 'access' record for each column no use covered.
@@ -735,11 +792,11 @@ void AuditSubXactCallback(SubXactEvent event, SubTransactionId subid, SubTransac
 	catalog_session_depth = 0;
 }
 
-// Appends the 'nonce:<hex>' row context.
-void PutNonce(AuditEntry *e, const std::uint8_t *nonce)
+// Writes the row context 'nonce:<24 hex digits>' of a ciphertext's nonce.
+void FormatNonce(char (&out)[kAuditRowContextToken], const std::uint8_t *nonce)
 {
 	static const char hex[] = "0123456789abcdef";
-	char *p = e->row_context;
+	char *p = out;
 	memcpy(p, "nonce:", 6);
 	p += 6;
 	for (int i = 0; i < 12; i++)
@@ -808,13 +865,18 @@ void AuditUse(AuditOp op, const VersionEntry *v, const std::uint8_t *nonce)
 		e.key_version = (std::int32_t)v->version;
 		if (note)
 			Attribute(&e, note, v->key_id);
+		char context[kAuditRowContextToken] = "";
+		if (nonce)
+			FormatNonce(context, nonce);
+		if (!sync)
+		{
+			EmitUses(e, 1, nonce ? context : nullptr, OverflowPolicy());
+			return;
+		}
 		e.has_row_count = true;
 		e.row_count = 1;
-		if (nonce)
-			PutNonce(&e, nonce);
-		std::uint64_t pos = Emit(&e, 1, OverflowPolicy());
-		if (sync)
-			AuditWaitDurable(pos);
+		Put(e.row_context, context);
+		AuditWaitDurable(Emit(&e, 1, OverflowPolicy()));
 		return;
 	}
 	std::uint64_t note_id = note ? note->id : 0;

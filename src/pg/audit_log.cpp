@@ -701,6 +701,8 @@ int AuditDrain()
 		if (n <= 0)
 			return n < 0 ? -1 : total;
 		total += n;
+		if (n < kBatch)
+			break; // the rest is new: it waits for the next cadence and gathers meanwhile
 	}
 	return total;
 }

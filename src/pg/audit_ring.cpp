@@ -40,9 +40,17 @@ struct DroppedCount
 };
 inline constexpr int kDroppedSlots = 64;
 
+// Whether the worker of a database sleeps long (producers must wake it).
+struct IdleFlag
+{
+	Oid dbid;
+	bool idle;
+};
+
 struct Ring
 {
 	LWLock *lock;
+	IdleFlag idle[kWorkerSlots];
 	ConditionVariable freed;
 	std::uint64_t head; // next position to write; positions start at 1
 	std::uint64_t tail; // oldest position whose slot is not free
@@ -64,6 +72,22 @@ void AdvanceTail()
 {
 	while (ring->tail < ring->head && SlotAt(ring->tail)->state == kFree)
 		ring->tail++;
+}
+
+// Wakes the database's worker when it sleeps long or the ring is a quarter full; a worker
+// that drains on its short cadence finds the entry anyway.
+void WakeIfNeeded(bool urgent)
+{
+	bool wake = urgent;
+	LWLockAcquire(ring->lock, LW_SHARED);
+	if (!wake)
+		wake = (ring->head - ring->tail) * 4 >= ring->size;
+	for (int i = 0; i < kWorkerSlots && !wake; i++)
+		if (ring->idle[i].dbid == MyDatabaseId)
+			wake = ring->idle[i].idle;
+	LWLockRelease(ring->lock);
+	if (wake)
+		WorkerWake(MyDatabaseId);
 }
 
 // Counts one dropped record of the current database. Caller holds the lock exclusively.
@@ -124,6 +148,59 @@ void AuditReportRingFull()
 	pg_unreachable();
 }
 
+bool AuditMerge(std::uint64_t pos, std::int64_t n, const char *row_context)
+{
+	if (pos == 0)
+		return false;
+	bool merged = false;
+	LWLockAcquire(ring->lock, LW_EXCLUSIVE);
+	Slot *slot = SlotAt(pos);
+	if (slot->pos == pos && slot->state == kReady)
+	{
+		AuditEntry &e = slot->entry;
+		std::size_t used = e.row_context_len;
+		std::size_t add = row_context ? strlen(row_context) : 0;
+		if (used + add + 1 < sizeof(e.row_context))
+		{
+			if (add > 0)
+			{
+				char *at = e.row_context + used;
+				if (used > 0)
+					*at++ = ' ';
+				memcpy(at, row_context, add + 1);
+				e.row_context_len = (std::uint16_t)(at + add - e.row_context);
+			}
+			e.row_count += n;
+			merged = true;
+		}
+	}
+	LWLockRelease(ring->lock);
+	return merged;
+}
+
+void AuditWorkerIdle(Oid dbid, bool idle)
+{
+	LWLockAcquire(ring->lock, LW_EXCLUSIVE);
+	IdleFlag *free_flag = nullptr;
+	for (auto &f : ring->idle)
+	{
+		if (f.dbid == dbid)
+		{
+			f.idle = idle;
+			LWLockRelease(ring->lock);
+			return;
+		}
+		if (f.dbid == InvalidOid && free_flag == nullptr)
+			free_flag = &f;
+	}
+	if (free_flag)
+	{
+		free_flag->dbid = dbid;
+		free_flag->idle = idle;
+	}
+	LWLockRelease(ring->lock);
+}
+
 bool AuditRingHasRoom(int n)
 {
 	LWLockAcquire(ring->lock, LW_SHARED);
@@ -180,7 +257,7 @@ std::uint64_t AuditEnqueue(const AuditEntry *entries, int n, AuditFull full)
 	}
 	if (sleeping)
 		ConditionVariableCancelSleep();
-	WorkerWake(MyDatabaseId);
+	WakeIfNeeded(entries[0].kind != AuditKind::Record);
 	return last;
 }
 

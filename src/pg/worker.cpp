@@ -71,6 +71,9 @@ void WakeAtCommit(XactEvent event, void *)
 		wake_at_commit = false;
 }
 
+// How long a busy worker waits between two drains of the audit ring (ms).
+constexpr long kAuditCadenceMs = 20;
+
 // The job the current batch works on, kept where an ERROR's longjmp cannot lose it.
 int64 batch_job_id = 0;
 
@@ -786,9 +789,19 @@ void pgkm_worker_main(Datum arg)
 				wait = Max(wait, min_ms - spent);
 			}
 		}
+		// Audit records keep coming: drain them on a short cadence, so that a session's
+		// repeated statements gather in one record (AuditMerge) and the worker is not woken
+		// for each. Producers wake a worker that sleeps long (idle) at once.
 		if (audited >= 0 && AuditPending(dbid))
-			wait = 0; // more records came in meanwhile
+			wait = Min(wait, kAuditCadenceMs);
+		if (wait > kAuditCadenceMs)
+		{
+			AuditWorkerIdle(dbid, true);
+			if (AuditPending(dbid))
+				wait = kAuditCadenceMs; // came in after the drain: no wake-up was sent
+		}
 		if (wait > 0)
 			Nap(wait);
+		AuditWorkerIdle(dbid, false);
 	}
 }

@@ -22,6 +22,9 @@ enum class AuditKind : std::uint8_t
 };
 
 inline constexpr int kAuditNameLen = 64;
+inline constexpr int kAuditRowContextToken = 31; // "nonce:" + 24 hex digits + separator
+inline constexpr int kAuditRowContexts = 16;     // row contexts one record can carry
+inline constexpr int kAuditRowContextLen = kAuditRowContextToken * kAuditRowContexts + 1;
 
 // One audit record as a backend produced it. Strings are NUL-terminated and truncated to
 // fit; an empty string stands for NULL.
@@ -34,7 +37,8 @@ struct AuditEntry
 	bool has_row_count;
 	TimestampTz at;
 	std::int32_t pid;
-	std::int32_t key_version; // 0: none
+	std::int32_t key_version;      // 0: none
+	std::uint16_t row_context_len; // strlen(row_context), kept for AuditMerge
 	std::int64_t query_id;
 	std::int64_t row_count;
 	char session_user[kAuditNameLen];
@@ -46,7 +50,7 @@ struct AuditEntry
 	char relation[2 * kAuditNameLen + 8];
 	char column[kAuditNameLen];
 	char command[12];
-	char row_context[40];
+	char row_context[kAuditRowContextLen]; // space-separated 'nonce:<hex>' tokens
 	char sqlstate[6];
 	char detail[256];
 };
@@ -73,6 +77,11 @@ std::uint64_t AuditEnqueue(const AuditEntry *entries, int n, AuditFull full);
 // Raises the error of a full ring under pgkm.audit_overflow = error (53000).
 [[noreturn]] void AuditReportRingFull();
 
+// Adds n uses (and, if given, one row context) to the entry at position pos, if the worker
+// has not taken it yet and it has room; false otherwise (the caller queues a new entry).
+// This is how a backend's repeated uses of a statement become one record with a count.
+bool AuditMerge(std::uint64_t pos, std::int64_t n, const char *row_context);
+
 // Whether n more entries fit now.
 bool AuditRingHasRoom(int n);
 
@@ -92,5 +101,9 @@ int AuditDiscard(Oid dbid);
 std::uint64_t AuditTakeDropped(Oid dbid);
 // Whether the ring holds ready entries of this database.
 bool AuditPending(Oid dbid);
+
+// The worker says whether it is about to sleep long (idle) or drains on a short cadence;
+// producers wake it only when it is idle, when the ring fills up, or when they wait.
+void AuditWorkerIdle(Oid dbid, bool idle);
 
 } // namespace pgkm::pg

@@ -73,3 +73,4 @@ regress:
 bench:
 	bench/run.sh
 	bench/rotation.sh
+	bench/audit.sh

@@ -145,6 +145,14 @@ class Pkcs11Provider final : public Provider
 	std::optional<CK_OBJECT_HANDLE> FindKey(const std::string &label);
 	CK_OBJECT_HANDLE RequireKey(const std::string &label, const char *what = "master key");
 	void RequireMacUsage(CK_OBJECT_HANDLE key, const std::string &label);
+	// The one pair of usages a generated key allows.
+	enum class Usage
+	{
+		WrapUnwrap, // master keys
+		SignVerify, // the audit MAC key
+	};
+	void GenerateSecretKey(const std::string &label, const char *what, CK_KEY_TYPE key_type,
+						   CK_MECHANISM_TYPE mechanism_type, CK_ULONG value_len, Usage usage);
 	std::optional<std::string> ReadLabel(CK_OBJECT_HANDLE object);
 	std::string Token() const;
 
@@ -448,6 +456,47 @@ std::optional<std::string> Pkcs11Provider::FindNewestMasterKey(const std::string
 		});
 }
 
+// Generates a secret key inside the token under label: persistent, private, sensitive, never
+// extractable, with every usage attribute set explicitly (a token's defaults differ: SoftHSM
+// allows signing with a key that does not say otherwise), only usage's pair allowed. CKA_ID
+// repeats the label for tools that select by id.
+void Pkcs11Provider::GenerateSecretKey(const std::string &label, const char *what,
+									   CK_KEY_TYPE key_type, CK_MECHANISM_TYPE mechanism_type,
+									   CK_ULONG value_len, Usage usage)
+{
+	CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+	CK_BBOOL yes = CK_TRUE;
+	CK_BBOOL no = CK_FALSE;
+	CK_BBOOL *wrap = usage == Usage::WrapUnwrap ? &yes : &no;
+	CK_BBOOL *sign = usage == Usage::SignVerify ? &yes : &no;
+	std::array key_template = {
+		Attribute(CKA_CLASS, &key_class, sizeof key_class),
+		Attribute(CKA_KEY_TYPE, &key_type, sizeof key_type),
+		Attribute(CKA_VALUE_LEN, &value_len, sizeof value_len),
+		Attribute(CKA_TOKEN, &yes, sizeof yes),
+		Attribute(CKA_PRIVATE, &yes, sizeof yes),
+		Attribute(CKA_SENSITIVE, &yes, sizeof yes),
+		Attribute(CKA_EXTRACTABLE, &no, sizeof no),
+		Attribute(CKA_WRAP, wrap, sizeof yes),
+		Attribute(CKA_UNWRAP, wrap, sizeof yes),
+		Attribute(CKA_SIGN, sign, sizeof yes),
+		Attribute(CKA_VERIFY, sign, sizeof yes),
+		Attribute(CKA_ENCRYPT, &no, sizeof no),
+		Attribute(CKA_DECRYPT, &no, sizeof no),
+		Attribute(CKA_DERIVE, &no, sizeof no),
+		Attribute(CKA_LABEL, label.data(), label.size()),
+		Attribute(CKA_ID, label.data(), label.size()),
+	};
+	CK_MECHANISM mechanism{mechanism_type, nullptr, 0};
+	CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+	Check(functions_->C_GenerateKey(session_, &mechanism, key_template.data(), key_template.size(),
+									&key),
+		  "C_GenerateKey", ErrorKind::TokenUnavailable,
+		  std::string("could not generate ") + what + " \"" + label + "\" in PKCS#11 token " +
+			  Token());
+	keys_.emplace(label, key);
+}
+
 // Generates the key inside the token: persistent, private, sensitive, never extractable,
 // usable only to wrap and unwrap. CKA_ID repeats the label for tools that select by id.
 void Pkcs11Provider::Generate(const std::string &label)
@@ -461,33 +510,8 @@ void Pkcs11Provider::Generate(const std::string &label)
 				throw Error(ErrorKind::InvalidArgument, "master key \"" + label +
 															"\" already exists in PKCS#11 token " +
 															Token());
-			CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
-			CK_KEY_TYPE key_type = CKK_AES;
-			CK_ULONG value_len = kMasterKeySize;
-			CK_BBOOL yes = CK_TRUE;
-			CK_BBOOL no = CK_FALSE;
-			std::array key_template = {
-				Attribute(CKA_CLASS, &key_class, sizeof key_class),
-				Attribute(CKA_KEY_TYPE, &key_type, sizeof key_type),
-				Attribute(CKA_VALUE_LEN, &value_len, sizeof value_len),
-				Attribute(CKA_TOKEN, &yes, sizeof yes),
-				Attribute(CKA_PRIVATE, &yes, sizeof yes),
-				Attribute(CKA_SENSITIVE, &yes, sizeof yes),
-				Attribute(CKA_EXTRACTABLE, &no, sizeof no),
-				Attribute(CKA_WRAP, &yes, sizeof yes),
-				Attribute(CKA_UNWRAP, &yes, sizeof yes),
-				Attribute(CKA_ENCRYPT, &no, sizeof no),
-				Attribute(CKA_DECRYPT, &no, sizeof no),
-				Attribute(CKA_LABEL, label.data(), label.size()),
-				Attribute(CKA_ID, label.data(), label.size()),
-			};
-			CK_MECHANISM mechanism{CKM_AES_KEY_GEN, nullptr, 0};
-			CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
-			Check(functions_->C_GenerateKey(session_, &mechanism, key_template.data(),
-											key_template.size(), &key),
-				  "C_GenerateKey", ErrorKind::TokenUnavailable,
-				  "could not generate master key \"" + label + "\" in PKCS#11 token " + Token());
-			keys_.emplace(label, key);
+			GenerateSecretKey(label, "master key", CKK_AES, CKM_AES_KEY_GEN, kMasterKeySize,
+							  Usage::WrapUnwrap);
 		});
 }
 
@@ -645,36 +669,8 @@ bool Pkcs11Provider::EnsureMacKey(const std::string &label)
 				RequireMacUsage(*existing, label);
 				return false;
 			}
-			CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
-			CK_KEY_TYPE key_type = CKK_GENERIC_SECRET;
-			CK_ULONG value_len = kMacKeySize;
-			CK_BBOOL yes = CK_TRUE;
-			CK_BBOOL no = CK_FALSE;
-			std::array key_template = {
-				Attribute(CKA_CLASS, &key_class, sizeof key_class),
-				Attribute(CKA_KEY_TYPE, &key_type, sizeof key_type),
-				Attribute(CKA_VALUE_LEN, &value_len, sizeof value_len),
-				Attribute(CKA_TOKEN, &yes, sizeof yes),
-				Attribute(CKA_PRIVATE, &yes, sizeof yes),
-				Attribute(CKA_SENSITIVE, &yes, sizeof yes),
-				Attribute(CKA_EXTRACTABLE, &no, sizeof no),
-				Attribute(CKA_SIGN, &yes, sizeof yes),
-				Attribute(CKA_VERIFY, &yes, sizeof yes),
-				Attribute(CKA_ENCRYPT, &no, sizeof no),
-				Attribute(CKA_DECRYPT, &no, sizeof no),
-				Attribute(CKA_WRAP, &no, sizeof no),
-				Attribute(CKA_UNWRAP, &no, sizeof no),
-				Attribute(CKA_DERIVE, &no, sizeof no),
-				Attribute(CKA_LABEL, label.data(), label.size()),
-				Attribute(CKA_ID, label.data(), label.size()),
-			};
-			CK_MECHANISM mechanism{CKM_GENERIC_SECRET_KEY_GEN, nullptr, 0};
-			CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
-			Check(functions_->C_GenerateKey(session_, &mechanism, key_template.data(),
-											key_template.size(), &key),
-				  "C_GenerateKey", ErrorKind::TokenUnavailable,
-				  "could not generate MAC key \"" + label + "\" in PKCS#11 token " + Token());
-			keys_.emplace(label, key);
+			GenerateSecretKey(label, "MAC key", CKK_GENERIC_SECRET, CKM_GENERIC_SECRET_KEY_GEN,
+							  kMacKeySize, Usage::SignVerify);
 			return true;
 		});
 }

@@ -226,6 +226,8 @@ TEST_F(ProviderPkcs11, DescribesAMasterKey)
 	EXPECT_FALSE(info.extractable);
 	EXPECT_TRUE(info.can_wrap);
 	EXPECT_TRUE(info.can_unwrap);
+	EXPECT_FALSE(info.can_sign) << "a master key must not sign (SoftHSM allows it unless told)";
+	EXPECT_FALSE(info.can_verify);
 }
 
 TEST_F(ProviderPkcs11, MasterKeyValueCannotBeRead)

@@ -14,8 +14,9 @@
 # pgbench finished, how long the flush took, how many records the run added, and the CPU the
 # pgkm worker used meanwhile (% of one CPU; pgbench shares the machine) with the machine's
 # context switches per second, and how much of the machine anything else used ("other load",
-# kernel threads included, so a few % when idle: another cluster or a build disturbs the figures). Then it checks the chain with
-# pgkm.verify_audit_log() and lists the server log's errors, warnings and crashes.
+# kernel threads included, so a few % when idle; another cluster or a build on the machine
+# disturbs the figures). Then it checks the chain with pgkm.verify_audit_log() and lists the
+# server log's errors, warnings and crashes.
 # Not a test: it prints the targets next to the figures, it does not judge.
 #   bench/audit.sh                                  30 s per run, 3 rounds, 100,000 rows
 #   BENCH_SECONDS=10 ROUNDS=1 bench/audit.sh        a quicker run

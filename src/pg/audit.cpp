@@ -324,7 +324,8 @@ void EmitUses(const AuditEntry &e, std::int64_t n, const char *row_context, Audi
 		}
 	}
 	for (auto &open : open_entries)
-		if (open.pos != 0 && (open.entry.row_context_len > 0) == (row_context != nullptr) &&
+		if (guc_audit_gather && open.pos != 0 &&
+			(open.entry.row_context_len > 0) == (row_context != nullptr) &&
 			SameRecord(open.entry, e)) // row-level and statement-level records stay apart
 		{
 			if (AuditMerge(open.pos, n, row_context))

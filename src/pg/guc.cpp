@@ -21,6 +21,7 @@ int guc_audit_level = kAuditStatement;
 int guc_audit_overflow = kOverflowWait;
 int guc_audit_durability = kDurabilityAsync;
 bool guc_audit_notice = false;
+bool guc_audit_gather = true;
 int guc_audit_ring_size = kAuditRingSizeDefault;
 char *guc_audit_file = nullptr;
 int guc_audit_retention = 0;
@@ -90,6 +91,12 @@ void DefineAuditSettings()
 		"sync: plaintext is returned only after the statement's access record is committed.",
 		&guc_audit_durability, kDurabilityAsync, audit_durabilities, PGC_SUSET, 0, nullptr, nullptr,
 		nullptr);
+	DefineCustomBoolVariable(
+		"pgkm.audit_gather",
+		"Gathers a session's repeated uses of a statement into one record with a count.",
+		"Off: one record per statement execution (statement level) or per use (row level), "
+		"at a higher cost per statement.",
+		&guc_audit_gather, true, PGC_SUSET, 0, nullptr, nullptr, nullptr);
 	DefineCustomBoolVariable("pgkm.audit_notice",
 							 "Mirrors every audit record this session produces as a NOTICE.",
 							 "For regression tests: only deterministic fields are shown.",

@@ -166,13 +166,14 @@ struct ClientLog
 // Decrypts rows first..last of t, in statements of 1, 2, ..., max_batch rows in turn, at the
 // given audit level; checks every plaintext.
 void DecryptClient(const std::string &conninfo, const std::string &level, long long first,
-				   long long last, int max_batch, ClientLog &log)
+				   long long last, int max_batch, bool gather, ClientLog &log)
 {
 	try
 	{
 		Connection db(conninfo);
 		log.pid = db.backendPid();
 		db.exec("SET pgkm.audit_level = " + level);
+		db.exec(std::string("SET pgkm.audit_gather = ") + (gather ? "on" : "off"));
 		int batch = 1;
 		for (long long from = first; from <= last;)
 		{
@@ -208,7 +209,7 @@ void DecryptClient(const std::string &conninfo, const std::string &level, long l
 
 // Runs clients threads over rows 1..rows of t (a contiguous share each); returns their logs.
 std::vector<ClientLog> RunClients(const Cluster &cluster, const std::string &level, long long rows,
-								  int clients, int max_batch)
+								  int clients, int max_batch, bool gather = true)
 {
 	std::vector<ClientLog> logs(clients);
 	{
@@ -216,7 +217,7 @@ std::vector<ClientLog> RunClients(const Cluster &cluster, const std::string &lev
 		long long share = rows / clients;
 		for (int i = 0; i < clients; ++i)
 			threads.emplace_back(DecryptClient, cluster.conninfo(), level, i * share + 1,
-								 (i + 1) * share, max_batch, std::ref(logs[i]));
+								 (i + 1) * share, max_batch, gather, std::ref(logs[i]));
 	}
 	for (const auto &log : logs)
 		for (const auto &e : log.errors)
@@ -465,6 +466,33 @@ TEST(AuditConcurrentExact, RowAndStatementCountsAreExact)
 	EXPECT_EQ(stmt.getInt(0, 2), 0) << "row contexts at statement level";
 	Note("statement level: " + std::to_string(statements) + " statements, " +
 		 std::to_string(stmt.getInt(0, 0)) + " records");
+
+	// Without gathering, exactly one record per use at row level and one per statement at
+	// statement level.
+	for (const std::string level : {"row", "statement"})
+	{
+		const std::string key = "cc_exact_" + level;
+		db.exec("DROP TABLE t");
+		db.exec("SELECT pgkm.create_key($1)", {key});
+		LoadTable(db, "t", kRows, key);
+		Flush(db);
+		int batch = level == "row" ? 1 : 4;
+		logs = RunClients(cluster, level, kRows, kClients, batch, false);
+		long long executed = 0;
+		for (const auto &log : logs)
+			executed += log.statements;
+		Flush(db);
+		Result exact = db.exec(
+			"SELECT count(*), coalesce(sum(row_count), 0), count(*) FILTER (WHERE row_context ~ "
+			"'^nonce:[0-9a-f]{24}$'), count(DISTINCT row_context) FROM pgkm.audit_log WHERE "
+			"action = 'decrypt' AND key_name = $1",
+			{key});
+		EXPECT_EQ(exact.getInt(0, 0), level == "row" ? kRows : executed)
+			<< "records at audit_level " << level << " without gathering";
+		EXPECT_EQ(exact.getInt(0, 1), kRows) << "sum of row_count at " << level;
+		EXPECT_EQ(exact.getInt(0, 2), level == "row" ? kRows : 0) << "single row contexts";
+		EXPECT_EQ(exact.getInt(0, 3), level == "row" ? kRows : 0) << "distinct row contexts";
+	}
 
 	EXPECT_TRUE(Gapless(db));
 	Verification v = Verify(db);

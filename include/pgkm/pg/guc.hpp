@@ -52,6 +52,7 @@ extern int guc_audit_level;
 extern int guc_audit_overflow;
 extern int guc_audit_durability;
 extern bool guc_audit_notice;
+extern bool guc_audit_gather;
 extern int guc_audit_ring_size;
 extern char *guc_audit_file;
 extern int guc_audit_retention;           // s; 0 keeps everything

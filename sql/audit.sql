@@ -26,7 +26,7 @@ SELECT count(note) FROM audited;
 RESET ROLE;
 
 -- row level: every use's row context (the ciphertext's nonce); a session's uses of one
--- statement gather in one record until the worker takes it (at most 16 row contexts)
+-- statement gather in one record until the worker takes it (at most 48 row contexts)
 SET pgkm.audit_level = row;
 SET ROLE regress_audit_app;
 SELECT id, pgkm_decrypt_text(card, id::text) FROM audited WHERE id <= 2 ORDER BY id;

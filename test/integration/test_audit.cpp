@@ -30,10 +30,10 @@ const std::string kDecryptOne =
 const std::string kNonceOf = "'nonce:' || encode(substring(secret from 11 for 12), 'hex')";
 
 // The join condition of a record (alias a) and the rows (of t) whose row contexts it lists: a
-// session's uses of one statement gather in one record, up to 16 row contexts.
+// session's uses of one statement gather in one record, up to 48 row contexts.
 // How many row-level uses one record gathers at most (kAuditRowContexts): an async crash
 // loses at most pgkm.audit_ring_size records, so at most this many times as many uses.
-constexpr long long kRowContextsPerRecord = 16;
+constexpr long long kRowContextsPerRecord = 48;
 
 const std::string kListsRow = kNonceOf + " = ANY (string_to_array(a.row_context, ' '))";
 

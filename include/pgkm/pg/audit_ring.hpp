@@ -23,7 +23,7 @@ enum class AuditKind : std::uint8_t
 
 inline constexpr int kAuditNameLen = 64;
 inline constexpr int kAuditRowContextToken = 31; // "nonce:" + 24 hex digits + separator
-inline constexpr int kAuditRowContexts = 16;     // row contexts one record can carry
+inline constexpr int kAuditRowContexts = 48;     // row contexts one record can carry
 inline constexpr int kAuditRowContextLen = kAuditRowContextToken * kAuditRowContexts + 1;
 
 // One audit record as a backend produced it. Strings are NUL-terminated and truncated to

@@ -151,6 +151,9 @@ class Pkcs11Provider final : public Provider
 		WrapUnwrap, // master keys
 		SignVerify, // the audit MAC key
 	};
+	void StartMac(CK_RV (*init)(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE),
+				  const char *function, CK_OBJECT_HANDLE key, const std::string &label,
+				  const std::string &message);
 	void GenerateSecretKey(const std::string &label, const char *what, CK_KEY_TYPE key_type,
 						   CK_MECHANISM_TYPE mechanism_type, CK_ULONG value_len, Usage usage);
 	std::optional<std::string> ReadLabel(CK_OBJECT_HANDLE object);
@@ -675,6 +678,20 @@ bool Pkcs11Provider::EnsureMacKey(const std::string &label)
 		});
 }
 
+// Starts a CKM_SHA256_HMAC sign or verify operation (init: C_SignInit or C_VerifyInit). A key
+// that cannot do HMAC-SHA-256 is Error(KeyNotUsable); other failures, Error(TokenUnavailable).
+void Pkcs11Provider::StartMac(CK_RV (*init)(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE),
+							  const char *function, CK_OBJECT_HANDLE key, const std::string &label,
+							  const std::string &message)
+{
+	CK_MECHANISM mechanism{CKM_SHA256_HMAC, nullptr, 0};
+	const CK_RV rv = init(session_, &mechanism, key);
+	if (IsUnusableMacKey(rv))
+		throw Error(ErrorKind::KeyNotUsable,
+					"key \"" + label + "\" cannot be used for HMAC-SHA-256", Detail(function, rv));
+	Check(rv, function, ErrorKind::TokenUnavailable, message);
+}
+
 // Computes HMAC-SHA-256 inside the token; the key never leaves it.
 std::array<std::uint8_t, kMacSize> Pkcs11Provider::Mac(const std::string &label, ByteView data)
 {
@@ -684,13 +701,7 @@ std::array<std::uint8_t, kMacSize> Pkcs11Provider::Mac(const std::string &label,
 			const CK_OBJECT_HANDLE key = RequireKey(label, "MAC key");
 			const std::string message =
 				"could not compute a MAC with key \"" + label + "\" in PKCS#11 token " + Token();
-			CK_MECHANISM mechanism{CKM_SHA256_HMAC, nullptr, 0};
-			const CK_RV rv = functions_->C_SignInit(session_, &mechanism, key);
-			if (IsUnusableMacKey(rv))
-				throw Error(ErrorKind::KeyNotUsable,
-							"key \"" + label + "\" cannot compute an HMAC-SHA-256 MAC",
-							Detail("C_SignInit", rv));
-			Check(rv, "C_SignInit", ErrorKind::TokenUnavailable, message);
+			StartMac(functions_->C_SignInit, "C_SignInit", key, label, message);
 			std::array<std::uint8_t, kMacSize> mac{};
 			CK_ULONG length = mac.size();
 			Check(functions_->C_Sign(session_, InputBytes(data), data.size(), mac.data(), &length),
@@ -712,13 +723,7 @@ bool Pkcs11Provider::VerifyMac(const std::string &label, ByteView data, ByteView
 			const CK_OBJECT_HANDLE key = RequireKey(label, "MAC key");
 			const std::string message =
 				"could not verify a MAC with key \"" + label + "\" in PKCS#11 token " + Token();
-			CK_MECHANISM mechanism{CKM_SHA256_HMAC, nullptr, 0};
-			const CK_RV init = functions_->C_VerifyInit(session_, &mechanism, key);
-			if (IsUnusableMacKey(init))
-				throw Error(ErrorKind::KeyNotUsable,
-							"key \"" + label + "\" cannot verify an HMAC-SHA-256 MAC",
-							Detail("C_VerifyInit", init));
-			Check(init, "C_VerifyInit", ErrorKind::TokenUnavailable, message);
+			StartMac(functions_->C_VerifyInit, "C_VerifyInit", key, label, message);
 			const CK_RV rv = functions_->C_Verify(session_, InputBytes(data), data.size(),
 												  InputBytes(mac), mac.size());
 			if (rv == CKR_SIGNATURE_INVALID || rv == CKR_SIGNATURE_LEN_RANGE)

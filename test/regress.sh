@@ -23,7 +23,7 @@ cp -r sql expected "$PGKM_WORK/regress/"
 
 status=0
 as_pg env PGKM_TEST_DIR="$PGKM_WORK" \
-	"$(dirname "$(pg_config --pgxs)")/../test/regress/pg_regress" \
+	"$(dirname "$("$PG_BINDIR/pg_config" --pgxs)")/../test/regress/pg_regress" \
 	--host="$PGKM_WORK" --port="$PGKM_PORT" --user=postgres \
 	--bindir="$PG_BINDIR" --inputdir="$PGKM_WORK/regress" --outputdir="$PGKM_WORK/regress" \
 	--dbname=contrib_regression $tests | tee "$PGKM_WORK/regress.out" || status=$?

@@ -165,6 +165,9 @@ std::string PgBinDir()
 {
 	static std::string dir = []
 	{
+		// PGKM_PG_BINDIR selects another (e.g. a relocated copy made by scripts/stage.sh).
+		if (const char *bindir = std::getenv("PGKM_PG_BINDIR"); bindir && *bindir)
+			return std::string(bindir);
 		FILE *p = popen("pg_config --bindir 2>/dev/null", "r");
 		std::string out;
 		if (p)

@@ -3,7 +3,8 @@
 # automatic (trap on EXIT). The server runs as an unprivileged user (postgres when we are
 # root), listens on a Unix socket in a fresh temp directory only, and is removed after.
 
-PG_BINDIR=$(pg_config --bindir)
+# PGKM_PG_BINDIR selects another (e.g. a relocated copy made by scripts/stage.sh).
+PG_BINDIR=${PGKM_PG_BINDIR:-$(pg_config --bindir)}
 SOFTHSM_MODULE=${SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 PGKM_TOKEN_LABEL=pgkm-test
 PGKM_PORT=${PGKM_PORT:-54329}

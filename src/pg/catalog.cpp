@@ -88,4 +88,26 @@ Oid CatalogKeysRelid()
 	return keys_relid;
 }
 
+void OwnerOpen(Oid relid, OwnerSession *session)
+{
+	HeapTuple tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tuple))
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
+						errmsg("protected table with OID %u does not exist", relid)));
+	Oid owner = ((Form_pg_class)GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	GetUserIdAndSecContext(&session->saved_user, &session->saved_sec_context);
+	SetUserIdAndSecContext(owner, session->saved_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+									  SECURITY_RESTRICTED_OPERATION);
+	session->guc_nest_level = NewGUCNestLevel();
+	(void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							GUC_ACTION_SAVE, true, 0, false);
+}
+
+void OwnerClose(OwnerSession *session)
+{
+	AtEOXact_GUC(false, session->guc_nest_level);
+	SetUserIdAndSecContext(session->saved_user, session->saved_sec_context);
+}
+
 } // namespace pgkm::pg

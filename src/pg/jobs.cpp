@@ -1,7 +1,10 @@
 // Protected columns and re-encryption jobs: what the worker re-encrypts, and the DBA's
 // controls over it (start, pause, resume, cancel). The worker itself is in worker.cpp.
+#include "pgkm/core/format.hpp"
+
 #include "pgkm/pg/admin.hpp"
 #include "pgkm/pg/boundary.hpp"
+#include "pgkm/pg/catalog.hpp"
 #include "pgkm/pg/key_cache.hpp"
 #include "pgkm/pg/shmem.hpp"
 #include "pgkm/pg/worker.hpp"
@@ -193,19 +196,61 @@ ProtectedColumn *ProtectedColumnsOf(int64 key_id, uint64 *count)
 
 int64 RowsUnderVersion(const ProtectedColumn *pc, int64 key_id, int32 version, bool exists_only)
 {
-	const char *column = quote_identifier(pc->column);
+	RequireByteaColumn(pc->relid, pc->column);
+	char *expr = psprintf("%s::pg_catalog.bytea", quote_identifier(pc->column));
 	char *sql =
-		psprintf("SELECT %s FROM %s WHERE pgkm.ciphertext_key_id(%s) OPERATOR(pg_catalog.=) $1"
-				 " AND pgkm.ciphertext_version(%s) OPERATOR(pg_catalog.=) $2%s",
-				 exists_only ? "1" : "pg_catalog.count(*)", pc->table, column, column,
-				 exists_only ? " LIMIT 1" : "");
-	Oid types[2] = {INT8OID, INT8OID};
-	Datum values[2] = {Int64GetDatum(key_id), Int64GetDatum(version)};
+		psprintf("SELECT %s FROM %s WHERE %s%s", exists_only ? "1" : "pg_catalog.count(*)",
+				 pc->table, HeaderPredicate(expr, 1, "=", 2), exists_only ? " LIMIT 1" : "");
+	Oid types[2] = {BYTEAOID, BYTEAOID};
+	Datum values[2] = {HeaderFieldDatum((std::uint32_t)key_id),
+					   HeaderFieldDatum((std::uint32_t)version)};
+	OwnerSession owner;
+	OwnerOpen(pc->relid, &owner);
 	uint64 n = CatalogExec(sql, 2, types, values, nullptr, SPI_OK_SELECT);
+	OwnerClose(&owner);
 	if (exists_only)
 		return (int64)n;
 	bool isnull;
 	return DatumGetInt64(CatalogValue(0, 1, &isnull));
+}
+
+void RequireByteaColumn(Oid relid, const char *column)
+{
+	AttrNumber attnum = get_attnum(relid, column);
+	if (attnum == InvalidAttrNumber)
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
+						errmsg("protected column \"%s\" of relation \"%s\" does not exist", column,
+							   get_rel_name(relid)),
+						errhint("Unprotect it with pgkm.unprotect_column().")));
+	if (getBaseType(get_atttype(relid, attnum)) != BYTEAOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("protected column \"%s\" of relation \"%s\" is no longer of type bytea",
+						column, get_rel_name(relid)),
+				 errdetail("pgkm reads and re-encrypts protected columns only as bytea.")));
+}
+
+Datum HeaderFieldDatum(std::uint32_t value)
+{
+	bytea *field = static_cast<bytea *>(palloc(VARHDRSZ + 4));
+	SET_VARSIZE(field, VARHDRSZ + 4);
+	auto *bytes = reinterpret_cast<std::uint8_t *>(VARDATA(field));
+	bytes[0] = (std::uint8_t)(value >> 24);
+	bytes[1] = (std::uint8_t)(value >> 16);
+	bytes[2] = (std::uint8_t)(value >> 8);
+	bytes[3] = (std::uint8_t)value;
+	return PointerGetDatum(field);
+}
+
+char *HeaderPredicate(const char *expr, int key_param, const char *op, int version_param)
+{
+	// Format v1 (DESIGN.md): format, algorithm, key id (bytes 3-6), version (bytes 7-10), all
+	// big-endian, so bytea order on the 4-byte fields is numeric order.
+	static_assert(pgkm::core::kHeaderSize == 10);
+	return psprintf("%s IS NOT NULL AND pg_catalog.octet_length(%s) OPERATOR(pg_catalog.>=) 10"
+					" AND pg_catalog.substr(%s, 3, 4) OPERATOR(pg_catalog.=) $%d"
+					" AND pg_catalog.substr(%s, 7, 4) OPERATOR(pg_catalog.%s) $%d",
+					expr, expr, expr, key_param, expr, op, version_param);
 }
 
 void QueueReencryption(int64 key_id, int32 target_version, const char *actor)

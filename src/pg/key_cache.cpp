@@ -44,6 +44,8 @@ std::uint64_t cache_generation = 0; // the shared generation the cache was built
 TimestampTz cache_expires = 0;
 bool catalog_changed_in_xact = false;
 bool initialized = false;
+std::uint32_t rewrap_allowed_key = 0; // KeyCacheAllowRewrap
+bool rewrapping = false;              // KeyCacheRewrapping
 
 // Frees every cached key, wiping key material, and starts an empty cache.
 void Reset()
@@ -224,6 +226,8 @@ void CheckRole(const VersionEntry *v, Oid role, const char *action)
 {
 	if (likely(has_privs_of_role(GetUserId(), role)))
 		return;
+	if (rewrapping && rewrap_allowed_key != 0 && v->key_id == rewrap_allowed_key)
+		return;
 	const char *role_name = GetUserNameFromId(role, true);
 	ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					errmsg("permission denied to %s with key \"%s\"", action, v->key_name),
@@ -334,6 +338,16 @@ void KeyCacheInit()
 	RegisterSubXactCallback(SubXactCallback, nullptr);
 	CacheRegisterRelcacheCallback(RelcacheCallback, (Datum)0);
 	initialized = true;
+}
+
+void KeyCacheAllowRewrap(std::uint32_t key_id)
+{
+	rewrap_allowed_key = key_id;
+}
+
+void KeyCacheRewrapping(bool on)
+{
+	rewrapping = on;
 }
 
 void KeyCacheCatalogChanged()

@@ -286,6 +286,7 @@ bytea *Rewrap(FunctionCallInfo fcinfo, VersionEntry **source_out)
 	VersionEntry *target;
 	// A lookup may empty the cache (a key change committed meanwhile): retry until neither
 	// entry is stale.
+	KeyCacheRewrapping(true);
 	for (;;)
 	{
 		source = KeyForDecrypt(&sites->decrypt, header.key_id, header.key_version);
@@ -294,6 +295,7 @@ bytea *Rewrap(FunctionCallInfo fcinfo, VersionEntry **source_out)
 		if (KeyCacheEpoch() == epoch)
 			break;
 	}
+	KeyCacheRewrapping(false);
 	if (target->version == header.key_version)
 		return PG_GETARG_BYTEA_P(0);
 	*source_out = source;
@@ -370,6 +372,7 @@ Datum pgkm_rewrap(PG_FUNCTION_ARGS)
 	}
 	PG_CATCH();
 	{
+		KeyCacheRewrapping(false);
 		AuditFailDataPath(AuditOp::Rewrap);
 		PG_RE_THROW();
 	}

@@ -256,6 +256,7 @@ Target ResolveTarget(const Job *job)
 	t.table =
 		quote_qualified_identifier(get_namespace_name(get_rel_namespace(job->relid)), relname);
 	t.column = pstrdup(quote_identifier(job->column));
+	RequireByteaColumn(job->relid, job->column);
 	t.ext = ExtensionSchema();
 	if (!SingleColumnPrimaryKey(job->relid, &t.pk, &t.pk_type))
 	{
@@ -288,23 +289,25 @@ Target ResolveTarget(const Job *job)
 	return t;
 }
 
-// The predicate "holds a ciphertext of this key older than the target version".
+// The predicate "holds a ciphertext of this key ($2) older than the target version ($3)".
 char *OldPredicate(const Target &t, const char *alias)
 {
-	return psprintf("%s%s IS NOT NULL AND pgkm.ciphertext_key_id(%s%s) OPERATOR(pg_catalog.=) $2"
-					" AND pgkm.ciphertext_version(%s%s) OPERATOR(pg_catalog.<) $3",
-					alias, t.column, alias, t.column, alias, t.column);
+	return HeaderPredicate(psprintf("%s%s::pg_catalog.bytea", alias, t.column), 2, "<", 3);
 }
 
-// Counts the rows that still hold an older version (no locks taken).
+// Counts the rows that still hold an older version (no locks taken), as the table's owner.
 int64 CountOld(const Job *job, const Target &t)
 {
 	char *sql =
 		psprintf("SELECT pg_catalog.count(*) FROM %s WHERE %s", t.table, OldPredicate(t, ""));
-	Oid types[3] = {TEXTOID, INT8OID, INT4OID};
-	Datum values[3] = {(Datum)0, Int64GetDatum(job->key_id), Int32GetDatum(job->target)};
+	Oid types[3] = {TEXTOID, BYTEAOID, BYTEAOID};
+	Datum values[3] = {(Datum)0, HeaderFieldDatum((std::uint32_t)job->key_id),
+					   HeaderFieldDatum((std::uint32_t)job->target)};
 	char nulls[3] = {'n', ' ', ' '};
+	OwnerSession owner;
+	OwnerOpen(job->relid, &owner);
 	CatalogExec(sql, 3, types, values, nulls, SPI_OK_SELECT);
+	OwnerClose(&owner);
 	bool isnull;
 	return DatumGetInt64(CatalogValue(0, 1, &isnull));
 }
@@ -380,21 +383,30 @@ Step RunBatch()
 
 	// The new value is computed inside the UPDATE from the row it locked; the predicate
 	// makes the statement idempotent and leaves rows that others locked to a later pass.
+	// It runs as the table's owner, so the table's own code (triggers that fire in replica
+	// mode, index expressions, constraints, domains) never runs with the worker's rights;
+	// pgkm_rewrap may use the job's key without the owner holding its roles.
 	char *sql = psprintf(
 		"WITH batch AS (SELECT %s AS k FROM %s WHERE %s %s ORDER BY %s LIMIT $4"
 		" FOR UPDATE SKIP LOCKED),"
-		" done AS (UPDATE %s t SET %s = %s.pgkm_rewrap(t.%s, %s) FROM batch"
+		" done AS (UPDATE %s t SET %s = %s.pgkm_rewrap(t.%s::pg_catalog.bytea, %s) FROM batch"
 		" WHERE t.%s OPERATOR(pg_catalog.=) batch.k AND %s RETURNING t.%s AS k)"
 		" SELECT pg_catalog.count(*), pg_catalog.max(k)::pg_catalog.text FROM done",
 		t.pk, t.table, OldPredicate(t, ""),
 		job.last_key ? psprintf("AND %s OPERATOR(pg_catalog.>) $1::%s", t.pk, t.pk_type) : "", t.pk,
 		t.table, t.column, t.ext, t.column, t.context, t.pk, OldPredicate(t, "t."), t.pk);
-	Oid types[4] = {TEXTOID, INT8OID, INT4OID, INT4OID};
+	Oid types[4] = {TEXTOID, BYTEAOID, BYTEAOID, INT4OID};
 	Datum values[4] = {job.last_key ? CStringGetTextDatum(job.last_key) : (Datum)0,
-					   Int64GetDatum(job.key_id), Int32GetDatum(job.target),
+					   HeaderFieldDatum((std::uint32_t)job.key_id),
+					   HeaderFieldDatum((std::uint32_t)job.target),
 					   Int32GetDatum(guc_rotation_batch_size)};
 	char nulls[4] = {job.last_key ? ' ' : 'n', ' ', ' ', ' '};
+	OwnerSession owner;
+	OwnerOpen(job.relid, &owner);
+	KeyCacheAllowRewrap((std::uint32_t)job.key_id);
 	CatalogExec(sql, 4, types, values, nulls, SPI_OK_SELECT);
+	KeyCacheAllowRewrap(0);
+	OwnerClose(&owner);
 	bool isnull;
 	int64 n = DatumGetInt64(CatalogValue(0, 1, &isnull));
 	if (n > 0)
@@ -452,6 +464,7 @@ Step RunBatchStep()
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(oldcontext);
+		KeyCacheAllowRewrap(0);
 		ErrorData *error = CopyErrorData();
 		FlushErrorState();
 		AbortCurrentTransaction();

@@ -76,8 +76,22 @@ ProtectedColumn *ProtectedColumnsOf(int64 key_id, uint64 *count);
 
 // Counts the rows of a protected column holding a value under (key_id, version); with
 // exists_only, stops at the first one (returns 0 or 1). The scan that proves a version
-// unused, for retirement and destruction alike.
+// unused, for retirement and destruction alike. Runs as the table's owner (OwnerOpen).
 int64 RowsUnderVersion(const ProtectedColumn *pc, int64 key_id, int32 version, bool exists_only);
+
+// Raises an error unless the protected column still exists and holds bytea (or a domain
+// over it): statements on it then call nothing but pg_catalog's bytea functions.
+void RequireByteaColumn(Oid relid, const char *column);
+
+// A header field (key id or version) as the ciphertext stores it: 4 bytes, big-endian.
+Datum HeaderFieldDatum(std::uint32_t value);
+
+// The SQL condition "the bytea expression holds a ciphertext header whose key id equals
+// parameter $key_param and whose version compares with parameter $version_param by the
+// pg_catalog operator op"; both parameters are HeaderFieldDatum values. It reads the header
+// bytes with pg_catalog functions only, so it needs no privilege on schema pgkm: the
+// statements that use it run as the table's owner.
+char *HeaderPredicate(const char *expr, int key_param, const char *op, int version_param);
 
 // Records who did what to which key (pgkm.key_events). key_id/version 0 mean none.
 void RecordKeyEvent(const char *actor, const char *action, int64 key_id, int32 version,

@@ -37,4 +37,20 @@ extern int catalog_session_depth;
 // Returns the OID of pgkm.keys as last seen by CatalogOpen (InvalidOid before that).
 Oid CatalogKeysRelid();
 
+// An open table-owner session: the saved identity and setting nest level.
+struct OwnerSession
+{
+	Oid saved_user;
+	int saved_sec_context;
+	int guc_nest_level;
+};
+
+// Runs the statements that follow as the owner of the user table relid, as a
+// security-restricted operation with search_path pinned: whatever code the table brings
+// (triggers, index expressions, constraints, domains, casts, policies) runs with its
+// owner's rights, never with pgkm's. SPI must be connected.
+void OwnerOpen(Oid relid, OwnerSession *session);
+// Restores the identity, undoing every setting the table's code changed.
+void OwnerClose(OwnerSession *session);
+
 } // namespace pgkm::pg

@@ -63,6 +63,15 @@ char *KeyNameForId(std::uint32_t key_id);
 // while an error is being handled), or nullptr.
 const char *CachedKeyName(std::uint32_t key_id, std::uint32_t version);
 
+// Lets pgkm_rewrap re-encrypt values of key_id without the caller holding the key's roles
+// (0: no key). Only the worker calls it, around a batch that runs as the table's owner; the
+// plaintext never leaves pgkm_rewrap, and pgkm_decrypt and pgkm_encrypt still check roles.
+void KeyCacheAllowRewrap(std::uint32_t key_id);
+
+// Marks the key lookups of one pgkm_rewrap call (true before them, false after or on error):
+// only they may use the worker's allowance.
+void KeyCacheRewrapping(bool on);
+
 // Notes that this transaction changed the key catalog: at commit every backend's cache
 // is invalidated; at abort this backend's is.
 void KeyCacheCatalogChanged();

@@ -4,7 +4,9 @@
 
 extern "C"
 {
+#include "access/xact.h"
 #include "catalog/pg_class.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 }
 
@@ -68,6 +70,22 @@ uint64 CatalogExec(const char *sql, int nargs, const Oid *types, const Datum *va
 								   const_cast<Datum *>(values), nulls, false, 0);
 	if (rc != expected_status)
 		elog(ERROR, "pgkm catalog statement failed: %s", SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+uint64 CatalogQueryLatest(const char *sql, int nargs, const Oid *types, const Datum *values,
+						  const char *nulls, bool *stale)
+{
+	*stale = IsInParallelMode() && IsolationUsesXactSnapshot();
+	if (IsInParallelMode())
+		return CatalogExec(sql, nargs, types, values, nulls, SPI_OK_SELECT);
+	SPIPlanPtr plan = SPI_prepare(sql, nargs, const_cast<Oid *>(types));
+	if (plan == nullptr)
+		elog(ERROR, "pgkm catalog query failed: %s", SPI_result_code_string(SPI_result));
+	int rc = SPI_execute_snapshot(plan, const_cast<Datum *>(values), nulls, GetLatestSnapshot(),
+								  InvalidSnapshot, true, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "pgkm catalog query failed: %s", SPI_result_code_string(rc));
 	return SPI_processed;
 }
 

@@ -44,6 +44,7 @@ std::uint64_t cache_generation = 0; // the shared generation the cache was built
 TimestampTz cache_expires = 0;
 bool catalog_changed_in_xact = false;
 bool initialized = false;
+bool stale_until_xact_end = false;    // read under an old snapshot: drop at transaction end
 std::uint32_t rewrap_allowed_key = 0; // KeyCacheAllowRewrap
 bool rewrapping = false;              // KeyCacheRewrapping
 
@@ -131,7 +132,10 @@ VersionEntry *LoadVersion(std::uint32_t key_id, std::uint32_t version)
 	CatalogSession session;
 	CatalogOpen(&session);
 	VersionEntry *entry = nullptr;
-	if (CatalogExec(sql, 2, types, values, nullptr, SPI_OK_SELECT) == 1)
+	bool stale;
+	uint64 rows = CatalogQueryLatest(sql, 2, types, values, nullptr, &stale);
+	stale_until_xact_end |= stale;
+	if (rows == 1)
 	{
 		// Everything is read before the entry is entered, so an error leaves no half entry.
 		VersionEntry loaded;
@@ -175,7 +179,10 @@ KeyEntry *LoadKeyWhere(const char *column, Oid type, Datum value)
 	CatalogSession session;
 	CatalogOpen(&session);
 	KeyEntry *entry = nullptr;
-	if (CatalogExec(sql, 1, &type, &value, nullptr, SPI_OK_SELECT) == 1)
+	bool stale;
+	uint64 rows = CatalogQueryLatest(sql, 1, &type, &value, nullptr, &stale);
+	stale_until_xact_end |= stale;
+	if (rows == 1)
 	{
 		bool isnull;
 		auto key_id = (std::uint32_t)DatumGetInt64(CatalogValue(0, 1, &isnull));
@@ -284,9 +291,16 @@ void RememberSite(FmgrInfo *flinfo, VersionEntry *v, int name_len, const char *n
 	flinfo->fn_extra = site;
 }
 
-// Transaction callback: publishes catalog changes at commit, forgets them at abort.
+// Transaction callback: publishes catalog changes at commit, forgets them at abort, and drops
+// entries that were read under an old snapshot.
 void XactCallback(XactEvent event, void *)
 {
+	if (stale_until_xact_end &&
+		(event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE))
+	{
+		stale_until_xact_end = false;
+		cache_generation = 0;
+	}
 	if (!catalog_changed_in_xact)
 		return;
 	switch (event)

@@ -25,6 +25,14 @@ void CatalogClose(CatalogSession *session);
 uint64 CatalogExec(const char *sql, int nargs, const Oid *types, const Datum *values,
 				   const char *nulls, int expected_status);
 
+// Runs a parameterised read-only query like CatalogExec, but under the latest committed
+// state rather than the transaction's snapshot: the key cache must never keep roles or
+// states that a repeatable-read snapshot still shows after a change committed. In
+// parallel mode (where no new snapshot may be taken) it uses the transaction's snapshot and
+// marks *stale, so the caller can drop what it cached at the end of the transaction.
+uint64 CatalogQueryLatest(const char *sql, int nargs, const Oid *types, const Datum *values,
+						  const char *nulls, bool *stale);
+
 // Reads column col (1-based) of row row of the last result; isnull is set.
 Datum CatalogValue(uint64 row, int col, bool *isnull);
 // Reads a text column as a palloc'd C string in the current memory context (NULL if null).

@@ -12,6 +12,8 @@ pgkm_cluster_init
 # AES key in the token that did not wrap any DEK.
 as_pg sh -c "umask 077; echo 00000000 > '$PGKM_WORK/pin.wrong'"
 as_pg sh -c "echo 00000000 > '$PGKM_WORK/pin.open'; chmod 644 '$PGKM_WORK/pin.open'"
+# A PIN file whose content is a random marker, which no output may ever show (attacks).
+as_pg sh -c "umask 077; echo pgkm-marker-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n') > '$PGKM_WORK/pin.marker'"
 as_pg pkcs11-tool --module "$SOFTHSM_MODULE" --token-label "$PGKM_TOKEN_LABEL" --login \
 	--pin "$(as_pg cat "$PGKM_PIN_FILE")" --keygen --key-type AES:32 --label pgkm-foreign \
 	--sensitive --usage-wrap >/dev/null 2>&1

@@ -862,7 +862,8 @@ extern "C"
 Datum pgkm_audit_guard(PG_FUNCTION_ARGS)
 {
 	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "pgkm.audit_guard() must be called as a trigger");
+		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+						errmsg("pgkm.audit_guard() must be called as a trigger")));
 	auto *trigger = reinterpret_cast<TriggerData *>(fcinfo->context);
 	if (TRIGGER_FIRED_BY_INSERT(trigger->tg_event) && AuditIsWriter())
 		return PointerGetDatum(trigger->tg_trigtuple);

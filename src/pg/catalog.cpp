@@ -120,6 +120,10 @@ void OwnerOpen(Oid relid, OwnerSession *session)
 	session->guc_nest_level = NewGUCNestLevel();
 	(void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
 							GUC_ACTION_SAVE, true, 0, false);
+	// A policy the owner forces on the table must not hide rows from a scan that proves a
+	// version unused, nor from re-encryption: such a statement fails instead.
+	(void)set_config_option("row_security", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							true, 0, false);
 }
 
 void OwnerClose(OwnerSession *session)

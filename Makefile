@@ -59,7 +59,7 @@ override CPPFLAGS := -Iinclude -isystem $(SERVER_INCLUDES) $(PKCS11_INCLUDES) $(
 override CXXFLAGS += -std=c++20 -Wall -Wextra -Wshadow -Wno-register $(WERROR)
 SHLIB_LINK += -lcrypto -lstdc++ -ldl
 
-.PHONY: demo test unit regress bench deps
+.PHONY: demo test unit regress bench deps fuzz
 deps:
 	scripts/deps.sh
 demo:
@@ -70,6 +70,10 @@ unit:
 	scripts/unit.sh
 regress:
 	test/regress.sh
+# libFuzzer over the ciphertext parser and the AEAD open path (test/fuzz), for FUZZ_SECONDS.
+FUZZ_SECONDS ?= 600
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 bench:
 	bench/run.sh
 	bench/rotation.sh

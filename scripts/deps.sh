@@ -4,6 +4,7 @@ set -euo pipefail
 
 packages=(
 	build-essential cmake clang clang-format
+	libclang-rt-14-dev
 	postgresql-15 postgresql-contrib postgresql-server-dev-15 libpq-dev libipc-run-perl
 	libssl-dev libp11-kit-dev softhsm2 opensc
 	googletest libgtest-dev nlohmann-json3-dev

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make test: installs what is missing, builds, runs every suite (unit, pg_regress,
-# scenarios). Exits 0 only if all pass; the last line sums up every suite.
+# scenarios, integration, 60 s of libFuzzer). Exits 0 only if all pass; the last line sums
+# up every suite.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 logs=$(mktemp -d)
@@ -21,6 +22,8 @@ echo "== scenarios (server start-up, loading, secrets)"
 test/scenarios.sh 2>&1 | tee "$logs/scenarios" || status=1
 echo "== integration tests (GoogleTest + libpq: workers, concurrency, crashes)"
 scripts/integration.sh 2>&1 | tee "$logs/integration" || status=1
+echo "== fuzz (libFuzzer, 60 s)"
+scripts/fuzz.sh 60 2>&1 | tee "$logs/fuzz" || status=1
 
 # ctest: "100% tests passed, 0 tests failed out of 57"
 unit_failed=$(sed -n 's/.* tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\1/p' "$logs/unit")
@@ -34,9 +37,15 @@ int_ok=$(sed -n 's/^integration: \([0-9]*\) passed, \([0-9]*\) failed$/\1/p' "$l
 int_failed=$(sed -n 's/^integration: \([0-9]*\) passed, \([0-9]*\) failed$/\2/p' "$logs/integration")
 int_ok=${int_ok:-0}
 int_failed=${int_failed:-1}
-passed=$(( ${unit_total:-0} - ${unit_failed:-0} + regress_ok + scen_ok + int_ok ))
-failed=$(( ${unit_failed:-0} + regress_failed + scen_failed + int_failed ))
-if [ -z "$unit_total" ] || [ "$regress_ok" -eq 0 ] || [ "$scen_ok" -eq 0 ] || [ "$int_ok" -eq 0 ]; then
+# fuzz.sh: "fuzz: N passed, M failed" (one per libFuzzer target)
+fuzz_ok=$(sed -n 's/^fuzz: \([0-9]*\) passed, \([0-9]*\) failed$/\1/p' "$logs/fuzz")
+fuzz_failed=$(sed -n 's/^fuzz: \([0-9]*\) passed, \([0-9]*\) failed$/\2/p' "$logs/fuzz")
+fuzz_ok=${fuzz_ok:-0}
+fuzz_failed=${fuzz_failed:-1}
+passed=$(( ${unit_total:-0} - ${unit_failed:-0} + regress_ok + scen_ok + int_ok + fuzz_ok ))
+failed=$(( ${unit_failed:-0} + regress_failed + scen_failed + int_failed + fuzz_failed ))
+if [ -z "$unit_total" ] || [ "$regress_ok" -eq 0 ] || [ "$scen_ok" -eq 0 ] || [ "$int_ok" -eq 0 ] ||
+	[ "$fuzz_ok" -eq 0 ]; then
 	echo "test: a suite ran no test" >&2
 	status=1
 	failed=$(( failed + 1 ))

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora of the libFuzzer targets from test/unit/vectors/format-v1.json.
+
+corpus/fuzz_ciphertext/: each input is ciphertext || context || len(context) (one byte), the
+layout fuzz_ciphertext.cpp reads: every vector of the format, truncations at each field
+boundary, and each header field altered.
+corpus/fuzz_key_material/: dek_len || dek || stored check value || be32 key id || be32
+version, with the true check value (computed here with the standard library) and DEKs of
+wrong lengths.
+
+Run it again after the vectors change; the files are committed."""
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import struct
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VECTORS = os.path.join(HERE, "..", "unit", "vectors", "format-v1.json")
+
+
+def hkdf_sha256(key, info, length):
+    """HKDF-SHA-256 with no salt (RFC 5869), as pgkm derives its working keys."""
+    prk = hmac.new(b"\0" * 32, key, hashlib.sha256).digest()
+    out, block, counter = b"", b"", 1
+    while len(out) < length:
+        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
+        out += block
+        counter += 1
+    return out[:length]
+
+
+def key_check(dek, key_id, version):
+    """The key check value stored beside a wrapped DEK."""
+    check_key = hkdf_sha256(dek, b"pgkm/v1/key-check", 32)
+    return hmac.new(check_key, struct.pack(">II", key_id, version), hashlib.sha256).digest()
+
+
+def write(directory, name, data):
+    with open(os.path.join(directory, name), "wb") as f:
+        f.write(data)
+
+
+def ciphertext_seed(ct, ctx):
+    ctx = ctx[:255]
+    return ct + ctx + bytes([len(ctx)])
+
+
+def main():
+    with open(VECTORS) as f:
+        doc = json.load(f)
+    ct_dir = os.path.join(HERE, "corpus", "fuzz_ciphertext")
+    km_dir = os.path.join(HERE, "corpus", "fuzz_key_material")
+    for d in (ct_dir, km_dir):
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+
+    for v in doc["vectors"]:
+        ct = bytes.fromhex(v["ciphertext"])
+        ctx = bytes.fromhex(v["context"]) if v.get("context") else b""
+        write(ct_dir, "vector-" + v["name"], ciphertext_seed(ct, ctx))
+
+    base = {v["name"]: v for v in doc["vectors"]}["gcm-ssn-ctx"]
+    ct = bytes.fromhex(base["ciphertext"])
+    ctx = bytes.fromhex(base["context"])
+    for n in (0, 1, 2, 6, 9, 10, 11, 21, 22, 25, 26, 37, 38, len(ct) - 1):
+        write(ct_dir, "truncated-%02d" % n, ciphertext_seed(ct[:n], ctx))
+    altered = {
+        "format-00": (0, b"\x00"),
+        "format-02": (0, b"\x02"),
+        "format-ff": (0, b"\xff"),
+        "algorithm-00": (1, b"\x00"),
+        "algorithm-02": (1, b"\x02"),
+        "algorithm-03": (1, b"\x03"),
+        "algorithm-ff": (1, b"\xff"),
+        "key-id-0": (2, b"\x00\x00\x00\x00"),
+        "key-id-max": (2, b"\xff\xff\xff\xff"),
+        "version-0": (6, b"\x00\x00\x00\x00"),
+        "version-max": (6, b"\xff\xff\xff\xff"),
+    }
+    for name, (offset, value) in altered.items():
+        bad = ct[:offset] + value + ct[offset + len(value):]
+        write(ct_dir, "altered-" + name, ciphertext_seed(bad, ctx))
+    write(ct_dir, "context-wrong", ciphertext_seed(ct, b"38"))
+    write(ct_dir, "context-missing", ciphertext_seed(ct, b""))
+    write(ct_dir, "empty", b"")
+
+    for v in doc["vectors"][:3]:
+        dek = bytes.fromhex(v["dek"])
+        kid, ver = v["key_id"], v["key_version"]
+        ident = struct.pack(">II", kid, ver)
+        write(km_dir, "check-" + v["name"], bytes([32]) + dek + key_check(dek, kid, ver) + ident)
+        write(km_dir, "check-wrong-" + v["name"], bytes([32]) + dek + bytes(32) + ident)
+    dek = bytes.fromhex(doc["vectors"][0]["dek"])
+    ident = struct.pack(">II", 1, 1)
+    for n in (0, 1, 16, 31, 33, 64):
+        body = (dek * 3)[:n]
+        write(km_dir, "dek-length-%02d" % n, bytes([n]) + body + key_check(dek, 1, 1) + ident)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,931 @@
+// HostileInput: every byte string handed to the data path (pgkm_decrypt in both signatures,
+// pgkm_decrypt_text, pgkm_ciphertext_info, pgkm_rewrap) gets exactly the right answer or an
+// error with exactly the SQLSTATE that its bytes call for, through binary bind parameters:
+// every truncation of valid ciphertexts, every single-bit flip of short ones, inserted and
+// deleted bytes, each header field altered, fields swapped between ciphertexts, random bytes
+// (bare and behind a plausible header), ciphertexts of another database, disabled versions,
+// empty values, NULLs, wrong contexts and megabyte inputs. The expected outcome of each call
+// is computed here from the bytes and the catalog (an oracle independent of pgkm's parser),
+// so a crash, a wrong SQLSTATE, a wrong plaintext or a plaintext in a message all fail. The
+// server must never restart: the postmaster keeps its pid and a second, idle session stays
+// connected to the same backend throughout.
+#include "helpers.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace pgkm::it
+{
+
+namespace
+{
+
+using Bytes = std::string; // binary-safe
+
+constexpr unsigned kByteaOid = 17;
+constexpr unsigned kTextOid = 25;
+
+// Format v1 (include/pgkm/core/format.hpp), restated for an oracle of its own.
+constexpr std::size_t kHeaderSize = 10;
+constexpr std::size_t kGcmOverhead = 38;
+constexpr std::size_t kSivOverhead = 26;
+
+// What the header of some bytes says, by the format's rules.
+struct Header
+{
+	bool parses = false;
+	std::uint8_t algorithm = 0;
+	std::uint32_t key_id = 0;
+	std::uint32_t version = 0;
+};
+
+// Reads a big-endian 32-bit integer.
+std::uint32_t LoadBe32(const Bytes &b, std::size_t at)
+{
+	auto u = [&](std::size_t i)
+	{ return static_cast<std::uint32_t>(static_cast<unsigned char>(b[i])); };
+	return u(at) << 24 | u(at + 1) << 16 | u(at + 2) << 8 | u(at + 3);
+}
+
+// Writes a big-endian 32-bit integer at an offset.
+Bytes WithBe32(Bytes b, std::size_t at, std::uint32_t value)
+{
+	for (int i = 0; i < 4; i++)
+		b[at + i] = static_cast<char>(value >> (24 - 8 * i));
+	return b;
+}
+
+// Parses a header the way DESIGN.md's format table says.
+Header ParseHeader(const Bytes &b)
+{
+	Header h;
+	if (b.size() < kHeaderSize || b[0] != 0x01 || (b[1] != 0x01 && b[1] != 0x02))
+		return h;
+	h.algorithm = static_cast<std::uint8_t>(b[1]);
+	if (b.size() < (h.algorithm == 0x01 ? kGcmOverhead : kSivOverhead))
+		return h;
+	h.parses = true;
+	h.key_id = LoadBe32(b, 2);
+	h.version = LoadBe32(b, 6);
+	return h;
+}
+
+// Lower-case hex of some bytes, for failure messages.
+std::string Hex(const Bytes &b, std::size_t max = 48)
+{
+	static const char digits[] = "0123456789abcdef";
+	std::string out;
+	for (std::size_t i = 0; i < b.size() && i < max; i++)
+	{
+		out.push_back(digits[static_cast<unsigned char>(b[i]) >> 4]);
+		out.push_back(digits[static_cast<unsigned char>(b[i]) & 0x0f]);
+	}
+	return b.size() > max ? out + "...(" + std::to_string(b.size()) + " bytes)" : out;
+}
+
+// A genuine ciphertext made by pgkm_encrypt, with what it must decrypt to.
+struct Genuine
+{
+	std::string name;
+	Bytes ciphertext;
+	Bytes plaintext;
+	std::optional<Bytes> context; // nullopt: encrypted without one
+};
+
+// One input of the run: ciphertext and context (nullopt: SQL NULL), and what it was made from.
+struct Input
+{
+	std::string label;
+	std::optional<Bytes> ciphertext;
+	std::optional<Bytes> context;
+	int row_id = 0; // > 0: the ciphertext is read from hostile_values (stored, maybe toasted)
+};
+
+// The result of one call: success (value, or NULL) or an error with its SQLSTATE and text.
+struct Outcome
+{
+	bool ok = false;
+	bool null = false;
+	std::vector<std::optional<std::string>> row; // every column (one for all but info)
+	std::string sqlstate;
+	std::string text; // message, detail, hint and context of an error
+};
+
+// The statements under test: name, SQL with the ciphertext as a parameter and as a column of
+// hostile_values (table SQL: $1 is the row id), whether the context is text.
+struct Statement
+{
+	const char *name;
+	const char *sql;
+	const char *table_sql;
+	bool text_context; // $2 is text: only inputs whose context is valid text go here
+	bool has_context;
+};
+
+const Statement kStatements[] = {
+	{"decrypt(bytea,bytea)", "SELECT pgkm_decrypt($1::bytea, $2::bytea)",
+	 "SELECT pgkm_decrypt(v, $2::bytea) FROM hostile_values WHERE id = $1::int", false, true},
+	{"decrypt(bytea,text)", "SELECT pgkm_decrypt($1::bytea, $2::text)",
+	 "SELECT pgkm_decrypt(v, $2::text) FROM hostile_values WHERE id = $1::int", true, true},
+	{"decrypt_text", "SELECT pgkm_decrypt_text($1::bytea, $2::text)",
+	 "SELECT pgkm_decrypt_text(v, $2::text) FROM hostile_values WHERE id = $1::int", true, true},
+	{"ciphertext_info",
+	 "SELECT format_version, algorithm, key_id, key_name, key_version "
+	 "FROM pgkm_ciphertext_info($1::bytea)",
+	 "SELECT i.format_version, i.algorithm, i.key_id, i.key_name, i.key_version "
+	 "FROM hostile_values, pgkm_ciphertext_info(v) i WHERE id = $1::int",
+	 false, false},
+	{"rewrap(bytea,bytea)", "SELECT pgkm_rewrap($1::bytea, $2::bytea)",
+	 "SELECT pgkm_rewrap(v, $2::bytea) FROM hostile_values WHERE id = $1::int", false, true},
+	{"rewrap(bytea,text)", "SELECT pgkm_rewrap($1::bytea, $2::text)",
+	 "SELECT pgkm_rewrap(v, $2::text) FROM hostile_values WHERE id = $1::int", true, true},
+	// The header readers of the rotation worker's predicates (admin schema): the same bytes,
+	// read through a detoasting slice for stored values.
+	{"ciphertext_key_id", "SELECT pgkm.ciphertext_key_id($1::bytea)",
+	 "SELECT pgkm.ciphertext_key_id(v) FROM hostile_values WHERE id = $1::int", false, false},
+	{"ciphertext_version", "SELECT pgkm.ciphertext_version($1::bytea)",
+	 "SELECT pgkm.ciphertext_version(v) FROM hostile_values WHERE id = $1::int", false, false},
+};
+
+// What the catalog says about key versions: state by (key id, version), names, active version.
+struct Catalog
+{
+	std::map<std::pair<std::uint32_t, std::uint32_t>, std::string> state;
+	std::map<std::uint32_t, std::string> name;
+	std::map<std::uint32_t, std::uint32_t> active;
+};
+
+// Runs the prepared statements with binary parameters and checks every answer.
+class Prober
+{
+  public:
+	Prober(Connection &db, Catalog catalog, std::vector<Genuine> genuine,
+		   std::vector<std::string> secrets)
+		: db_(db), catalog_(std::move(catalog)), genuine_(std::move(genuine)),
+		  secrets_(std::move(secrets))
+	{
+		for (const auto &s : kStatements)
+		{
+			unsigned types[2] = {kByteaOid, s.text_context ? kTextOid : kByteaOid};
+			Result r(PQprepare(db_.raw(), s.name, s.sql, s.has_context ? 2 : 1, types));
+			if (!r.ok())
+				throw std::runtime_error(std::string("prepare ") + s.name + ": " + r.message());
+		}
+	}
+
+	// Prepares the statements that read the ciphertext from hostile_values (once it exists).
+	void PrepareTableStatements()
+	{
+		for (const auto &s : kStatements)
+		{
+			unsigned types[2] = {23 /* int4 */, s.text_context ? kTextOid : kByteaOid};
+			Result r(PQprepare(db_.raw(), (std::string("table ") + s.name).c_str(), s.table_sql,
+							   s.has_context ? 2 : 1, types));
+			if (!r.ok())
+				throw std::runtime_error(std::string("prepare table ") + s.name + ": " +
+										 r.message());
+		}
+	}
+
+	// Sends one input to every statement it fits and checks each outcome.
+	void Probe(const Input &in)
+	{
+		for (const auto &s : kStatements)
+		{
+			if (s.text_context && in.context && !IsText(*in.context))
+				continue;
+			Check(s, in, Call(s, in));
+		}
+	}
+
+	// Per statement: calls, successes, and the SQLSTATEs seen with their counts.
+	std::string Summary() const
+	{
+		std::string out;
+		for (const auto &s : kStatements)
+		{
+			const auto &c = counts_.at(s.name);
+			out += std::string("  ") + s.name + ": " + std::to_string(c.calls) + " calls, " +
+				   std::to_string(c.ok) + " ok, " + std::to_string(c.null) + " null";
+			for (const auto &[state, n] : c.sqlstates)
+				out += ", " + state + " x" + std::to_string(n);
+			out += "\n";
+		}
+		return out;
+	}
+
+	long long calls() const
+	{
+		long long n = 0;
+		for (const auto &[name, c] : counts_)
+			n += c.calls;
+		return n;
+	}
+	long long mismatches() const { return mismatches_; }
+	bool broken() const { return broken_; }
+	const std::set<std::string> &sqlstates() const { return seen_; }
+	long long okCount(const std::string &statement) const
+	{
+		auto it = counts_.find(statement);
+		return it == counts_.end() ? 0 : it->second.ok;
+	}
+
+  private:
+	struct Counts
+	{
+		long long calls = 0, ok = 0, null = 0;
+		std::map<std::string, long long> sqlstates;
+	};
+
+	// Text parameters must be valid UTF-8 without NUL bytes; ours are ASCII when they are.
+	static bool IsText(const Bytes &b)
+	{
+		return std::all_of(b.begin(), b.end(),
+						   [](char c) { return c > 0 && static_cast<unsigned char>(c) < 0x80; });
+	}
+
+	// Executes one statement with binary parameters (and binary results, but for info).
+	Outcome Call(const Statement &s, const Input &in)
+	{
+		const std::string row_id = std::to_string(in.row_id);
+		const char *values[2] = {in.ciphertext ? in.ciphertext->data() : nullptr,
+								 in.context ? in.context->data() : nullptr};
+		int lengths[2] = {in.ciphertext ? static_cast<int>(in.ciphertext->size()) : 0,
+						  in.context ? static_cast<int>(in.context->size()) : 0};
+		int formats[2] = {1, 1};
+		const std::string name = s.name;
+		const std::string statement = in.row_id > 0 ? "table " + name : name;
+		if (in.row_id > 0)
+		{
+			values[0] = row_id.c_str();
+			formats[0] = 0;
+		}
+		// Results in binary (bytea and text as their bytes), but the rows of numbers and names.
+		const bool text_result = name == "ciphertext_info" || name.rfind("ciphertext_", 0) == 0;
+		PGresult *res = PQexecPrepared(db_.raw(), statement.c_str(), s.has_context ? 2 : 1, values,
+									   lengths, formats, text_result ? 0 : 1);
+		Outcome o;
+		if (res == nullptr || PQstatus(db_.raw()) != CONNECTION_OK)
+		{
+			broken_ = true;
+			ADD_FAILURE() << s.name << " on " << in.label
+						  << " broke the connection: " << PQerrorMessage(db_.raw());
+			if (res)
+				PQclear(res);
+			throw std::runtime_error("connection lost");
+		}
+		Result r(res);
+		if (r.ok())
+		{
+			o.ok = true;
+			if (r.rows() != 1)
+				o.sqlstate = "rows:" + std::to_string(r.rows());
+			for (int c = 0; r.rows() == 1 && c < r.cols(); c++)
+			{
+				if (r.isNull(0, c))
+					o.row.push_back(std::nullopt);
+				else
+					o.row.emplace_back(std::string(PQgetvalue(res, 0, c), PQgetlength(res, 0, c)));
+			}
+			o.null = o.row.size() == 1 && !o.row[0];
+		}
+		else
+		{
+			o.sqlstate = r.sqlstate();
+			for (int field : {PG_DIAG_MESSAGE_PRIMARY, PG_DIAG_MESSAGE_DETAIL, PG_DIAG_MESSAGE_HINT,
+							  PG_DIAG_CONTEXT, PG_DIAG_INTERNAL_QUERY})
+				if (const char *f = PQresultErrorField(res, field))
+					o.text += std::string(f) + "\n";
+		}
+		return o;
+	}
+
+	// The genuine ciphertext these exact bytes are, if any.
+	const Genuine *FindGenuine(const Bytes &b) const
+	{
+		for (const auto &g : genuine_)
+			if (g.ciphertext == b)
+				return &g;
+		return nullptr;
+	}
+
+	// Whether a context is the one a genuine value was encrypted with (NULL and empty alike).
+	static bool SameContext(const std::optional<Bytes> &a, const std::optional<Bytes> &b)
+	{
+		return a.value_or("") == b.value_or("");
+	}
+
+	// The SQLSTATE the header and catalog call for before any decryption, or "" if none.
+	std::string HeaderFailure(const Header &h) const
+	{
+		if (!h.parses)
+			return "22P03";
+		if (h.algorithm != 0x01)
+			return "0A000";
+		auto it = catalog_.state.find({h.key_id, h.version});
+		if (it == catalog_.state.end())
+			return "42704";
+		if (it->second != "active" && it->second != "decrypt_only")
+			return "55000";
+		return "";
+	}
+
+	// Reports a mismatch (the first few in full) and counts it.
+	void Mismatch(const Statement &s, const Input &in, const Outcome &o, const std::string &want)
+	{
+		if (mismatches_++ < 25)
+			ADD_FAILURE() << s.name << " on " << in.label << " ("
+						  << (in.ciphertext ? Hex(*in.ciphertext) : "NULL") << "): expected "
+						  << want << ", got "
+						  << (o.ok ? (o.null ? "NULL" : "success") : o.sqlstate + " " + o.text);
+	}
+
+	// Checks one outcome against what the bytes call for.
+	void Check(const Statement &s, const Input &in, const Outcome &o)
+	{
+		auto &c = counts_[s.name];
+		c.calls++;
+		if (o.ok)
+			(o.null ? c.null : c.ok)++;
+		else
+		{
+			c.sqlstates[o.sqlstate]++;
+			seen_.insert(o.sqlstate);
+			for (const auto &secret : secrets_)
+				if (o.text.find(secret) != std::string::npos)
+					Mismatch(s, in, o, "an error without plaintext");
+		}
+		const std::string name = s.name;
+		if (name == "ciphertext_info")
+			CheckInfo(s, in, o);
+		else if (name == "ciphertext_key_id" || name == "ciphertext_version")
+			CheckHeaderField(s, in, o, name == "ciphertext_key_id");
+		else if (name.rfind("rewrap", 0) == 0)
+			CheckRewrap(s, in, o);
+		else
+			CheckDecrypt(s, in, o, name == "decrypt_text");
+	}
+
+	// ciphertext_info: the header's fields, 22P03, or a row of NULLs for NULL.
+	void CheckInfo(const Statement &s, const Input &in, const Outcome &o)
+	{
+		if (!in.ciphertext)
+		{
+			bool nulls =
+				o.ok && std::all_of(o.row.begin(), o.row.end(), [](auto &v) { return !v; });
+			if (!nulls)
+				Mismatch(s, in, o, "a row of NULLs");
+			return;
+		}
+		const Header h = ParseHeader(*in.ciphertext);
+		if (!h.parses)
+		{
+			if (o.ok || o.sqlstate != "22P03")
+				Mismatch(s, in, o, "22P03");
+			return;
+		}
+		auto name = catalog_.name.find(h.key_id);
+		std::vector<std::optional<std::string>> want = {
+			"1", h.algorithm == 0x01 ? "aes-256-gcm" : "aes-256-siv", std::to_string(h.key_id),
+			name == catalog_.name.end() ? std::nullopt : std::optional<std::string>(name->second),
+			std::to_string(h.version)};
+		if (!o.ok || o.row != want)
+			Mismatch(s, in, o, "the header's fields");
+	}
+
+	// ciphertext_key_id / ciphertext_version (STRICT): the header's field, 22P03, or NULL.
+	void CheckHeaderField(const Statement &s, const Input &in, const Outcome &o, bool key_id)
+	{
+		if (!in.ciphertext)
+		{
+			if (!o.ok || !o.null)
+				Mismatch(s, in, o, "NULL");
+			return;
+		}
+		const Header h = ParseHeader(*in.ciphertext);
+		if (!h.parses)
+		{
+			if (o.ok || o.sqlstate != "22P03")
+				Mismatch(s, in, o, "22P03");
+			return;
+		}
+		const std::string want = std::to_string(key_id ? h.key_id : h.version);
+		if (!o.ok || o.null || o.row.size() != 1 || *o.row[0] != want)
+			Mismatch(s, in, o, want);
+	}
+
+	// decrypt / decrypt_text: the plaintext for a genuine value and its context, else the
+	// SQLSTATE the bytes call for.
+	void CheckDecrypt(const Statement &s, const Input &in, const Outcome &o, bool text)
+	{
+		if (!in.ciphertext)
+		{
+			if (!o.ok || !o.null)
+				Mismatch(s, in, o, "NULL");
+			return;
+		}
+		std::string want = HeaderFailure(ParseHeader(*in.ciphertext));
+		const Genuine *g = FindGenuine(*in.ciphertext);
+		if (want.empty())
+		{
+			if (g == nullptr || !SameContext(g->context, in.context))
+				want = "22000";
+			else if (text && !ValidUtf8(g->plaintext))
+				want = "22021";
+		}
+		if (!want.empty())
+		{
+			if (o.ok || o.sqlstate != want)
+				Mismatch(s, in, o, want);
+			return;
+		}
+		if (!o.ok || o.null || o.row.size() != 1 || *o.row[0] != g->plaintext)
+			Mismatch(s, in, o, "the plaintext of " + g->name);
+	}
+
+	// rewrap: unchanged when the header names the key's active version, a new ciphertext under
+	// it that decrypts to the same plaintext for a genuine value and its context, else the
+	// SQLSTATE the bytes call for.
+	void CheckRewrap(const Statement &s, const Input &in, const Outcome &o)
+	{
+		if (!in.ciphertext)
+		{
+			if (!o.ok || !o.null)
+				Mismatch(s, in, o, "NULL");
+			return;
+		}
+		const Header h = ParseHeader(*in.ciphertext);
+		std::string want = HeaderFailure(h);
+		if (want.empty())
+		{
+			auto active = catalog_.active.find(h.key_id);
+			if (active == catalog_.active.end())
+				want = "55000";
+			else if (active->second == h.version)
+			{
+				// Documented: a value under the active version is returned as it is, unread.
+				if (!o.ok || o.null || *o.row[0] != *in.ciphertext)
+					Mismatch(s, in, o, "the input unchanged");
+				return;
+			}
+		}
+		const Genuine *g = FindGenuine(*in.ciphertext);
+		if (want.empty() && (g == nullptr || !SameContext(g->context, in.context)))
+			want = "22000";
+		if (!want.empty())
+		{
+			if (o.ok || o.sqlstate != want)
+				Mismatch(s, in, o, want);
+			return;
+		}
+		if (!o.ok || o.null)
+		{
+			Mismatch(s, in, o, "a new ciphertext of " + g->name);
+			return;
+		}
+		const Bytes &out = *o.row[0];
+		const Header nh = ParseHeader(out);
+		bool good =
+			nh.parses && nh.key_id == h.key_id && nh.version == catalog_.active.at(h.key_id);
+		for (const auto &secret : secrets_)
+			if (out.find(secret) != std::string::npos)
+				good = false;
+		if (good)
+		{
+			const char *values[2] = {out.data(), g->context ? g->context->data() : nullptr};
+			int lengths[2] = {static_cast<int>(out.size()),
+							  g->context ? static_cast<int>(g->context->size()) : 0};
+			int formats[2] = {1, 1};
+			PGresult *res =
+				PQexecPrepared(db_.raw(), "decrypt(bytea,bytea)", 2, values, lengths, formats, 1);
+			Result r(res);
+			good = r.ok() && r.rows() == 1 &&
+				   std::string(PQgetvalue(res, 0, 0), PQgetlength(res, 0, 0)) == g->plaintext;
+		}
+		if (!good)
+			Mismatch(s, in, o, "a new ciphertext under the active version of " + g->name);
+	}
+
+	// Whether bytes are valid UTF-8 (the test database's encoding).
+	static bool ValidUtf8(const Bytes &b)
+	{
+		for (std::size_t i = 0; i < b.size();)
+		{
+			auto c = static_cast<unsigned char>(b[i]);
+			std::size_t n = c < 0x80           ? 1
+							: (c >> 5) == 0x6  ? 2
+							: (c >> 4) == 0xe  ? 3
+							: (c >> 3) == 0x1e ? 4
+											   : 0;
+			if (n == 0 || c == 0 || i + n > b.size())
+				return false;
+			for (std::size_t k = 1; k < n; k++)
+				if ((static_cast<unsigned char>(b[i + k]) & 0xc0) != 0x80)
+					return false;
+			i += n;
+		}
+		return true;
+	}
+
+	Connection &db_;
+	Catalog catalog_;
+	std::vector<Genuine> genuine_;
+	std::vector<std::string> secrets_;
+	std::map<std::string, Counts> counts_;
+	std::set<std::string> seen_;
+	long long mismatches_ = 0;
+	bool broken_ = false;
+};
+
+// Encrypts a plaintext with a key (binary parameters) and returns the ciphertext.
+Bytes Encrypt(Connection &db, const Bytes &plain, const std::string &key,
+			  const std::optional<Bytes> &context)
+{
+	const char *values[3] = {plain.data(), key.c_str(), context ? context->data() : nullptr};
+	int lengths[3] = {static_cast<int>(plain.size()), static_cast<int>(key.size()),
+					  context ? static_cast<int>(context->size()) : 0};
+	int formats[3] = {1, 0, 1};
+	unsigned types[3] = {kByteaOid, kTextOid, kByteaOid};
+	PGresult *res = PQexecParams(db.raw(), "SELECT pgkm_encrypt($1, $2, $3)", 3, types, values,
+								 lengths, formats, 1);
+	Result r(res);
+	if (!r.ok())
+		throw std::runtime_error("pgkm_encrypt failed: " + r.message());
+	return Bytes(PQgetvalue(res, 0, 0), PQgetlength(res, 0, 0));
+}
+
+// Reads the key versions of the database.
+Catalog ReadCatalog(Connection &db)
+{
+	Catalog c;
+	Result r = db.exec("SELECT v.key_id, v.version, v.state, k.name FROM pgkm.key_versions v "
+					   "JOIN pgkm.keys k USING (key_id)");
+	for (int i = 0; i < r.rows(); i++)
+	{
+		auto id = static_cast<std::uint32_t>(r.getInt(i, 0));
+		auto version = static_cast<std::uint32_t>(r.getInt(i, 1));
+		c.state[{id, version}] = r.get(i, 2);
+		c.name[id] = r.get(i, 3);
+		if (r.get(i, 2) == "active")
+			c.active[id] = version;
+	}
+	return c;
+}
+
+// Random bytes of a given length.
+Bytes RandomBytes(std::mt19937 &rng, std::size_t n)
+{
+	Bytes b(n, '\0');
+	for (auto &ch : b)
+		ch = static_cast<char>(rng() & 0xff);
+	return b;
+}
+
+} // namespace
+
+TEST(HostileInput, EveryByteStringGetsItsPlaintextOrItsSqlstate)
+{
+	const auto started = Clock::now();
+	Cluster cluster;
+	cluster.start();
+	Connection db = cluster.connect();
+	// A second session that stays idle throughout: it survives only if no backend crashes.
+	Connection watcher = cluster.connect();
+	const int watcher_pid = watcher.backendPid();
+	const int postmaster_pid = cluster.postmasterPid();
+	const std::string start_time = watcher.value("SELECT pg_postmaster_start_time()::text");
+	ASSERT_GT(postmaster_pid, 0);
+
+	// Another database with keys of the same names: the same ids name other DEKs there.
+	db.exec("CREATE DATABASE foreign_db");
+	Connection foreign = cluster.connect("foreign_db");
+	foreign.exec("CREATE EXTENSION pgkm");
+	for (const char *k : {"hostile", "f2", "f3", "f4", "f5"})
+		foreign.exec("SELECT pgkm.create_key($1)", {k});
+
+	SetUpExtension(db, "hostile");
+	db.exec("SELECT pgkm.create_key('other')");
+	db.exec("SELECT pgkm.create_key('disabled_key')");
+	db.exec("SET pgkm.audit_level = row");
+
+	const Bytes p1 = "HOSTILE-PLAINTEXT-one-7f3a9c51";
+	const Bytes p2 = "HOSTILE-PLAINTEXT-two-0b4e8d22";
+	const Bytes p3 = "HOSTILE-PLAINTEXT-three-93c1aa07";
+	const Bytes p4 = "HOSTILE-PLAINTEXT-foreign-55e01b";
+	const Bytes p5 = "HOSTILE-PLAINTEXT-disabled-c3d2e1";
+	Bytes p_big;
+	for (int i = 0; p_big.size() < 1000; i++)
+		p_big += "HOSTILE-PLAINTEXT-big-" + std::to_string(i) + ";";
+	p_big.resize(1000);
+	const Bytes p_binary("\xff\xfe\x00\x41 not text", 13);
+	const Bytes ctx1 = "row-17";
+	const Bytes ctx_bin("\x00ctx\x00\xff", 6);
+
+	std::vector<Genuine> genuine = {
+		{"g1 (v1, context)", Encrypt(db, p1, "hostile", ctx1), p1, ctx1},
+		{"g0 (v1, empty plaintext)", Encrypt(db, "", "hostile", std::nullopt), "", std::nullopt},
+		{"gbig (v1, 1000 bytes, binary context)", Encrypt(db, p_big, "hostile", ctx_bin), p_big,
+		 ctx_bin},
+		{"gbin (v1, not text)", Encrypt(db, p_binary, "hostile", std::nullopt), p_binary,
+		 std::nullopt},
+		{"gother (other key)", Encrypt(db, p3, "other", std::nullopt), p3, std::nullopt},
+		{"gdis (disabled version)", Encrypt(db, p5, "disabled_key", ctx1), p5, ctx1},
+	};
+	db.exec("SELECT pgkm.rotate_key('hostile')");
+	genuine.push_back({"g2 (v2 active, context)", Encrypt(db, p2, "hostile", ctx1), p2, ctx1});
+	db.exec("SELECT pgkm.disable_key_version('disabled_key', 1)");
+	const Bytes g1 = genuine[0].ciphertext, g0 = genuine[1].ciphertext,
+				gbig = genuine[2].ciphertext, gother = genuine[4].ciphertext,
+				g2 = genuine.back().ciphertext;
+	const Bytes foreign1 = Encrypt(foreign, p4, "hostile", ctx1);
+	const Bytes foreign5 = Encrypt(foreign, p4, "f5", std::nullopt);
+	const Catalog catalog = ReadCatalog(db);
+	ASSERT_EQ(catalog.state.size(), 4u);
+	ASSERT_EQ(ParseHeader(foreign1).key_id, ParseHeader(g1).key_id)
+		<< "the foreign ciphertext should name a key id that exists here too";
+	ASSERT_EQ(catalog.name.count(ParseHeader(foreign5).key_id), 0u);
+
+	std::vector<std::string> secrets = {p1, p2, p3, p4, p5, p_big.substr(0, 40), "not text"};
+	Prober prober(db, catalog, genuine, secrets);
+	std::mt19937 rng(20240605);
+	long long inputs = 0;
+	auto probe = [&](std::string label, std::optional<Bytes> ct, std::optional<Bytes> ctx)
+	{
+		prober.Probe({std::move(label), std::move(ct), std::move(ctx)});
+		inputs++;
+	};
+
+	// The untouched values with their contexts, and with every wrong context.
+	for (const auto &g : genuine)
+	{
+		probe(g.name, g.ciphertext, g.context);
+		const Bytes c = g.context.value_or("");
+		probe(g.name + " NULL context", g.ciphertext, std::nullopt);
+		probe(g.name + " empty context", g.ciphertext, Bytes());
+		probe(g.name + " context+x", g.ciphertext, c + "x");
+		probe(g.name + " context+NUL", g.ciphertext, c + Bytes(1, '\0'));
+		if (!c.empty())
+		{
+			probe(g.name + " context-1", g.ciphertext, c.substr(0, c.size() - 1));
+			Bytes upper = c;
+			std::transform(upper.begin(), upper.end(), upper.begin(), ::toupper);
+			probe(g.name + " context upper", g.ciphertext, upper);
+		}
+		probe(g.name + " 100 kB context", g.ciphertext, Bytes(100000, 'c'));
+	}
+	// NULLs and empty values.
+	probe("NULL", std::nullopt, std::nullopt);
+	probe("NULL with context", std::nullopt, ctx1);
+	probe("empty", Bytes(), std::nullopt);
+	probe("empty with context", Bytes(), ctx1);
+
+	// Every truncation.
+	for (const Bytes *g : {&g1, &g0, &g2, &gother, &gbig})
+		for (std::size_t n = 0; n < g->size(); n++)
+			probe("truncated to " + std::to_string(n), g->substr(0, n),
+				  *g == gbig ? ctx_bin : ctx1);
+
+	// Every single-bit flip of the short ones.
+	for (const Bytes *g : {&g1, &g0, &g2, &gother})
+		for (std::size_t bit = 0; bit < 8 * g->size(); bit++)
+		{
+			Bytes m = *g;
+			m[bit / 8] = static_cast<char>(m[bit / 8] ^ (1 << (bit % 8)));
+			probe("bit " + std::to_string(bit) + " flipped", m,
+				  *g == g0 || *g == gother ? std::nullopt : std::optional<Bytes>(ctx1));
+		}
+
+	// A byte inserted or deleted at each position; bytes appended.
+	for (std::size_t i = 0; i <= g1.size(); i++)
+	{
+		Bytes ins = g1;
+		ins.insert(ins.begin() + static_cast<long>(i), static_cast<char>(rng()));
+		probe("byte inserted at " + std::to_string(i), ins, ctx1);
+		if (i < g1.size())
+		{
+			Bytes del = g1;
+			del.erase(del.begin() + static_cast<long>(i));
+			probe("byte deleted at " + std::to_string(i), del, ctx1);
+		}
+	}
+	for (std::size_t n = 1; n <= 40; n++)
+	{
+		probe(std::to_string(n) + " zero bytes appended", g1 + Bytes(n, '\0'), ctx1);
+		probe(std::to_string(n) + " random bytes appended", g1 + RandomBytes(rng, n), ctx1);
+	}
+
+	// Each header field altered: format and algorithm bytes (all values), key id, version.
+	for (int v = 0; v < 256; v++)
+	{
+		Bytes f = g1, a = g1;
+		f[0] = static_cast<char>(v);
+		a[1] = static_cast<char>(v);
+		probe("format byte " + std::to_string(v), f, ctx1);
+		probe("algorithm byte " + std::to_string(v), a, ctx1);
+	}
+	const std::uint32_t ids[] = {0, 1, 2, 3, 4, 5, 6, 0x7fffffff, 0x80000000, 0xffffffff};
+	for (std::uint32_t id : ids)
+	{
+		probe("key id " + std::to_string(id), WithBe32(g1, 2, id), ctx1);
+		probe("version " + std::to_string(id), WithBe32(g1, 6, id), ctx1);
+		probe("v2 key id " + std::to_string(id), WithBe32(g2, 2, id), ctx1);
+		probe("v2 version " + std::to_string(id), WithBe32(g2, 6, id), ctx1);
+	}
+	// SIV-shaped values (this version cannot decrypt them): every length around the minimum.
+	for (std::size_t n = 20; n < 60; n++)
+	{
+		Bytes siv = g1.substr(0, 10) + RandomBytes(rng, n - 10);
+		siv[1] = 0x02;
+		probe("siv " + std::to_string(n) + " bytes", siv, ctx1);
+	}
+
+	// Fields swapped between ciphertexts: header, nonce, body and tag of another value.
+	auto part = [](const Bytes &b, std::size_t from, std::size_t n) { return b.substr(from, n); };
+	probe("g1 under g2's header", part(g2, 0, 10) + g1.substr(10), ctx1);
+	probe("g2 under g1's header", part(g1, 0, 10) + g2.substr(10), ctx1);
+	probe("g1 with g2's nonce", g1.substr(0, 10) + part(g2, 10, 12) + g1.substr(22), ctx1);
+	probe("g1 with g2's tag", g1.substr(0, g1.size() - 16) + g2.substr(g2.size() - 16), ctx1);
+	probe("g1 with g2's body", g1.substr(0, 22) + g2.substr(22), ctx1);
+	probe("gother under g1's header", part(g1, 0, 10) + gother.substr(10), std::nullopt);
+	probe("g1 twice", g1 + g1, ctx1);
+	probe("g1 with tag zeroed", g1.substr(0, g1.size() - 16) + Bytes(16, '\0'), ctx1);
+
+	// Ciphertexts of another database: the same key id names another DEK here, or none.
+	probe("foreign (same key id, other DEK)", foreign1, ctx1);
+	probe("foreign (same key id, other DEK), no context", foreign1, std::nullopt);
+	probe("foreign (key id unknown here)", foreign5, std::nullopt);
+	probe("foreign body under g1's header", g1.substr(0, 10) + foreign1.substr(10), ctx1);
+
+	// Random bytes: bare, and behind a plausible header of each version in the catalog.
+	for (int i = 0; i < 600; i++)
+		probe("random " + std::to_string(i), RandomBytes(rng, rng() % 120),
+			  i % 3 ? std::optional<Bytes>(RandomBytes(rng, rng() % 16)) : std::nullopt);
+	for (int i = 0; i < 600; i++)
+	{
+		Bytes b = RandomBytes(rng, 38 + rng() % 80);
+		const Bytes &like = (i % 3 == 0) ? g1 : (i % 3 == 1) ? g2 : gother;
+		std::copy(like.begin(), like.begin() + 10, b.begin());
+		probe("random behind a header " + std::to_string(i), b, ctx1);
+	}
+
+	// Megabyte inputs: random, and a plausible header in front of random bytes.
+	Bytes mb = RandomBytes(rng, 1 << 20);
+	probe("1 MiB random", mb, std::nullopt);
+	std::copy(g1.begin(), g1.begin() + 10, mb.begin());
+	probe("1 MiB behind g1's header", mb, ctx1);
+	probe(
+		"1 MiB of g1 repeated",
+		[&]
+		{
+			Bytes r;
+			while (r.size() < (1u << 20))
+				r += g1;
+			return r;
+		}(),
+		ctx1);
+
+	// Stored values, read from a table: out of line, compressed inline, compressed out of line
+	// (pglz and lz4), so the functions detoast (and the header readers slice) hostile bytes.
+	db.exec("CREATE TABLE hostile_values (id int PRIMARY KEY, v bytea)");
+	const Bytes siv_header = [&]
+	{
+		Bytes h = g1.substr(0, 10);
+		h[1] = 0x02;
+		return h;
+	}();
+	std::vector<std::pair<std::string, Input>> stored_values = {
+		{"g1", {"", g1, ctx1}},
+		{"gbig", {"", gbig, ctx_bin}},
+		{"g2", {"", g2, ctx1}},
+		{"g1 header + 100 kB zeros", {"", g1.substr(0, 10) + Bytes(100000, '\0'), ctx1}},
+		{"g1 header + 1 MiB zeros", {"", g1.substr(0, 10) + Bytes(1 << 20, '\0'), ctx1}},
+		{"g2 header + 100 kB zeros", {"", g2.substr(0, 10) + Bytes(100000, '\0'), ctx1}},
+		{"g1 header + 4 kB random", {"", g1.substr(0, 10) + RandomBytes(rng, 4000), ctx1}},
+		{"g1 x 2000",
+		 {"",
+		  [&]
+		  {
+			  Bytes r;
+			  for (int i = 0; i < 2000; i++)
+				  r += g1;
+			  return r;
+		  }(),
+		  ctx1}},
+		{"siv header + 100 kB zeros", {"", siv_header + Bytes(100000, '\0'), ctx1}},
+		{"100 kB of A", {"", Bytes(100000, 'A'), std::nullopt}},
+		{"5 kB zeros", {"", Bytes(5000, '\0'), std::nullopt}},
+		{"format 2 + 100 kB zeros", {"", Bytes(1, '\x02') + Bytes(100000, '\0'), std::nullopt}},
+		{"g1 truncated to 37", {"", g1.substr(0, 37), ctx1}},
+		{"header only + 3 kB of header",
+		 {"",
+		  [&]
+		  {
+			  Bytes r;
+			  while (r.size() < 3000)
+				  r += g1.substr(0, 10);
+			  return r;
+		  }(),
+		  ctx1}},
+		{"empty", {"", Bytes(), std::nullopt}},
+		{"NULL", {"", std::nullopt, std::nullopt}},
+	};
+	const char *storage[] = {
+		"ALTER TABLE hostile_values ALTER COLUMN v SET STORAGE EXTERNAL",
+		"ALTER TABLE hostile_values ALTER COLUMN v SET STORAGE MAIN, ALTER COLUMN v SET "
+		"COMPRESSION pglz",
+		"ALTER TABLE hostile_values ALTER COLUMN v SET STORAGE EXTENDED, ALTER COLUMN v SET "
+		"COMPRESSION pglz",
+		"ALTER TABLE hostile_values ALTER COLUMN v SET STORAGE EXTENDED, ALTER COLUMN v SET "
+		"COMPRESSION lz4",
+	};
+	std::vector<Input> stored;
+	for (const char *mode : storage)
+	{
+		db.exec(mode);
+		for (const auto &[name, value] : stored_values)
+		{
+			Input in = value;
+			in.row_id = static_cast<int>(stored.size()) + 1;
+			in.label = "stored " + name + " (" + std::string(mode).substr(48) + ")";
+			const std::string id = std::to_string(in.row_id);
+			const char *values[2] = {id.c_str(), in.ciphertext ? in.ciphertext->data() : nullptr};
+			int lengths[2] = {0, in.ciphertext ? static_cast<int>(in.ciphertext->size()) : 0};
+			int formats[2] = {0, 1};
+			Result r(PQexecParams(db.raw(),
+								  "INSERT INTO hostile_values VALUES ($1::int, $2::bytea)", 2,
+								  nullptr, values, lengths, formats, 0));
+			ASSERT_TRUE(r.ok()) << r.message();
+			stored.push_back(in);
+		}
+	}
+	// Each way of storing happened: out of line uncompressed (longer than a page and not
+	// compressed), and compressed with each method.
+	EXPECT_GT(db.intValue("SELECT count(*) FROM hostile_values WHERE pg_column_compression(v) "
+						  "IS NULL AND octet_length(v) > 8192"),
+			  0);
+	EXPECT_GT(db.intValue("SELECT count(*) FROM hostile_values WHERE pg_column_compression(v) "
+						  "= 'pglz'"),
+			  0);
+	EXPECT_GT(db.intValue("SELECT count(*) FROM hostile_values WHERE pg_column_compression(v) "
+						  "= 'lz4'"),
+			  0);
+	prober.PrepareTableStatements();
+	for (const auto &in : stored)
+	{
+		prober.Probe(in);
+		inputs++;
+	}
+
+	const auto elapsed =
+		std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started);
+	Note("hostile input: " + std::to_string(inputs) + " inputs, " + std::to_string(prober.calls()) +
+		 " calls in " + std::to_string(elapsed.count()) + " ms\n" + prober.Summary());
+
+	EXPECT_EQ(prober.mismatches(), 0);
+	// The run reached every outcome: each decrypt signature returned plaintext for the
+	// genuine values, and every SQLSTATE the inputs call for was seen.
+	EXPECT_GE(prober.okCount("decrypt(bytea,bytea)"), 6);
+	EXPECT_GE(prober.okCount("rewrap(bytea,bytea)"), 5);
+	for (const char *state : {"22P03", "22000", "42704", "55000", "0A000", "22021"})
+		EXPECT_EQ(prober.sqlstates().count(state), 1u) << state << " was never seen";
+	EXPECT_EQ(prober.sqlstates().size(), 6u);
+
+	// The server never restarted: same postmaster, same start time, the idle session alive
+	// in the same backend.
+	EXPECT_EQ(cluster.postmasterPid(), postmaster_pid);
+	ASSERT_TRUE(watcher.alive());
+	EXPECT_EQ(watcher.backendPid(), watcher_pid);
+	EXPECT_EQ(watcher.value("SELECT pg_backend_pid()"), std::to_string(watcher_pid));
+	EXPECT_EQ(watcher.value("SELECT pg_postmaster_start_time()::text"), start_time);
+
+	// No plaintext in the server log or the audit log. The probe shows that a value which
+	// reaches an error message does reach the log.
+	Result probe_error = db.query("SELECT 'PROBE-MARKER-4d1c'::int");
+	EXPECT_EQ(probe_error.sqlstate(), "22P02");
+	db.exec("SELECT pgkm.audit_flush(false)");
+	const std::string log = cluster.serverLog();
+	EXPECT_NE(log.find("PROBE-MARKER-4d1c"), std::string::npos);
+	for (const auto &secret : secrets)
+		EXPECT_EQ(log.find(secret), std::string::npos) << "the server log contains a plaintext";
+	EXPECT_EQ(log.find("terminated by signal"), std::string::npos);
+	const long long failed_records =
+		db.intValue("SELECT count(*) FROM pgkm.audit_log WHERE action = 'failed'");
+	Note("audit records of failed calls: " + std::to_string(failed_records));
+	EXPECT_GT(failed_records, 1000);
+	for (const auto &secret : secrets)
+		EXPECT_EQ(db.value("SELECT count(*) FROM pgkm.audit_log a WHERE "
+						   "strpos(row_to_json(a)::text, $1) > 0",
+						   {secret}),
+				  "0");
+}
+
+} // namespace pgkm::it

@@ -139,8 +139,7 @@ std::string Generated(long long n)
 	if (piece == 0)
 		throw std::runtime_error("no piece length divides " + std::to_string(n));
 	return "repeat(substr(repeat(md5('pgkm'), " + std::to_string(piece / 32 + 1) + "), 1, " +
-		   std::to_string(piece) + "), " + std::to_string(n / piece) +
-		   " + (random() * 0)::int)";
+		   std::to_string(piece) + "), " + std::to_string(n / piece) + " + (random() * 0)::int)";
 }
 
 // Samples a process's RssAnon every 2 ms on a thread while alive, keeping the maximum:
@@ -253,8 +252,8 @@ TEST(ResourceLimitsProbe, PeakAndSamplerSeeAllocations)
 	cluster.start();
 	Connection db = cluster.connect();
 	db.exec("SELECT 1");
-	Cost small = MeasureOk(db, "probe: octet_length(1 MiB)",
-						   "SELECT octet_length(" + Generated(kMiB) + ")");
+	Cost small =
+		MeasureOk(db, "probe: octet_length(1 MiB)", "SELECT octet_length(" + Generated(kMiB) + ")");
 	Cost big = MeasureOk(db, "probe: octet_length(256 MiB)",
 						 "SELECT octet_length(" + Generated(kLarge) + ")");
 	EXPECT_EQ(big.result.get(0, 0), std::to_string(kLarge));
@@ -302,8 +301,8 @@ TEST(ResourceLimits, OversizedValueIsRefusedBeforeAllocating)
 		if (text_input == 0)
 			text_input = input.peak;
 		Cost refused = Measure(db, "SELECT octet_length(pgkm_encrypt(" + v.input + ", 'big'))");
-		Note(std::string("1 GB + 1, ") + v.what + ": refused at peak +" + Mb(refused.peak) +
-			 ", " + std::to_string(refused.seconds) + " s");
+		Note(std::string("1 GB + 1, ") + v.what + ": refused at peak +" + Mb(refused.peak) + ", " +
+			 std::to_string(refused.seconds) + " s");
 		EXPECT_EQ(refused.result.sqlstate(), "54000") << refused.result.message();
 		EXPECT_NE(refused.result.message().find("value of " + std::to_string(too_big) +
 												" bytes is too large to encrypt"),
@@ -365,19 +364,19 @@ TEST(ResourceLimits, LargeValueRoundTripsAtTheCostOfItsOutputs)
 	const std::string bytes = "convert_to(" + text + ", 'UTF8')";
 	const std::string sha256 = db.value("SELECT encode(sha256(" + bytes + "), 'hex')");
 	const std::string md5 = db.value("SELECT md5(" + text + ")");
-	Cost text_input = MeasureOk(db, "256 MiB text: the input alone",
-								"SELECT octet_length(" + text + ")");
-	Cost bytes_input = MeasureOk(db, "256 MiB bytea: the input alone",
-								 "SELECT octet_length(" + bytes + ")");
+	Cost text_input =
+		MeasureOk(db, "256 MiB text: the input alone", "SELECT octet_length(" + text + ")");
+	Cost bytes_input =
+		MeasureOk(db, "256 MiB bytea: the input alone", "SELECT octet_length(" + bytes + ")");
 
-	Cost encrypt = MeasureOk(db, "256 MiB: encrypt",
-							 "SELECT octet_length(pgkm_encrypt(" + text + ", 'big'))");
+	Cost encrypt =
+		MeasureOk(db, "256 MiB: encrypt", "SELECT octet_length(pgkm_encrypt(" + text + ", 'big'))");
 	EXPECT_EQ(encrypt.result.get(0, 0), std::to_string(kLarge + kGcmOverhead));
 	EXPECT_LT(encrypt.peak - text_input.peak, kLarge + kSlack);
 
-	Cost bytea = MeasureOk(db, "256 MiB: encrypt + decrypt (bytea) + sha256",
-						   "SELECT encode(sha256(pgkm_decrypt(pgkm_encrypt(" + bytes +
-							   ", 'big'))), 'hex')");
+	Cost bytea =
+		MeasureOk(db, "256 MiB: encrypt + decrypt (bytea) + sha256",
+				  "SELECT encode(sha256(pgkm_decrypt(pgkm_encrypt(" + bytes + ", 'big'))), 'hex')");
 	EXPECT_EQ(bytea.result.get(0, 0), sha256);
 	EXPECT_LT(bytea.peak - bytes_input.peak, 2 * kLarge + kSlack);
 
@@ -417,8 +416,7 @@ TEST(ResourceLimits, StoredLargeValueIsDetoastedOnce)
 	db.exec("ALTER TABLE big ALTER c SET STORAGE EXTERNAL"); // ciphertext does not compress
 	MeasureOk(db, "256 MiB: INSERT of the ciphertext (PostgreSQL's own copies included)",
 			  "INSERT INTO big SELECT 1, pgkm_encrypt(" + text + ", 'big')");
-	EXPECT_EQ(db.value("SELECT pg_column_size(c) FROM big"),
-			  std::to_string(kLarge + kGcmOverhead));
+	EXPECT_EQ(db.value("SELECT pg_column_size(c) FROM big"), std::to_string(kLarge + kGcmOverhead));
 
 	Cost decrypt = MeasureOk(db, "256 MiB stored: decrypt + sha256",
 							 "SELECT encode(sha256(pgkm_decrypt(c)), 'hex') FROM big");
@@ -476,11 +474,10 @@ TEST(ResourceLimits, HandMadeCiphertextsFailBeforeAllocating)
 			 db.intValue("SELECT key_id FROM pgkm.keys WHERE name = 'big'"));
 	const std::string v1 = std::string("0101") + key_id + "00000001"; // key "big", version 1
 	// A header over forged bytes.
-	auto forged = [&](const std::string &header) {
-		return "('\\x" + header + "'::bytea || convert_to(" + Generated(size) + ", 'UTF8'))";
-	};
-	Cost input = MeasureOk(db, "128 MiB forged: the input alone",
-						   "SELECT octet_length(" + forged(v1) + ")");
+	auto forged = [&](const std::string &header)
+	{ return "('\\x" + header + "'::bytea || convert_to(" + Generated(size) + ", 'UTF8'))"; };
+	Cost input =
+		MeasureOk(db, "128 MiB forged: the input alone", "SELECT octet_length(" + forged(v1) + ")");
 
 	struct Case
 	{
@@ -500,8 +497,8 @@ TEST(ResourceLimits, HandMadeCiphertextsFailBeforeAllocating)
 		for (const char *fn : {"pgkm_decrypt", "pgkm_decrypt_text", "pgkm_rewrap"})
 		{
 			SCOPED_TRACE(std::string(fn) + ": " + c.what);
-			Cost cost =
-				Measure(db, std::string("SELECT octet_length(") + fn + "(" + forged(c.header) + "))");
+			Cost cost = Measure(db, std::string("SELECT octet_length(") + fn + "(" +
+										forged(c.header) + "))");
 			Note(std::string("128 MiB forged, ") + c.what + ", " + fn + ": " +
 				 cost.result.sqlstate() + " at peak +" + Mb(cost.peak));
 			EXPECT_EQ(cost.result.sqlstate(), c.sqlstate) << cost.result.message();
@@ -537,9 +534,7 @@ TEST(ResourceLimitsRows, MillionsOfRowsDecryptInConstantMemory)
 
 	// The control: a statement that does hold memory per row is seen growing.
 	auto agg = [&](long long n)
-	{
-		return "SELECT cardinality(array_agg(id)) FROM many WHERE id <= " + std::to_string(n);
-	};
+	{ return "SELECT cardinality(array_agg(id)) FROM many WHERE id <= " + std::to_string(n); };
 	AnonCost agg_small = SampleAnon(db, "control: array_agg over 200 k rows", agg(200000));
 	AnonCost agg_all = SampleAnon(db, "control: array_agg over 3 M rows", agg(rows));
 	EXPECT_GT(agg_all.peak - agg_small.peak, 16 * kMiB) << "the sampler misses per-row growth";
@@ -554,7 +549,8 @@ TEST(ResourceLimitsRows, MillionsOfRowsDecryptInConstantMemory)
 		SCOPED_TRACE(std::string("pgkm.audit_level = ") + level);
 		db.exec(std::string("SET pgkm.audit_level = ") + level);
 		db.exec(decrypt(1000)); // warm: the key cache, the call site, the audit catalog
-		AnonCost small = SampleAnon(db, std::string(level) + ": decrypt 200 k rows", decrypt(200000));
+		AnonCost small =
+			SampleAnon(db, std::string(level) + ": decrypt 200 k rows", decrypt(200000));
 		AnonCost all = SampleAnon(db, std::string(level) + ": decrypt 3 M rows", decrypt(rows));
 		EXPECT_EQ(db.value(decrypt(rows)), std::to_string(rows));
 		EXPECT_LT(all.peak - small.peak, 4 * kMiB) << "memory grows with the row count";
@@ -616,8 +612,9 @@ TEST(ResourceLimitsKeys, ThousandKeysInOneStatementAndCacheResets)
 	for (int round = 1; round <= rounds; ++round)
 	{
 		db.exec("SELECT pgkm.create_key('reset" + std::to_string(round) + "')");
-		AnonCost again = SampleAnon(
-			fresh, "1,000 keys: round " + std::to_string(round + 1) + " after a reset", decrypt_all);
+		AnonCost again =
+			SampleAnon(fresh, "1,000 keys: round " + std::to_string(round + 1) + " after a reset",
+					   decrypt_all);
 		EXPECT_GT(again.seconds, first.seconds / 10) << "the cache was not reset: nothing measured";
 		last = again.after;
 	}

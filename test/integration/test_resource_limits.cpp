@@ -401,7 +401,8 @@ TEST(ResourceLimits, LargeValueRoundTripsAtTheCostOfItsOutputs)
 // A stored 256 MiB ciphertext (out of line in TOAST) is detoasted once per call: decrypt
 // and decrypt_text cost the detoasted ciphertext and the plaintext; rewrap the same, the new
 // ciphertext taking the plaintext's place; ciphertext_info reads only the header; a value
-// already under the active version is passed through by rewrap without being read.
+// already under the active version is passed through by rewrap without being read; a
+// compressed stored plaintext costs its decompressed copy and the ciphertext.
 TEST(ResourceLimits, StoredLargeValueIsDetoastedOnce)
 {
 	Cluster cluster(Settings());
@@ -451,6 +452,18 @@ TEST(ResourceLimits, StoredLargeValueIsDetoastedOnce)
 	EXPECT_EQ(current.result.get(0, 0), std::to_string(64 * kMiB + kGcmOverhead));
 	EXPECT_LT(current.peak, kSlack) << "rewrap reads a value it returns unchanged";
 	EXPECT_EQ(db.value("SELECT pgkm_rewrap(c) = c FROM big WHERE id = 2"), "t");
+
+	// A plaintext stored compressed is decompressed once and encrypted: its copy and the
+	// ciphertext.
+	db.exec("CREATE UNLOGGED TABLE plain (p text)");
+	(void)db.query("ALTER TABLE plain ALTER p SET COMPRESSION lz4"); // faster, where built in
+	db.exec("INSERT INTO plain SELECT " + text);
+	EXPECT_LT(db.intValue("SELECT pg_column_size(p) FROM plain"), kLarge / 16);
+	Cost from_stored = MeasureOk(db, "256 MiB stored compressed plaintext: encrypt",
+								 "SELECT octet_length(pgkm_encrypt(p, 'big')) FROM plain");
+	EXPECT_EQ(from_stored.result.get(0, 0), std::to_string(kLarge + kGcmOverhead));
+	EXPECT_LT(from_stored.peak, 2 * kLarge + kSlack);
+	EXPECT_EQ(db.value("SELECT md5(pgkm_decrypt_text(pgkm_encrypt(p, 'big'))) FROM plain"), md5);
 
 	// Audit records of these calls stay small.
 	EXPECT_LT(LargestRecord(db, "big"), 4096);

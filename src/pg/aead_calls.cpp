@@ -11,6 +11,11 @@
 #include "pgkm/pg/boundary.hpp"
 #include "pgkm/pg/shmem.hpp"
 
+extern "C"
+{
+#include "access/detoast.h"
+}
+
 namespace pgkm::pg
 {
 
@@ -40,6 +45,23 @@ core::Header ParseOrReport(core::ByteView ciphertext)
 	return header;
 }
 
+core::Header HeaderOfArgument(FunctionCallInfo fcinfo)
+{
+	static_assert(core::kGcmOverhead >= core::kSivOverhead);
+	Datum raw = PG_GETARG_DATUM(0);
+	auto *value = reinterpret_cast<struct varlena *>(DatumGetPointer(raw));
+	bytea *bytes;
+	if ((VARATT_IS_EXTERNAL(value) || VARATT_IS_COMPRESSED(value)) &&
+		toast_raw_datum_size(raw) - VARHDRSZ >= core::kGcmOverhead)
+		bytes = DatumGetByteaPSlice(raw, 0, core::kGcmOverhead);
+	else
+		bytes = PG_GETARG_BYTEA_PP(0);
+	core::Header header = ParseOrReport(Bytes(bytes));
+	if (bytes != reinterpret_cast<bytea *>(value))
+		pfree(bytes);
+	return header;
+}
+
 void RequireGcm(const core::Header &header)
 {
 	if (header.algorithm != core::Algorithm::Aes256Gcm)
@@ -48,16 +70,24 @@ void RequireGcm(const core::Header &header)
 							   core::AlgorithmName(header.algorithm))));
 }
 
-bytea *SealInto(VersionEntry *v, core::ByteView plain, core::ByteView context)
+std::size_t CiphertextSize(std::size_t plain_len)
 {
-	std::size_t len = plain.size();
-	if (len > MaxAllocSize - VARHDRSZ - core::kGcmOverhead)
-		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-						errmsg("value of %zu bytes is too large to encrypt", len)));
-	std::size_t total = len + core::kGcmOverhead;
-	auto *result = static_cast<bytea *>(palloc(VARHDRSZ + total));
-	SET_VARSIZE(result, VARHDRSZ + total);
-	std::span<std::uint8_t> out(reinterpret_cast<std::uint8_t *>(VARDATA(result)), total);
+	constexpr std::size_t largest = MaxAllocSize - VARHDRSZ - core::kGcmOverhead;
+	if (plain_len > largest)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("value of %zu bytes is too large to encrypt", plain_len),
+				 errdetail("A ciphertext is %zu bytes longer than its plaintext and PostgreSQL "
+						   "holds at most %zu bytes in one value, so the largest plaintext is "
+						   "%zu bytes.",
+						   core::kGcmOverhead, (std::size_t)(MaxAllocSize - VARHDRSZ), largest),
+				 errhint("Split the value, or store it outside the database.")));
+	return plain_len + core::kGcmOverhead;
+}
+
+void SealTo(VersionEntry *v, core::ByteView plain, core::ByteView context,
+			std::span<std::uint8_t> out)
+{
 	core::Header header;
 	header.algorithm = core::Algorithm::Aes256Gcm;
 	header.key_id = v->key_id;
@@ -69,6 +99,15 @@ bytea *SealInto(VersionEntry *v, core::ByteView plain, core::ByteView context)
 	});
 	if (v->counter)
 		CounterAdd(v->counter, 1);
+}
+
+bytea *SealInto(VersionEntry *v, core::ByteView plain, core::ByteView context)
+{
+	std::size_t total = CiphertextSize(plain.size());
+	auto *result = static_cast<bytea *>(palloc(VARHDRSZ + total));
+	SET_VARSIZE(result, VARHDRSZ + total);
+	SealTo(v, plain, context,
+		   std::span<std::uint8_t>(reinterpret_cast<std::uint8_t *>(VARDATA(result)), total));
 	return result;
 }
 

@@ -13,8 +13,10 @@ using namespace pgkm::pg;
 namespace
 {
 
-// Decrypts a ciphertext into a new bytea; shared by pgkm_decrypt and pgkm_decrypt_text.
-bytea *Decrypt(FunctionCallInfo fcinfo, VersionEntry **used)
+// Decrypts a ciphertext into a new bytea; shared by pgkm_decrypt and pgkm_decrypt_text. The
+// ciphertext is detoasted once and freed as soon as it is decrypted; its nonce is copied to
+// nonce for the audit.
+bytea *Decrypt(FunctionCallInfo fcinfo, VersionEntry **used, std::uint8_t *nonce)
 {
 	bytea *ciphertext = PG_GETARG_BYTEA_PP(0);
 	ByteView in = Bytes(ciphertext);
@@ -29,6 +31,8 @@ bytea *Decrypt(FunctionCallInfo fcinfo, VersionEntry **used)
 	SET_VARSIZE(result, VARHDRSZ + len);
 	OpenInto(v, in, context,
 			 std::span<std::uint8_t>(reinterpret_cast<std::uint8_t *>(VARDATA(result)), len));
+	memcpy(nonce, in.data() + pgkm::core::kHeaderSize, pgkm::core::kGcmNonceSize);
+	PG_FREE_IF_COPY(ciphertext, 0);
 	*used = v;
 	return result;
 }
@@ -38,9 +42,10 @@ bytea *AuditedDecrypt(FunctionCallInfo fcinfo, VersionEntry **used)
 {
 	audit_failing = AuditTarget{};
 	bytea *volatile result = nullptr;
+	std::uint8_t nonce[pgkm::core::kGcmNonceSize];
 	PG_TRY();
 	{
-		result = Decrypt(fcinfo, used);
+		result = Decrypt(fcinfo, used, nonce);
 	}
 	PG_CATCH();
 	{
@@ -48,8 +53,7 @@ bytea *AuditedDecrypt(FunctionCallInfo fcinfo, VersionEntry **used)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	AuditUse(AuditOp::Decrypt, *used,
-			 Bytes(PG_GETARG_BYTEA_PP(0)).data() + pgkm::core::kHeaderSize);
+	AuditUse(AuditOp::Decrypt, *used, nonce);
 	return result;
 }
 
@@ -69,6 +73,12 @@ bytea *AuditedEncrypt(FunctionCallInfo fcinfo)
 		audit_failing.key_id = v->key_id;
 		audit_failing.key_version = v->version;
 		result = SealInto(v, Bytes(data), context);
+		if (data != reinterpret_cast<bytea *>(PG_GETARG_POINTER(0)))
+		{
+			// A detoasted copy of the plaintext: wiped, and its memory given back at once.
+			explicit_bzero(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data));
+			pfree(data);
+		}
 		used = v;
 	}
 	PG_CATCH();
@@ -135,10 +145,11 @@ Datum pgkm_decrypt_text(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(plain);
 }
 
-// pgkm_ciphertext_info(ciphertext): the header fields and the key's name; never decrypts.
+// pgkm_ciphertext_info(ciphertext): the header fields and the key's name; never decrypts, and
+// reads only the header of a value stored out of line.
 Datum pgkm_ciphertext_info(PG_FUNCTION_ARGS)
 {
-	pgkm::core::Header header = ParseOrReport(Bytes(PG_GETARG_BYTEA_PP(0)));
+	pgkm::core::Header header = HeaderOfArgument(fcinfo);
 	TupleDesc tupdesc;
 	if (get_call_result_type(fcinfo, nullptr, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");

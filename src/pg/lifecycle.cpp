@@ -19,7 +19,6 @@
 
 extern "C"
 {
-#include "access/detoast.h"
 #include "utils/array.h"
 }
 
@@ -73,23 +72,6 @@ void WipePlain(void *arg)
 	auto *plain = static_cast<PlainBuffer *>(arg);
 	if (plain->data != nullptr)
 		explicit_bzero(plain->data, plain->len);
-}
-
-// Returns the header of argument 0. A large out-of-line or compressed value is detoasted
-// only up to the longest fixed overhead: parsing those bytes gives the same answer as
-// parsing the whole value, whose length is known to be at least that.
-pgkm::core::Header HeaderOfArgument(FunctionCallInfo fcinfo)
-{
-	static_assert(pgkm::core::kGcmOverhead >= pgkm::core::kSivOverhead);
-	Datum raw = PG_GETARG_DATUM(0);
-	auto *value = reinterpret_cast<struct varlena *>(DatumGetPointer(raw));
-	bytea *bytes;
-	if ((VARATT_IS_EXTERNAL(value) || VARATT_IS_COMPRESSED(value)) &&
-		toast_raw_datum_size(raw) - VARHDRSZ >= pgkm::core::kGcmOverhead)
-		bytes = DatumGetByteaPSlice(raw, 0, pgkm::core::kGcmOverhead);
-	else
-		bytes = PG_GETARG_BYTEA_PP(0);
-	return ParseOrReport(Bytes(bytes));
 }
 
 // Returns the rewrap call sites of flinfo, creating them on the first row.
@@ -272,12 +254,13 @@ namespace
 {
 
 // Re-encrypts one value (pgkm_rewrap's work); *source is the version decrypted, left null
-// when the value is already under the active version and is returned as it is.
-bytea *Rewrap(FunctionCallInfo fcinfo, VersionEntry **source_out)
+// when the value is already under the active version and is returned as it is, unread. The
+// ciphertext is detoasted once; the plaintext is opened into the new value's own buffer and
+// sealed there in place, in a context that wipes it if anything fails in between. The old
+// nonce goes to nonce, for the audit.
+bytea *Rewrap(FunctionCallInfo fcinfo, VersionEntry **source_out, std::uint8_t *nonce)
 {
-	ByteView in = Bytes(PG_GETARG_BYTEA_PP(0));
-	ByteView context = OptionalBytes(fcinfo, 1);
-	pgkm::core::Header header = ParseOrReport(in);
+	pgkm::core::Header header = HeaderOfArgument(fcinfo);
 	audit_failing.key_id = header.key_id;
 	audit_failing.key_version = header.key_version;
 	RequireGcm(header);
@@ -297,24 +280,35 @@ bytea *Rewrap(FunctionCallInfo fcinfo, VersionEntry **source_out)
 	}
 	KeyCacheRewrapping(false);
 	if (target->version == header.key_version)
-		return PG_GETARG_BYTEA_P(0);
+		return reinterpret_cast<bytea *>(PG_GETARG_POINTER(0));
 	*source_out = source;
 
-	std::size_t len = in.size() - pgkm::core::kGcmOverhead;
-	MemoryContext plain_context =
-		AllocSetContextCreate(CurTransactionContext, "pgkm rewrap plaintext", ALLOCSET_SMALL_SIZES);
+	bytea *ciphertext = PG_GETARG_BYTEA_PP(0);
+	ByteView in = Bytes(ciphertext);
+	ByteView context = OptionalBytes(fcinfo, 1);
+	std::size_t total = in.size();
+	std::size_t len = total - pgkm::core::kGcmOverhead;
+	MemoryContext value_context =
+		AllocSetContextCreate(CurrentMemoryContext, "pgkm rewrap value", ALLOCSET_SMALL_SIZES);
 	auto *plain =
-		static_cast<PlainBuffer *>(MemoryContextAllocZero(plain_context, sizeof(PlainBuffer)));
+		static_cast<PlainBuffer *>(MemoryContextAllocZero(value_context, sizeof(PlainBuffer)));
 	auto *wipe = static_cast<MemoryContextCallback *>(
-		MemoryContextAlloc(plain_context, sizeof(MemoryContextCallback)));
+		MemoryContextAlloc(value_context, sizeof(MemoryContextCallback)));
 	wipe->func = WipePlain;
 	wipe->arg = plain;
-	MemoryContextRegisterResetCallback(plain_context, wipe);
-	plain->data = static_cast<std::uint8_t *>(MemoryContextAlloc(plain_context, len));
+	MemoryContextRegisterResetCallback(value_context, wipe);
+	auto *result = static_cast<bytea *>(MemoryContextAlloc(value_context, VARHDRSZ + total));
+	SET_VARSIZE(result, VARHDRSZ + total);
+	std::span<std::uint8_t> out(reinterpret_cast<std::uint8_t *>(VARDATA(result)), total);
+	std::span<std::uint8_t> body =
+		out.subspan(pgkm::core::kHeaderSize + pgkm::core::kGcmNonceSize, len);
+	plain->data = body.data();
 	plain->len = len;
-	OpenInto(source, in, context, std::span<std::uint8_t>(plain->data, len));
-	bytea *result = SealInto(target, ByteView(plain->data, len), context);
-	MemoryContextDelete(plain_context);
+	OpenInto(source, in, context, body);
+	memcpy(nonce, in.data() + pgkm::core::kHeaderSize, pgkm::core::kGcmNonceSize);
+	PG_FREE_IF_COPY(ciphertext, 0);
+	SealTo(target, body, context, out);
+	plain->data = nullptr; // sealed: nothing left to wipe
 	return result;
 }
 
@@ -364,10 +358,11 @@ Datum pgkm_rewrap(PG_FUNCTION_ARGS)
 	audit_failing = AuditTarget{};
 	VersionEntry *volatile used = nullptr;
 	bytea *volatile result = nullptr;
+	std::uint8_t nonce[pgkm::core::kGcmNonceSize];
 	PG_TRY();
 	{
 		VersionEntry *source = nullptr;
-		result = Rewrap(fcinfo, &source);
+		result = Rewrap(fcinfo, &source, nonce);
 		used = source;
 	}
 	PG_CATCH();
@@ -378,8 +373,7 @@ Datum pgkm_rewrap(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 	if (used)
-		AuditUse(AuditOp::Rewrap, used,
-				 Bytes(PG_GETARG_BYTEA_PP(0)).data() + pgkm::core::kHeaderSize);
+		AuditUse(AuditOp::Rewrap, used, nonce);
 	PG_RETURN_BYTEA_P(result);
 }
 

@@ -188,6 +188,32 @@ TEST(CoreAead, SealIsHeaderNonceRawCiphertextTag)
 	EXPECT_EQ(ToHex(ByteView(out).last(kGcmTagSize)), ToHex(raw_tag));
 }
 
+// Sealing in place (the plaintext already in the output's body, as pgkm_rewrap opens it)
+// writes the same bytes as sealing from a separate buffer, and they open again.
+TEST(CoreAead, SealInPlaceMatchesSealFromAnotherBuffer)
+{
+	GcmCipher cipher(kKey);
+	const Header header{kFormatV1, Algorithm::Aes256Gcm, 7, 2};
+	const Bytes ctx_bytes = test::FromText("row 7");
+	Bytes pt(100000);
+	for (std::size_t i = 0; i < pt.size(); ++i)
+		pt[i] = static_cast<std::uint8_t>(i * 31 + 7);
+	Bytes apart(pt.size() + kGcmOverhead);
+	cipher.Seal(header, kNonce, pt, ctx_bytes, apart);
+
+	Bytes in_place(pt.size() + kGcmOverhead, 0xee);
+	const std::span<std::uint8_t> body =
+		std::span<std::uint8_t>(in_place).subspan(kHeaderSize + kGcmNonceSize, pt.size());
+	std::copy(pt.begin(), pt.end(), body.begin());
+	cipher.Seal(header, kNonce, body, ctx_bytes, in_place);
+	EXPECT_EQ(ToHex(in_place), ToHex(apart));
+	EXPECT_NE(ToHex(body), ToHex(pt)) << "nothing was encrypted";
+
+	Bytes opened(pt.size());
+	cipher.Open(in_place, ctx_bytes, opened);
+	EXPECT_EQ(ToHex(opened), ToHex(pt));
+}
+
 // Empty plaintext and absent spans (whose data() is nullptr) are handled.
 TEST(CoreAead, EmptyAndNullSpans)
 {

@@ -23,7 +23,9 @@ class GcmCipher
 	GcmCipher &operator=(const GcmCipher &) = delete;
 
 	// Writes header || nonce || ciphertext || tag into out, which must be exactly
-	// plaintext.size() + kGcmOverhead bytes. Additional data = header || context.
+	// plaintext.size() + kGcmOverhead bytes. Additional data = header || context. plaintext
+	// may be out's own body (out.subspan(kHeaderSize + kGcmNonceSize, plaintext.size())),
+	// which is then encrypted in place; it must not overlap out in any other way.
 	void Seal(const Header &header, std::span<const std::uint8_t, kGcmNonceSize> nonce,
 			  ByteView plaintext, ByteView context, std::span<std::uint8_t> out);
 

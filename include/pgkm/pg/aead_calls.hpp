@@ -21,12 +21,28 @@ core::ByteView OptionalBytes(FunctionCallInfo fcinfo, int arg);
 // Parses a ciphertext's header, raising invalid_binary_representation when malformed.
 core::Header ParseOrReport(core::ByteView ciphertext);
 
+// Returns the header of argument 0, a non-null ciphertext. A value stored out of line or
+// compressed is read only up to the longest fixed overhead, not detoasted whole: parsing
+// those bytes gives the same answer as parsing the whole value.
+core::Header HeaderOfArgument(FunctionCallInfo fcinfo);
+
 // Raises feature_not_supported unless the ciphertext is AES-256-GCM, the one algorithm this
 // version decrypts.
 void RequireGcm(const core::Header &header);
 
+// Returns the length of the ciphertext of a plain_len-byte plaintext. Raises
+// program_limit_exceeded when it would not fit in one PostgreSQL value (1 GB with its
+// header), before anything is allocated for it.
+std::size_t CiphertextSize(std::size_t plain_len);
+
 // Encrypts plain under v (a key's active version, from KeyForEncrypt or KeyForEncryptById)
-// with a fresh random nonce into a new palloc'd ciphertext, and counts the encryption.
+// with a fresh random nonce into out, exactly CiphertextSize(plain.size()) bytes, and counts
+// the encryption. plain may be out's own body (from offset kHeaderSize + kGcmNonceSize):
+// the value is then sealed in place.
+void SealTo(VersionEntry *v, core::ByteView plain, core::ByteView context,
+			std::span<std::uint8_t> out);
+
+// Encrypts plain like SealTo into a new palloc'd ciphertext.
 bytea *SealInto(VersionEntry *v, core::ByteView plain, core::ByteView context);
 
 // Decrypts a ciphertext of version v (its header parsed) into out, which must hold exactly

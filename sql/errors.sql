@@ -28,6 +28,13 @@ SELECT substr(pgkm_test_error(format('SELECT pgkm_decrypt(%L::bytea, %L)',
 SELECT pgkm_test_error($$SELECT pgkm_encrypt('x'::text, 'no_such_key')$$);
 SELECT pgkm_test_error($$SELECT pgkm_encrypt('x'::text, '')$$);
 SELECT pgkm_test_error($$SELECT pgkm_encrypt('x'::text, repeat('k', 100))$$);
+-- arguments swapped: the value passed as a key name is never repeated, in any field
+SELECT pgkm_encrypt('customer_pii', 'SSN 123-45-6789');
+SELECT pgkm.audit_flush() > 0 AS flushed;
+SELECT count(*) FILTER (WHERE key_name IS NULL AND detail = 'encrypt: key does not exist') > 0
+		AS recorded_without_name,
+	count(*) FILTER (WHERE key_name LIKE '%SSN%' OR detail LIKE '%SSN%') AS records_naming_it
+	FROM pgkm.audit_log WHERE action = 'failed' AND backend_pid = pg_backend_pid();
 SELECT pgkm_test_error($$SELECT pgkm_decrypt(overlay(c placing '\x000003e7'::bytea from 3 for 4)) FROM ct$$);
 SELECT pgkm_test_error($$SELECT pgkm_decrypt(overlay(c placing '\x00000063'::bytea from 7 for 4)) FROM ct$$);
 SELECT pgkm_test_error($$SELECT pgkm_decrypt(overlay(c placing '\xffffffff'::bytea from 7 for 4)) FROM ct$$);

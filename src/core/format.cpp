@@ -3,7 +3,6 @@
 
 #include "pgkm/core/error.hpp"
 
-#include <cstdio>
 #include <string>
 
 namespace pgkm::core
@@ -26,14 +25,6 @@ void StoreBe32(std::uint8_t *p, std::uint32_t value) noexcept
 	p[1] = static_cast<std::uint8_t>(value >> 16);
 	p[2] = static_cast<std::uint8_t>(value >> 8);
 	p[3] = static_cast<std::uint8_t>(value);
-}
-
-// Formats a byte as "0x07" for error messages.
-std::string HexByte(std::uint8_t value)
-{
-	char text[8];
-	std::snprintf(text, sizeof(text), "0x%02x", static_cast<unsigned>(value));
-	return text;
 }
 
 // Says how many bytes a ciphertext has, in words ("1 byte", "5 bytes").
@@ -79,7 +70,9 @@ std::size_t Overhead(Algorithm algorithm) noexcept
 	return 0;
 }
 
-// Checks the header and the minimum length before any field is trusted.
+// Checks the header and the minimum length before any field is trusted. The messages never
+// repeat the value's bytes: a column that still holds some unencrypted values (during a
+// migration) must not leak them into logs and the audit log.
 Header ParseHeader(ByteView ciphertext)
 {
 	if (ciphertext.empty())
@@ -90,8 +83,7 @@ Header ParseHeader(ByteView ciphertext)
 
 	const std::uint8_t *p = ciphertext.data();
 	if (p[0] != kFormatV1)
-		throw Error(ErrorKind::MalformedCiphertext,
-					"unknown ciphertext format version " + HexByte(p[0]),
+		throw Error(ErrorKind::MalformedCiphertext, "unknown ciphertext format version",
 					"This value was not produced by pgkm, or by a newer version of it.");
 
 	Header header;
@@ -105,7 +97,7 @@ Header ParseHeader(ByteView ciphertext)
 		header.algorithm = Algorithm::Aes256Siv;
 		break;
 	default:
-		throw Error(ErrorKind::MalformedCiphertext, "unknown ciphertext algorithm " + HexByte(p[1]),
+		throw Error(ErrorKind::MalformedCiphertext, "unknown ciphertext algorithm",
 					"This value was not produced by pgkm, or by a newer version of it.");
 	}
 

@@ -5,6 +5,7 @@
 #include "pgkm/core/secure_buffer.hpp"
 #include "pgkm/pg/token.hpp"
 
+#include "pgkm/pg/audit.hpp"
 #include "pgkm/pg/boundary.hpp"
 #include "pgkm/pg/key_cache.hpp"
 #include "pgkm/pg/catalog.hpp"
@@ -389,6 +390,21 @@ const char *VersionStateName(VersionState state)
 	return "unknown";
 }
 
+// Refuses a key name that names no key, without repeating it: a call with its arguments
+// swapped, pgkm_encrypt(key_name, value), passes the plaintext as the key name, and the
+// message goes to the client, the server log and the audit log.
+[[noreturn]] static void ReportUnknownKeyName(int name_len)
+{
+	audit_failing.key_name = nullptr;
+	ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("key does not exist"),
+					errdetail("No key has the name given (%d bytes); an unknown name is not shown, "
+							  "in case it is a value passed in the wrong argument position.",
+							  name_len),
+					errhint("Check the key name and the argument order: "
+							"pgkm_encrypt(value, key_name [, context]).")));
+	pg_unreachable();
+}
+
 VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name)
 {
 	Validate();
@@ -402,8 +418,7 @@ VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name)
 	else
 	{
 		if (name_len == 0 || name_len >= NAMEDATALEN)
-			ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
-							errmsg("key \"%s\" does not exist", text_to_cstring(key_name))));
+			ReportUnknownKeyName(name_len);
 		char cname[NAMEDATALEN];
 		memcpy(cname, name, name_len);
 		cname[name_len] = '\0';
@@ -411,8 +426,7 @@ VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name)
 		if (key == nullptr)
 			key = LoadKeyWhere("name", TEXTOID, CStringGetTextDatum(cname));
 		if (key == nullptr)
-			ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
-							errmsg("key \"%s\" does not exist", cname)));
+			ReportUnknownKeyName(name_len);
 		v = PrepareEncrypt(key);
 		RememberSite(flinfo, v, name_len, name);
 		return v;

@@ -170,23 +170,23 @@ TEST_F(CoreFormat, ShorterThanAlgorithmMinimum)
 	EXPECT_EQ(ParseHeader(siv).algorithm, Algorithm::Aes256Siv);
 }
 
-// Unknown format and algorithm bytes are reported by value, format first.
+// Unknown format and algorithm bytes are reported, format first, without their values (the
+// value may be an unencrypted one whose bytes must not reach the logs).
 TEST_F(CoreFormat, UnknownFormatAndAlgorithm)
 {
 	Bytes sealed = Seal(FromText("hello"));
 	sealed[0] = 0x07;
 	auto [k1, m1] = ErrorOf([&] { ParseHeader(sealed); });
 	EXPECT_EQ(k1, ErrorKind::MalformedCiphertext);
-	EXPECT_EQ(m1, "unknown ciphertext format version 0x07");
+	EXPECT_EQ(m1, "unknown ciphertext format version");
 
 	sealed[1] = 0x09;
-	EXPECT_EQ(ErrorOf([&] { ParseHeader(sealed); }).second,
-			  "unknown ciphertext format version 0x07");
+	EXPECT_EQ(ErrorOf([&] { ParseHeader(sealed); }).second, "unknown ciphertext format version");
 
 	sealed[0] = kFormatV1;
 	auto [k2, m2] = ErrorOf([&] { ParseHeader(sealed); });
 	EXPECT_EQ(k2, ErrorKind::MalformedCiphertext);
-	EXPECT_EQ(m2, "unknown ciphertext algorithm 0x09");
+	EXPECT_EQ(m2, "unknown ciphertext algorithm");
 
 	for (int value : {0x00, 0x03, 0x7F, 0xFF})
 	{

@@ -9,6 +9,7 @@
 #include "pgkm/pg/key_cache.hpp"
 #include "pgkm/pg/catalog.hpp"
 #include "pgkm/pg/guc.hpp"
+#include "pgkm/pg/redact.hpp"
 #include "pgkm/pg/shmem.hpp"
 
 namespace pgkm::pg
@@ -80,10 +81,12 @@ void Reset()
 	cache_epoch++;
 }
 
-// Drops the cache if the shared generation moved or the TTL ran out.
+// Drops the cache if the shared generation moved or the TTL ran out; notes the data path's
+// use for the redaction of the statement's parameters.
 inline void Validate()
 {
 	RequireSharedMemory();
+	RedactNoteDataPathUse();
 	std::uint64_t generation = ReadGeneration();
 	if (likely(generation == cache_generation &&
 			   GetCurrentStatementStartTimestamp() < cache_expires && keys_by_name != nullptr))

@@ -5,6 +5,8 @@
 #include "pgkm/core/secure_buffer.hpp"
 #include "pgkm/pg/token.hpp"
 
+#include <sys/resource.h>
+
 #include "pgkm/pg/boundary.hpp"
 #include "pgkm/pg/key_cache.hpp"
 #include "pgkm/pg/catalog.hpp"
@@ -45,6 +47,8 @@ std::uint64_t cache_generation = 0; // the shared generation the cache was built
 TimestampTz cache_expires = 0;
 bool catalog_changed_in_xact = false;
 bool initialized = false;
+bool contexts_live = false; // a cached key may hold OpenSSL contexts (set by each KeyFor*)
+bool warned_unlocked = false;
 
 // Frees every cached key, wiping key material, and starts an empty cache.
 void Reset()
@@ -79,6 +83,49 @@ void Reset()
 	versions_by_id =
 		hash_create("pgkm key versions", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	cache_epoch++;
+}
+
+// Frees the OpenSSL contexts of every cached key. Their key schedules live in OpenSSL's
+// ordinary heap, so they exist only while a transaction uses them; between transactions the
+// working keys are only in locked, undumped buffers.
+void ReleaseContexts()
+{
+	contexts_live = false;
+	if (versions_by_id == nullptr)
+		return;
+	HASH_SEQ_STATUS status;
+	hash_seq_init(&status, versions_by_id);
+	for (auto *v = static_cast<VersionEntry *>(hash_seq_search(&status)); v;
+		 v = static_cast<VersionEntry *>(hash_seq_search(&status)))
+	{
+		if (v->material)
+			v->material->ReleaseContexts();
+	}
+}
+
+// Warns, once per backend, that key memory could not be locked (RLIMIT_MEMLOCK too low).
+void WarnUnlocked()
+{
+	if (warned_unlocked)
+		return;
+	warned_unlocked = true;
+	struct rlimit limit;
+	char shown[64] = "unknown";
+	if (getrlimit(RLIMIT_MEMLOCK, &limit) == 0)
+	{
+		if (limit.rlim_cur == RLIM_INFINITY)
+			snprintf(shown, sizeof(shown), "unlimited");
+		else
+			snprintf(shown, sizeof(shown), "%llu bytes", (unsigned long long)limit.rlim_cur);
+	}
+	ereport(WARNING,
+			(errmsg("pgkm could not lock key memory in RAM"),
+			 errdetail("mlock() failed under this process's memory-lock limit (RLIMIT_MEMLOCK: "
+					   "%s); this session's keys may be written to swap. They are still wiped "
+					   "and kept out of core dumps.",
+					   shown),
+			 errhint("Raise the memory-lock limit of the PostgreSQL service (LimitMEMLOCK= in "
+					 "its systemd unit, or ulimit -l).")));
 }
 
 // Drops the cache if the shared generation moved or the TTL ran out; notes the data path's
@@ -220,6 +267,8 @@ void EnsureMaterial(VersionEntry *v)
 	v->material = material;
 	pfree(v->wrapped);
 	v->wrapped = nullptr;
+	if (!material->locked())
+		WarnUnlocked();
 }
 
 // Raises insufficient_privilege unless the current user has the privileges of role.
@@ -283,9 +332,14 @@ void RememberSite(FmgrInfo *flinfo, VersionEntry *v, int name_len, const char *n
 	flinfo->fn_extra = site;
 }
 
-// Transaction callback: publishes catalog changes at commit, forgets them at abort.
+// Transaction callback: releases the ciphers' OpenSSL contexts when a transaction ends;
+// publishes catalog changes at commit, forgets them at abort.
 void XactCallback(XactEvent event, void *)
 {
+	if (contexts_live && (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
+						  event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+						  event == XACT_EVENT_PREPARE))
+		ReleaseContexts();
 	if (!catalog_changed_in_xact)
 		return;
 	switch (event)
@@ -367,6 +421,7 @@ const char *VersionStateName(VersionState state)
 VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name)
 {
 	Validate();
+	contexts_live = true;
 	int name_len = VARSIZE_ANY_EXHDR(key_name);
 	const char *name = VARDATA_ANY(key_name);
 	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
@@ -399,6 +454,7 @@ VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name)
 VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id)
 {
 	Validate();
+	contexts_live = true;
 	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
 	if (likely(site && site->epoch == cache_epoch && site->name_len == kSiteById &&
 			   site->version->key_id == key_id))
@@ -434,6 +490,7 @@ VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id)
 VersionEntry *KeyForDecrypt(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_t version)
 {
 	Validate();
+	contexts_live = true;
 	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
 	VersionEntry *v;
 	if (likely(site && site->epoch == cache_epoch && site->version->key_id == key_id &&

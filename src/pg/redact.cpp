@@ -2,11 +2,12 @@
 // extended-protocol statements in a DETAIL ("parameters: $1 = '...'") of the log_statement
 // and duration lines, and in the CONTEXT of errors when log_parameter_max_length_on_error is
 // set; for a statement that calls pgkm_encrypt that is the plaintext. pgkm remembers which
-// statement texts use its functions (from parse analysis and planning, views expanded, and
-// from the calls the data path actually receives) and an emit_log_hook replaces those
-// parameters before the message is written, for statements it knows (pgkm.redact_parameters
-// = on) or for every statement (all). Messages are recognised by their untranslated message
-// id; CONTEXT lines, which have none, by the server's own translation of their format.
+// statement texts use its functions (from parse analysis and planning, views expanded and
+// functions whose source mentions pgkm_, and from the calls the data path receives) and an
+// emit_log_hook replaces those parameters before the message is written, for statements it knows
+// (pgkm.redact_parameters = on) or for every statement (all). Messages are recognised by their
+// untranslated message id; CONTEXT lines, which have none, by the server's own translation of their
+// format.
 #include "pgkm/pg/redact.hpp"
 
 #include <cstddef>
@@ -110,7 +111,8 @@ bool Known(const char *text)
 	return hash_search(remembered, &key, HASH_FIND, nullptr) != nullptr;
 }
 
-// Whether a function is implemented by pgkm's library (a C function whose probin names it).
+// Whether a function is pgkm's (a C function whose probin names pgkm's library), or one in
+// another language whose source mentions pgkm's functions (a wrapper in SQL or PL/pgSQL).
 bool IsPgkmFunction(Oid funcid)
 {
 	if (funcid < FirstNormalObjectId)
@@ -119,9 +121,10 @@ bool IsPgkmFunction(Oid funcid)
 	if (!HeapTupleIsValid(tuple))
 		return false;
 	bool result = false;
-	if (reinterpret_cast<Form_pg_proc>(GETSTRUCT(tuple))->prolang == ClanguageId)
+	Oid language = reinterpret_cast<Form_pg_proc>(GETSTRUCT(tuple))->prolang;
+	bool isnull;
+	if (language == ClanguageId)
 	{
-		bool isnull;
 		Datum bin = SysCacheGetAttr(PROCOID, tuple, Anum_pg_proc_probin, &isnull);
 		if (!isnull)
 		{
@@ -130,6 +133,18 @@ bool IsPgkmFunction(Oid funcid)
 			base = base ? base + 1 : path;
 			result = strcmp(base, "pgkm") == 0 || strcmp(base, "pgkm.so") == 0;
 			pfree(path);
+		}
+	}
+	else if (language != INTERNALlanguageId)
+	{
+		Datum src = SysCacheGetAttr(PROCOID, tuple, Anum_pg_proc_prosrc, &isnull);
+		if (!isnull)
+		{
+			char *source = TextDatumGetCString(src);
+			for (char *c = source; *c; c++)
+				*c = pg_ascii_tolower(static_cast<unsigned char>(*c));
+			result = strstr(source, "pgkm_") != nullptr;
+			pfree(source);
 		}
 	}
 	ReleaseSysCache(tuple);

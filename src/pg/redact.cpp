@@ -19,6 +19,7 @@
 
 extern "C"
 {
+#include "access/transam.h"
 #include "catalog/pg_language.h"
 #include "catalog/pg_proc.h"
 #include "common/hashfn.h"

@@ -185,9 +185,11 @@ std::string UnwrapAsServerUser(const Cluster &cluster, const std::string &label,
 	return dek;
 }
 
-// Reads version 1 of a key's wrapped DEK from the catalog, stops the server, unwraps it and
-// derives the working keys; the caller restarts the server if it needs it.
-KeyBytes ReadKeyBytes(Cluster &cluster, const std::string &key)
+// Reads version 1 of a key's wrapped DEK from the catalog, unwraps it and derives the
+// working keys. With stop, the server is stopped first (the caller restarts it if needed);
+// without, the server must be idle: SoftHSM2 misreads its token files when processes log in
+// at the same moment.
+KeyBytes ReadKeyBytes(Cluster &cluster, const std::string &key, bool stop = true)
 {
 	KeyBytes k;
 	std::string label;
@@ -201,7 +203,8 @@ KeyBytes ReadKeyBytes(Cluster &cluster, const std::string &key)
 		k.wrapped = Unhex(r.get(0, 0));
 		label = r.get(0, 1);
 	}
-	cluster.stop(); // the token is used by one process at a time
+	if (stop)
+		cluster.stop();
 	k.dek = UnwrapAsServerUser(cluster, label, k.wrapped);
 	core::ByteView dek(reinterpret_cast<const std::uint8_t *>(k.dek.data()), k.dek.size());
 	auto gcm = core::DeriveKey(dek, core::kLabelGcm, 32);
@@ -450,6 +453,17 @@ std::string Where(const std::vector<Occurrence> &occurrences)
 	return out;
 }
 
+// Whether the CPU has AES-NI (OpenSSL then keeps the raw key as the first round keys).
+bool CpuHasAesNi()
+{
+	std::ifstream in("/proc/cpuinfo");
+	std::string line;
+	while (std::getline(in, line))
+		if (line.rfind("flags", 0) == 0)
+			return (line + " ").find(" aes ") != std::string::npos;
+	return false;
+}
+
 // The number of lines of a text that contain needle.
 int CountLines(const std::string &text, const std::string &needle)
 {
@@ -648,19 +662,18 @@ TEST(Secrets, KeysOnlyInLockedMemoryAndWipedFromTheCache)
 {
 	if (getuid() != 0)
 		GTEST_SKIP() << "reading another process's memory needs root";
-	Cluster cluster;
+	// No audit checkpoint (a token call) while the test unwraps with the server idle.
+	Cluster cluster({"pgkm.audit_checkpoint_interval = 1d"});
 	cluster.quietOnFailure();
 	cluster.start();
-	{
-		Connection db = cluster.connect();
-		SetUpExtension(db, "k");
-		db.exec("SELECT pgkm.create_key('other')");
-		db.exec("CREATE TABLE t (id int PRIMARY KEY, v bytea)");
-		db.exec("INSERT INTO t VALUES (1, pgkm_encrypt('memory-test'::text, 'k', '1'))");
-	}
-	KeyBytes key = ReadKeyBytes(cluster, "k");
-	cluster.start();
-	cluster.waitReady();
+	// The creator generates and wraps the DEK through the token, and encrypts with it.
+	Connection creator = cluster.connect();
+	SetUpExtension(creator, "k");
+	creator.exec("SELECT pgkm.create_key('other')");
+	creator.exec("CREATE TABLE t (id int PRIMARY KEY, v bytea)");
+	creator.exec("INSERT INTO t VALUES (1, pgkm_encrypt('memory-test'::text, 'k', '1'))");
+	ASSERT_TRUE(creator.waitFor("SELECT pgkm.audit_flush() IS NOT NULL", 30s));
+	KeyBytes key = ReadKeyBytes(cluster, "k", false);
 
 	Connection backend = cluster.connect();
 	Connection other = cluster.connect();
@@ -669,9 +682,19 @@ TEST(Secrets, KeysOnlyInLockedMemoryAndWipedFromTheCache)
 	const std::map<std::string, std::string> patterns = {
 		{"DEK", key.dek}, {"GCM working key", key.gcm_key}, {"key-check key", key.check_key}};
 
+	// The backend that generated, wrapped (SoftHSM's C_CreateObject, C_WrapKey) and used the
+	// DEK keeps no copy of it.
+	auto maps = ReadMappings(creator.backendPid());
+	auto found = ScanMemory(creator.backendPid(), maps, patterns);
+	EXPECT_EQ(found["DEK"].size(), 0u) << "the creating backend kept the DEK:\n"
+									   << Where(found["DEK"]);
+	EXPECT_EQ(found["key-check key"].size(), 0u) << Where(found["key-check key"]);
+	for (const auto &o : found["GCM working key"])
+		EXPECT_TRUE(LockedAndUndumped(*o.mapping)) << "creator:\n" << Where({o});
+
 	// Idle, after the transaction: the working key only in locked, undumped pages.
-	auto maps = ReadMappings(pid);
-	auto found = ScanMemory(pid, maps, patterns);
+	maps = ReadMappings(pid);
+	found = ScanMemory(pid, maps, patterns);
 	EXPECT_EQ(found["DEK"].size(), 0u) << "the DEK outlived its derivation:\n"
 									   << Where(found["DEK"]);
 	EXPECT_EQ(found["key-check key"].size(), 0u) << Where(found["key-check key"]);
@@ -696,8 +719,13 @@ TEST(Secrets, KeysOnlyInLockedMemoryAndWipedFromTheCache)
 	Note("inside a transaction: GCM working key found " +
 		 std::to_string(found["GCM working key"].size()) + " time(s), " + std::to_string(outside) +
 		 " outside lo+dd (OpenSSL's key schedule)");
-	EXPECT_GE(outside, 1) << "no key schedule in OpenSSL's heap during the transaction: the "
-							 "idle check above proves less than it seems";
+	// With AES-NI the schedule starts with the raw key; other implementations store it
+	// transformed, where this check cannot see it.
+	if (CpuHasAesNi())
+	{
+		EXPECT_GE(outside, 1) << "no key schedule in OpenSSL's heap during the transaction: the "
+								 "idle check above proves less than it seems";
+	}
 	backend.exec("COMMIT");
 	maps = ReadMappings(pid);
 	found = ScanMemory(pid, maps, patterns);

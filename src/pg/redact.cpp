@@ -2,12 +2,12 @@
 // extended-protocol statements in a DETAIL ("parameters: $1 = '...'") of the log_statement
 // and duration lines, and in the CONTEXT of errors when log_parameter_max_length_on_error is
 // set; for a statement that calls pgkm_encrypt that is the plaintext. pgkm remembers which
-// statement texts use its functions (from parse analysis and planning, views expanded and
-// functions whose source mentions pgkm_, and from the calls the data path receives) and an
-// emit_log_hook replaces those parameters before the message is written, for statements it knows
-// (pgkm.redact_parameters = on) or for every statement (all). Messages are recognised by their
-// untranslated message id; CONTEXT lines, which have none, by the server's own translation of their
-// format.
+// statement texts use its functions: from parse analysis and planning (views expanded,
+// functions whose source mentions pgkm_, triggers of the table written) and from the calls
+// its data path receives. An emit_log_hook replaces those parameters before the message is
+// written, for the statements it knows (pgkm.redact_parameters = on) or for every statement
+// (all). Messages are recognised by their untranslated message id; CONTEXT lines, which
+// have none, by the server's own translation of their format.
 #include "pgkm/pg/redact.hpp"
 
 #include <cstddef>
@@ -19,6 +19,7 @@
 
 extern "C"
 {
+#include "access/table.h"
 #include "access/transam.h"
 #include "catalog/pg_language.h"
 #include "catalog/pg_proc.h"
@@ -26,7 +27,9 @@ extern "C"
 #include "nodes/nodeFuncs.h"
 #include "optimizer/planner.h"
 #include "parser/analyze.h"
+#include "parser/parsetree.h"
 #include "tcop/tcopprot.h"
+#include "utils/rel.h"
 #include "utils/syscache.h"
 }
 
@@ -152,12 +155,34 @@ bool IsPgkmFunction(Oid funcid)
 	return result;
 }
 
-// Tree walker: true when the expression or query calls one of pgkm's functions.
+// Whether a trigger on the query's target table runs one of pgkm's functions (or a function
+// whose source mentions them): the statement's parameters may be the trigger's plaintext.
+bool TargetTriggersCallPgkm(Query *query)
+{
+	if (query->resultRelation <= 0 || query->commandType == CMD_SELECT ||
+		query->commandType == CMD_UTILITY)
+		return false;
+	RangeTblEntry *rte = rt_fetch(query->resultRelation, query->rtable);
+	if (rte->rtekind != RTE_RELATION)
+		return false;
+	Relation rel = table_open(rte->relid, NoLock); // locked by parse analysis
+	bool result = false;
+	if (rel->trigdesc)
+		for (int i = 0; i < rel->trigdesc->numtriggers && !result; i++)
+			result = IsPgkmFunction(rel->trigdesc->triggers[i].tgfoid);
+	table_close(rel, NoLock);
+	return result;
+}
+
+// Tree walker: true when the expression or query calls one of pgkm's functions, or writes to
+// a table whose triggers do.
 bool CallsPgkm(Node *node, void *context)
 {
 	if (node == nullptr)
 		return false;
 	if (IsA(node, FuncExpr) && IsPgkmFunction(reinterpret_cast<FuncExpr *>(node)->funcid))
+		return true;
+	if (IsA(node, Query) && TargetTriggersCallPgkm(reinterpret_cast<Query *>(node)))
 		return true;
 #if PG_VERSION_NUM >= 160000
 	if (IsA(node, Query))

@@ -512,6 +512,12 @@ TEST(Secrets, NoSecretInLogsStatsNoticesOrErrors)
 			 "CREATE FUNCTION wrap_encrypt(p text) RETURNS bytea LANGUAGE plpgsql AS "
 			 "$$BEGIN RETURN pgkm_encrypt(p, 'pii'); END$$",
 			 "GRANT EXECUTE ON FUNCTION wrap_encrypt(text) TO intruder",
+			 "CREATE TABLE inbox (id int PRIMARY KEY, plain text, v bytea)",
+			 "CREATE FUNCTION inbox_encrypt() RETURNS trigger LANGUAGE plpgsql AS "
+			 "$$BEGIN NEW.v := pgkm_encrypt(NEW.plain, 'pii', NEW.id::text); NEW.plain := NULL; "
+			 "RETURN NEW; END$$",
+			 "CREATE TRIGGER inbox_encrypt BEFORE INSERT ON inbox FOR EACH ROW EXECUTE "
+			 "FUNCTION inbox_encrypt()",
 		 })
 		ASSERT_EQ(admin.run(sql), "") << sql;
 
@@ -533,6 +539,8 @@ TEST(Secrets, NoSecretInLogsStatsNoticesOrErrors)
 	ASSERT_EQ(admin.run("SELECT id FROM people_clear WHERE plain = $1", {stored}, &value), "");
 	ASSERT_EQ(value, "1");
 	ASSERT_EQ(admin.run("SELECT wrap_encrypt($1)", {marker("wrapper")}), "");
+	// A trigger encrypts: the statement names no pgkm function, its first execution included.
+	ASSERT_EQ(admin.run("INSERT INTO inbox VALUES ($1::int, $2)", {"1", marker("trigger")}), "");
 	admin.prepare("enc", "SELECT pgkm_encrypt($1::text, 'pii')", 1);
 	for (int i = 0; i < 8; ++i) // past the fifth execution the plan is generic (no planning)
 		ASSERT_EQ(admin.runPrepared("enc", {marker("prepared" + std::to_string(i))}), "");

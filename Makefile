@@ -31,6 +31,7 @@ OBJS = \
 	src/pg/key_cache.o \
 	src/pg/lifecycle.o \
 	src/pg/pgkm.o \
+	src/pg/redact.o \
 	src/pg/shmem.o \
 	src/pg/token.o \
 	src/pg/worker.o

@@ -147,26 +147,27 @@ bool GcmOpenRaw(EVP_CIPHER_CTX *ctx, std::span<const std::uint8_t, kGcmNonceSize
 
 } // namespace detail
 
-// Sets up one encryption and one decryption context, each with the key schedule set once.
+// Keeps the working key in a locked buffer; the contexts are made on first use.
 GcmCipher::GcmCipher(ByteView key)
 {
-	enc_ = detail::GcmNewContext(key, true);
-	try
-	{
-		dec_ = detail::GcmNewContext(key, false);
-	}
-	catch (...)
-	{
-		detail::GcmFreeContext(enc_);
-		throw;
-	}
+	if (key.size() != kGcmKeySize)
+		throw Error(ErrorKind::InvalidArgument, "an AES-256-GCM working key must be 32 bytes");
+	key_ = SecureBuffer::CopyOf(key);
 }
 
-// Frees both contexts and the key schedules they hold.
+// Frees both contexts and the key schedules they hold; the key buffer wipes itself.
 GcmCipher::~GcmCipher()
+{
+	ReleaseContexts();
+}
+
+// Frees both contexts; OpenSSL wipes their key schedules (OPENSSL_clear_free).
+void GcmCipher::ReleaseContexts() noexcept
 {
 	detail::GcmFreeContext(enc_);
 	detail::GcmFreeContext(dec_);
+	enc_ = nullptr;
+	dec_ = nullptr;
 }
 
 // Writes header || nonce || ciphertext || tag, authenticating header || context.
@@ -178,6 +179,8 @@ void GcmCipher::Seal(const Header &header, std::span<const std::uint8_t, kGcmNon
 	if (plaintext.size() > SIZE_MAX - kGcmOverhead || out.size() != plaintext.size() + kGcmOverhead)
 		throw Error(ErrorKind::Internal, "AES-256-GCM output buffer has the wrong size");
 
+	if (enc_ == nullptr)
+		enc_ = detail::GcmNewContext(key_.view(), true);
 	const auto header_out = out.first<kHeaderSize>();
 	WriteHeader(header, header_out);
 	std::memcpy(out.data() + kHeaderSize, nonce.data(), kGcmNonceSize);
@@ -199,6 +202,8 @@ void GcmCipher::Open(ByteView ciphertext, ByteView context, std::span<std::uint8
 	const std::size_t body = ciphertext.size() - kGcmOverhead;
 	if (out.size() != body)
 		throw Error(ErrorKind::Internal, "AES-256-GCM output buffer has the wrong size");
+	if (dec_ == nullptr)
+		dec_ = detail::GcmNewContext(key_.view(), false);
 
 	const bool ok = detail::GcmOpenRaw(dec_, ciphertext.subspan<kHeaderSize, kGcmNonceSize>(),
 									   ciphertext.first<kHeaderSize>(), context,

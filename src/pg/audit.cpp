@@ -192,7 +192,8 @@ void AppendField(StringInfo buf, const char *key, const char *value)
 		appendStringInfo(buf, " %s=%s", key, value);
 }
 
-// Mirrors a record as a NOTICE with its deterministic fields (pgkm.audit_notice).
+// Mirrors a record as a NOTICE with its deterministic fields and no context
+// (pgkm.audit_notice).
 void Mirror(const AuditEntry *e)
 {
 	StringInfoData buf;
@@ -211,7 +212,12 @@ void Mirror(const AuditEntry *e)
 	appendStringInfo(&buf, " success=%s", e->success ? "true" : "false");
 	AppendField(&buf, "sqlstate", e->sqlstate);
 	AppendField(&buf, "detail", e->detail);
+	// No CONTEXT: the caller's would show the statement's bind parameters (with
+	// log_parameter_max_length_on_error), to the client as well as in the log.
+	ErrorContextCallback *saved_context = error_context_stack;
+	error_context_stack = nullptr;
 	ereport(NOTICE, (errmsg_internal("%s", buf.data)));
+	error_context_stack = saved_context;
 	pfree(buf.data);
 }
 

@@ -29,6 +29,7 @@ int guc_audit_partition_interval = 86400;
 int guc_audit_checkpoint_interval = 60;
 int guc_audit_checkpoint_records = 10000;
 char *guc_audit_key_label = nullptr;
+int guc_redact_parameters = kRedactOn;
 
 namespace
 {
@@ -69,6 +70,13 @@ const struct config_enum_entry audit_overflows[] = {
 const struct config_enum_entry audit_durabilities[] = {
 	{"async", kDurabilityAsync, false},
 	{"sync", kDurabilitySync, false},
+	{nullptr, 0, false},
+};
+
+const struct config_enum_entry redact_modes[] = {
+	{"off", kRedactOff, false}, {"on", kRedactOn, false},    {"all", kRedactAll, false},
+	{"true", kRedactOn, true},  {"false", kRedactOff, true}, {"yes", kRedactOn, true},
+	{"no", kRedactOff, true},   {"1", kRedactOn, true},      {"0", kRedactOff, true},
 	{nullptr, 0, false},
 };
 
@@ -188,6 +196,12 @@ void GucInit()
 							nullptr, &guc_worker_naptime, kNaptimeDefault, 1, 3600, PGC_SIGHUP,
 							GUC_UNIT_S, nullptr, nullptr, nullptr);
 	DefineAuditSettings();
+	DefineCustomEnumVariable(
+		"pgkm.redact_parameters",
+		"Removes bind parameters from log lines and error contexts of statements using pgkm.",
+		"on: statements that call pgkm's functions (directly, through views, or seen calling "
+		"its data path before); all: every statement; off: none.",
+		&guc_redact_parameters, kRedactOn, redact_modes, PGC_SUSET, 0, nullptr, nullptr, nullptr);
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("pgkm");
 #else

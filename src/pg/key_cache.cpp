@@ -5,11 +5,14 @@
 #include "pgkm/core/secure_buffer.hpp"
 #include "pgkm/pg/token.hpp"
 
+#include <sys/resource.h>
+
 #include "pgkm/pg/audit.hpp"
 #include "pgkm/pg/boundary.hpp"
 #include "pgkm/pg/key_cache.hpp"
 #include "pgkm/pg/catalog.hpp"
 #include "pgkm/pg/guc.hpp"
+#include "pgkm/pg/redact.hpp"
 #include "pgkm/pg/shmem.hpp"
 
 namespace pgkm::pg
@@ -48,6 +51,8 @@ bool initialized = false;
 bool stale_until_xact_end = false;    // read under an old snapshot: drop at transaction end
 std::uint32_t rewrap_allowed_key = 0; // KeyCacheAllowRewrap
 bool rewrapping = false;              // KeyCacheRewrapping
+bool contexts_live = false; // a cached key may hold OpenSSL contexts (set by each KeyFor*)
+bool warned_unlocked = false;
 
 // Frees every cached key, wiping key material, and starts an empty cache.
 void Reset()
@@ -84,10 +89,55 @@ void Reset()
 	cache_epoch++;
 }
 
-// Drops the cache if the shared generation moved or the TTL ran out.
+// Frees the OpenSSL contexts of every cached key. Their key schedules live in OpenSSL's
+// ordinary heap, so they exist only while a transaction uses them; between transactions the
+// working keys are only in locked, undumped buffers.
+void ReleaseContexts()
+{
+	contexts_live = false;
+	if (versions_by_id == nullptr)
+		return;
+	HASH_SEQ_STATUS status;
+	hash_seq_init(&status, versions_by_id);
+	for (auto *v = static_cast<VersionEntry *>(hash_seq_search(&status)); v;
+		 v = static_cast<VersionEntry *>(hash_seq_search(&status)))
+	{
+		if (v->material)
+			v->material->ReleaseContexts();
+	}
+}
+
+// Warns, once per backend, that key memory could not be locked (RLIMIT_MEMLOCK too low).
+void WarnUnlocked()
+{
+	if (warned_unlocked)
+		return;
+	warned_unlocked = true;
+	struct rlimit limit;
+	char shown[64] = "unknown";
+	if (getrlimit(RLIMIT_MEMLOCK, &limit) == 0)
+	{
+		if (limit.rlim_cur == RLIM_INFINITY)
+			snprintf(shown, sizeof(shown), "unlimited");
+		else
+			snprintf(shown, sizeof(shown), "%llu bytes", (unsigned long long)limit.rlim_cur);
+	}
+	ereport(WARNING,
+			(errmsg("pgkm could not lock key memory in RAM"),
+			 errdetail("mlock() failed under this process's memory-lock limit (RLIMIT_MEMLOCK: "
+					   "%s); this session's keys may be written to swap. They are still wiped "
+					   "and kept out of core dumps.",
+					   shown),
+			 errhint("Raise the memory-lock limit of the PostgreSQL service (LimitMEMLOCK= in "
+					 "its systemd unit, or ulimit -l).")));
+}
+
+// Drops the cache if the shared generation moved or the TTL ran out; notes the data path's
+// use for the redaction of the statement's parameters.
 inline void Validate()
 {
 	RequireSharedMemory();
+	RedactNoteDataPathUse();
 	std::uint64_t generation = ReadGeneration();
 	if (likely(generation == cache_generation &&
 			   GetCurrentStatementStartTimestamp() < cache_expires && keys_by_name != nullptr))
@@ -227,6 +277,8 @@ void EnsureMaterial(VersionEntry *v)
 	v->material = material;
 	pfree(v->wrapped);
 	v->wrapped = nullptr;
+	if (!material->locked())
+		WarnUnlocked();
 }
 
 // Raises insufficient_privilege unless the current user has the privileges of role.
@@ -292,10 +344,15 @@ void RememberSite(FmgrInfo *flinfo, VersionEntry *v, int name_len, const char *n
 	flinfo->fn_extra = site;
 }
 
-// Transaction callback: publishes catalog changes at commit, forgets them at abort, and drops
-// entries that were read under an old snapshot.
+// Transaction callback: releases the ciphers' OpenSSL contexts when a transaction ends;
+// publishes catalog changes at commit, forgets them at abort, and drops entries that were
+// read under an old snapshot.
 void XactCallback(XactEvent event, void *)
 {
+	if (contexts_live && (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
+						  event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+						  event == XACT_EVENT_PREPARE))
+		ReleaseContexts();
 	if (stale_until_xact_end &&
 		(event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE))
 	{
@@ -408,6 +465,7 @@ const char *VersionStateName(VersionState state)
 VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name)
 {
 	Validate();
+	contexts_live = true;
 	int name_len = VARSIZE_ANY_EXHDR(key_name);
 	const char *name = VARDATA_ANY(key_name);
 	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
@@ -438,6 +496,7 @@ VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name)
 VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id)
 {
 	Validate();
+	contexts_live = true;
 	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
 	if (likely(site && site->epoch == cache_epoch && site->name_len == kSiteById &&
 			   site->version->key_id == key_id))
@@ -473,6 +532,7 @@ VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id)
 VersionEntry *KeyForDecrypt(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_t version)
 {
 	Validate();
+	contexts_live = true;
 	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
 	VersionEntry *v;
 	if (likely(site && site->epoch == cache_epoch && site->version->key_id == key_id &&

@@ -2,6 +2,7 @@
 #include "pgkm/pg/audit.hpp"
 #include "pgkm/pg/boundary.hpp"
 #include "pgkm/pg/guc.hpp"
+#include "pgkm/pg/redact.hpp"
 #include "pgkm/pg/shmem.hpp"
 #include "pgkm/pg/token.hpp"
 #include "pgkm/pg/worker.hpp"
@@ -40,5 +41,6 @@ void _PG_init(void)
 	pgkm::pg::ShmemInit();
 	pgkm::pg::WorkerInit();
 	pgkm::pg::AuditInit();
+	pgkm::pg::RedactInit();
 	CheckPinFileAtStartup();
 }

@@ -559,7 +559,7 @@ Cluster::~Cluster()
 {
 	try
 	{
-		if (::testing::Test::HasFailure() || std::uncaught_exceptions() > 0)
+		if ((::testing::Test::HasFailure() || std::uncaught_exceptions() > 0) && !quiet_)
 			Note("server log of " + dir_ + " (last lines):\n" + serverLogTail(60));
 		if (postmasterPid() > 0)
 		{
@@ -793,6 +793,16 @@ int Cluster::postmasterPid() const
 	if (kill(pid, 0) != 0 && errno == ESRCH)
 		return 0;
 	return pid;
+}
+
+const char *Cluster::softhsmModule()
+{
+	return kSoftHsmModule;
+}
+
+const char *Cluster::tokenLabel()
+{
+	return kTokenLabel;
 }
 
 std::string Cluster::serverLog() const

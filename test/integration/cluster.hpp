@@ -149,6 +149,13 @@ class Cluster
 	std::string serverLog() const;
 	// The last lines of the server log.
 	std::string serverLogTail(int lines = 40) const;
+	// The token's SoftHSM2 configuration file, PIN file, module and label.
+	const std::string &softhsmConf() const { return conf_; }
+	const std::string &pinFile() const { return pin_file_; }
+	static const char *softhsmModule();
+	static const char *tokenLabel();
+	// Keeps the server log out of the test output on failure (it may hold test secrets).
+	void quietOnFailure() { quiet_ = true; }
 
   private:
 	struct StandbyTag
@@ -171,6 +178,7 @@ class Cluster
 	std::string pin_file_;
 	int port_ = 54329;
 	int slot_ = -1; // index in the SIGINT cleanup registry
+	bool quiet_ = false;
 };
 
 } // namespace pgkm::it

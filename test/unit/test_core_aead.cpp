@@ -320,5 +320,27 @@ TEST(CoreAead, ReusedContextsStayCorrect)
 	EXPECT_EQ(first, again);
 }
 
+// Contexts are made on first use and released on request; the key stays (locked) in the
+// cipher, so sealing and opening after a release give the same bytes as before.
+TEST(CoreAead, ReleasedContextsAreRebuiltFromTheKey)
+{
+	GcmCipher cipher(kKey);
+	EXPECT_FALSE(cipher.HasContexts());
+	EXPECT_TRUE(cipher.locked()) << "mlock of one page failed: is RLIMIT_MEMLOCK 0 here?";
+	const Header header{kFormatV1, Algorithm::Aes256Gcm, 1, 1};
+	const Bytes pt = test::FromText("released");
+	Bytes before(pt.size() + kGcmOverhead), after(pt.size() + kGcmOverhead), opened(pt.size());
+	cipher.Seal(header, kNonce, pt, {}, before);
+	EXPECT_TRUE(cipher.HasContexts());
+	cipher.ReleaseContexts();
+	EXPECT_FALSE(cipher.HasContexts());
+	cipher.ReleaseContexts(); // twice is harmless
+	cipher.Open(before, {}, opened);
+	EXPECT_EQ(opened, pt);
+	cipher.ReleaseContexts();
+	cipher.Seal(header, kNonce, pt, {}, after);
+	EXPECT_EQ(before, after);
+}
+
 } // namespace
 } // namespace pgkm::core

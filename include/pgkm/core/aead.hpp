@@ -1,8 +1,10 @@
-// AES-256-GCM under one working key, with OpenSSL contexts whose key schedule is set once.
+// AES-256-GCM under one working key, with OpenSSL contexts whose key schedule is set once
+// and released on request (the key itself stays in locked memory).
 #pragma once
 
 #include "pgkm/core/format.hpp"
 #include "pgkm/core/pure.hpp"
+#include "pgkm/core/secure_buffer.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -16,7 +18,8 @@ namespace pgkm::core
 class GcmCipher
 {
   public:
-	// Takes a 32-byte working key (already derived with HKDF; never the DEK itself).
+	// Copies a 32-byte working key (already derived with HKDF; never the DEK itself) into a
+	// locked buffer. Throws Error(InvalidArgument) for another size.
 	explicit GcmCipher(ByteView key);
 	~GcmCipher();
 	GcmCipher(const GcmCipher &) = delete;
@@ -35,7 +38,19 @@ class GcmCipher
 	// Error(AuthenticationFailed) when the tag does not verify; out is then wiped.
 	void Open(ByteView ciphertext, ByteView context, std::span<std::uint8_t> out);
 
+	// Frees the OpenSSL contexts. Their expanded key schedules live in OpenSSL's ordinary heap
+	// (not locked, dumped with the process; wiped when freed), so a caller releases them when
+	// the cipher goes idle; the next Seal or Open sets them up again from the locked key.
+	void ReleaseContexts() noexcept;
+
+	// Whether an OpenSSL context (and with it a key schedule) exists now.
+	bool HasContexts() const noexcept { return enc_ != nullptr || dec_ != nullptr; }
+
+	// Whether the working key's buffer is locked in memory (mlock succeeded).
+	bool locked() const noexcept { return key_.locked(); }
+
   private:
+	SecureBuffer key_;
 	EVP_CIPHER_CTX *enc_ = nullptr;
 	EVP_CIPHER_CTX *dec_ = nullptr;
 };

@@ -35,12 +35,17 @@ bool VerifyKeyCheckValue(ByteView dek, std::uint32_t key_id, std::uint32_t key_v
 class KeyMaterial
 {
   public:
-	// Derives the working keys from dek (32 bytes) once; the DEK itself is not kept.
+	// Derives the working keys from dek (32 bytes) once into locked buffers; the DEK itself
+	// is not kept.
 	KeyMaterial(std::uint32_t key_id, std::uint32_t key_version, ByteView dek);
 
 	std::uint32_t key_id() const noexcept { return key_id_; }
 	std::uint32_t key_version() const noexcept { return key_version_; }
 	GcmCipher &gcm() noexcept { return *gcm_; }
+	// Frees the OpenSSL contexts of the ciphers (see GcmCipher::ReleaseContexts).
+	void ReleaseContexts() noexcept { gcm_->ReleaseContexts(); }
+	// Whether every working key is locked in memory.
+	bool locked() const noexcept { return gcm_->locked(); }
 
   private:
 	std::uint32_t key_id_;

@@ -61,6 +61,15 @@ extern int guc_audit_checkpoint_interval; // s
 extern int guc_audit_checkpoint_records;
 extern char *guc_audit_key_label;
 
+// Redaction of bind parameters from the server log (redact.cpp).
+enum RedactParameters
+{
+	kRedactOff,
+	kRedactOn,  // statements known to use pgkm's functions
+	kRedactAll, // every statement
+};
+extern int guc_redact_parameters;
+
 // Defines every pgkm.* setting and reserves the prefix.
 void GucInit();
 

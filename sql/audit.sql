@@ -43,12 +43,13 @@ SET ROLE regress_audit_stranger;
 SELECT card FROM audited;
 RESET ROLE;
 
--- failed: wrong context, corrupted, truncated, unknown key; a NULL is no use of a key
+-- failed: wrong context, corrupted, truncated, unknown key, not text; a NULL is no use
 SET ROLE regress_audit_app;
 SELECT pgkm_decrypt_text(card, 'not the id') FROM audited WHERE id = 1;
 SELECT pgkm_decrypt(overlay(card placing '\xff'::bytea from 30 for 1), id::text) FROM audited WHERE id = 1;
 SELECT pgkm_decrypt(substr(card, 1, 20)) FROM audited WHERE id = 1;
 SELECT pgkm_encrypt('x', 'no_such_key');
+SELECT pgkm_decrypt_text(pgkm_encrypt('\xfffe'::bytea, 'audit_key'));
 SELECT pgkm_decrypt(NULL);
 RESET ROLE;
 

@@ -37,8 +37,24 @@ bytea *Decrypt(FunctionCallInfo fcinfo, VersionEntry **used, std::uint8_t *nonce
 	return result;
 }
 
-// Decrypts like Decrypt, recording the use in the audit, or the failure before it is raised.
-bytea *AuditedDecrypt(FunctionCallInfo fcinfo, VersionEntry **used)
+// Raises character_not_in_repertoire unless the plaintext is valid text in the database
+// encoding; wipes it first, and never echoes a byte of it.
+void RequireText(bytea *plain, const VersionEntry *v)
+{
+	if (pg_verifymbstr(VARDATA(plain), VARSIZE(plain) - VARHDRSZ, true))
+		return;
+	explicit_bzero(VARDATA(plain), VARSIZE(plain) - VARHDRSZ);
+	ereport(ERROR,
+			(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+			 errmsg("decrypted value is not valid text in encoding \"%s\" (key \"%s\" version %u)",
+					GetDatabaseEncodingName(), v->key_name, v->version),
+			 errhint("Use pgkm_decrypt() to read the value as bytea.")));
+}
+
+// Decrypts like Decrypt (as text: checked against the database encoding), recording the use
+// in the audit, or the failure before it is raised: a value that is not valid text was not
+// returned, so it is recorded as failed (22021), not as a decrypt.
+bytea *AuditedDecrypt(FunctionCallInfo fcinfo, VersionEntry **used, bool as_text)
 {
 	audit_failing = AuditTarget{};
 	bytea *volatile result = nullptr;
@@ -46,6 +62,8 @@ bytea *AuditedDecrypt(FunctionCallInfo fcinfo, VersionEntry **used)
 	PG_TRY();
 	{
 		result = Decrypt(fcinfo, used, nonce);
+		if (as_text)
+			RequireText(result, *used);
 	}
 	PG_CATCH();
 	{
@@ -124,7 +142,7 @@ Datum pgkm_decrypt(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	VersionEntry *v;
-	PG_RETURN_BYTEA_P(AuditedDecrypt(fcinfo, &v));
+	PG_RETURN_BYTEA_P(AuditedDecrypt(fcinfo, &v, false));
 }
 
 // pgkm_decrypt_text(ciphertext, context): the plaintext as text, checked against the
@@ -134,15 +152,7 @@ Datum pgkm_decrypt_text(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	VersionEntry *v;
-	bytea *plain = AuditedDecrypt(fcinfo, &v);
-	if (!pg_verifymbstr(VARDATA(plain), VARSIZE(plain) - VARHDRSZ, true))
-		ereport(
-			ERROR,
-			(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
-			 errmsg("decrypted value is not valid text in encoding \"%s\" (key \"%s\" version %u)",
-					GetDatabaseEncodingName(), v->key_name, v->version),
-			 errhint("Use pgkm_decrypt() to read the value as bytea.")));
-	PG_RETURN_TEXT_P(plain);
+	PG_RETURN_TEXT_P(AuditedDecrypt(fcinfo, &v, true));
 }
 
 // pgkm_ciphertext_info(ciphertext): the header fields and the key's name; never decrypts, and

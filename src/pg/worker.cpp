@@ -434,7 +434,8 @@ Step RunBatch()
 }
 
 // Runs one batch in its own transaction; a failure marks the job failed, except a lock or
-// statement timeout, which is retried later.
+// statement timeout, or the token being unusable (58000, F0000: a row is not at fault), which
+// is retried after the naptime.
 Step RunBatchStep()
 {
 	volatile Step step = Step::Idle;
@@ -458,10 +459,13 @@ Step RunBatchStep()
 		bool retry = error->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
 					 error->sqlerrcode == ERRCODE_QUERY_CANCELED ||
 					 error->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
-					 error->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED;
+					 error->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
+					 error->sqlerrcode == ERRCODE_SYSTEM_ERROR ||
+					 error->sqlerrcode == ERRCODE_CONFIG_FILE_ERROR;
 		ereport(retry ? LOG : WARNING,
 				(errmsg("pgkm worker: re-encryption job %lld %s: %s", (long long)batch_job_id,
-						retry ? "will retry" : "failed", error->message)));
+						retry ? "will retry" : "failed", error->message),
+				 error->detail ? errdetail_internal("%s", error->detail) : 0));
 		if (!retry && batch_job_id != 0)
 		{
 			BeginStep();

@@ -137,10 +137,11 @@ std::uint64_t *positions = nullptr;
 TimestampTz partition_upper = 0;  // the newest partition's upper bound, once known
 Oid partition_relid = InvalidOid; // the pgkm.audit_log that partition_upper belongs to
 TimestampTz last_checkpoint_try = 0;
-// The last periodic checkpoint failed (the token is out, say): until one succeeds, only the
-// housekeeping at each pgkm.worker_naptime tries again, so a failing token is neither
-// hammered nor logged on the drain's cadence.
+// The last periodic checkpoint failed (the token is out, say): until one succeeds, the next
+// try waits pgkm.worker_naptime, so a failing token is neither hammered nor logged on the
+// drain's cadence.
 bool checkpoint_failing = false;
+TimestampTz checkpoint_retry_at = 0;
 
 // The chain head and checkpoint position from pgkm.audit_state.
 struct State
@@ -731,6 +732,8 @@ int AuditDrain()
 
 void AuditHousekeeping(bool retention)
 {
+	if (checkpoint_failing && GetCurrentTimestamp() < checkpoint_retry_at)
+		return;
 	EnsureChain();
 	MemoryContext caller = CurrentMemoryContext;
 	PG_TRY();
@@ -768,6 +771,8 @@ void AuditHousekeeping(bool retention)
 				 error->hint ? errhint("%s", error->hint) : 0));
 		FreeErrorData(error);
 		checkpoint_failing = true;
+		checkpoint_retry_at =
+			TimestampTzPlusMilliseconds(GetCurrentTimestamp(), guc_worker_naptime * 1000L);
 	}
 	PG_END_TRY();
 }

@@ -83,6 +83,7 @@ enum class Step
 	Idle,    // no open job: wait for the naptime or a wake-up
 	Worked,  // a batch re-encrypted rows: wait the throttle delay
 	Blocked, // rows remain but are locked or timed out: wait the naptime
+	Retry,   // the batch failed in a way that passes (a timeout, the token): not before the naptime
 };
 
 // A job as read at the start of a batch.
@@ -473,7 +474,7 @@ Step RunBatchStep()
 			EndStep();
 		}
 		FreeErrorData(error);
-		step = Step::Blocked;
+		step = retry ? Step::Retry : Step::Blocked;
 	}
 	PG_END_TRY();
 	return step;
@@ -756,6 +757,7 @@ void pgkm_worker_main(Datum arg)
 	RecoverJobs();
 
 	TimestampTz next_housekeeping = 0;
+	TimestampTz next_batch = 0; // a batch to retry waits the naptime, even with audit records
 	for (;;)
 	{
 		HandleSignals();
@@ -775,9 +777,11 @@ void pgkm_worker_main(Datum arg)
 		if (audited > 0 && AuditCheckpointDue())
 			AuditHousekeeping(false);
 		TimestampTz started = GetCurrentTimestamp();
-		Step step = RunBatchStep();
+		Step step = started >= next_batch ? RunBatchStep() : Step::Idle;
+		if (step == Step::Retry)
+			next_batch = TimestampTzPlusMilliseconds(started, guc_worker_naptime * 1000L);
 		long wait = guc_worker_naptime * 1000L;
-		if (step == Step::Blocked || audited < 0)
+		if (step == Step::Blocked || step == Step::Retry || audited < 0)
 			next_housekeeping = 0; // a failure may mean DROP EXTENSION: look at once
 		if (audited < 0)
 			wait = Min(wait, 1000L); // retry the audit soon

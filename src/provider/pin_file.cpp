@@ -91,7 +91,7 @@ Error TooLarge(const std::string &path)
 
 // Opens without following a final symlink and without blocking on a FIFO, checks the file's
 // type, owner, mode and size on the open descriptor (no race with a rename), then reads it.
-core::SecureBuffer ReadPinFile(const std::string &path)
+core::SecureBuffer ReadPinFile(const std::string &path, PinFileVersion *version)
 {
 	const int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0)
@@ -125,6 +125,14 @@ core::SecureBuffer ReadPinFile(const std::string &path)
 	}
 	if (static_cast<std::size_t>(status.st_size) > kMaxPinFileSize)
 		throw TooLarge(path);
+	if (version != nullptr)
+	{
+		version->device = status.st_dev;
+		version->inode = status.st_ino;
+		version->size = status.st_size;
+		version->mtime_ns = status.st_mtim.tv_sec * 1000000000LL + status.st_mtim.tv_nsec;
+		version->ctime_ns = status.st_ctim.tv_sec * 1000000000LL + status.st_ctim.tv_nsec;
+	}
 
 	// One spare byte notices a file that grew after fstat.
 	core::SecureBuffer buffer(kMaxPinFileSize + 1);

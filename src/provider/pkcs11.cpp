@@ -166,6 +166,14 @@ class Pkcs11Provider final : public Provider
 	bool connected_ = false;
 	CK_SESSION_HANDLE session_ = CK_INVALID_HANDLE;
 	std::map<std::string, CK_OBJECT_HANDLE> keys_; // master and MAC key handles by label
+	// The PIN file version the token refused, and how: never tried again (an HSM may lock
+	// its user after a few wrong PINs), until the file changes.
+	struct RefusedPin
+	{
+		PinFileVersion version;
+		CK_RV rv;
+	};
+	std::optional<RefusedPin> refused_pin_;
 };
 
 // Closes the session, and when this is the library's last user in the process, logs out
@@ -348,24 +356,35 @@ CK_SLOT_ID Pkcs11Provider::FindSlot()
 	return *match;
 }
 
-// Reads the PIN file now (never earlier, never kept) and logs in as the user.
+// Reads the PIN file now (never earlier, never kept) and logs in as the user. A PIN file
+// that the token refused is not tried again until it changes.
 void Pkcs11Provider::Login()
 {
+	const std::string message = "could not log in to PKCS#11 token " + Token();
+	const char *hint = "Check the PIN file against the token's user PIN; pgkm reads the file "
+					   "again at the next login.";
 	CK_RV rv;
+	PinFileVersion version;
 	{
-		core::SecureBuffer pin = ReadPinFile(config_.pin_file);
+		core::SecureBuffer pin = ReadPinFile(config_.pin_file, &version);
+		if (refused_pin_ && refused_pin_->version == version)
+			throw Error(ErrorKind::TokenUnavailable, message,
+						Detail("C_Login", refused_pin_->rv) +
+							" (earlier, for this version of the PIN file: not tried again until "
+							"it changes, lest the token lock its user)",
+						hint);
 		rv = functions_->C_Login(session_, CKU_USER, pin.data(), pin.size());
 	}
 	if (rv == CKR_USER_ALREADY_LOGGED_IN)
 		return;
 	if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED || rv == CKR_PIN_EXPIRED ||
 		rv == CKR_PIN_LEN_RANGE || rv == CKR_PIN_INVALID)
-		throw Error(ErrorKind::TokenUnavailable, "could not log in to PKCS#11 token " + Token(),
-					Detail("C_Login", rv),
-					"Check the PIN file against the token's user PIN; pgkm reads the file again at "
-					"the next login.");
-	Check(rv, "C_Login", ErrorKind::TokenUnavailable,
-		  "could not log in to PKCS#11 token " + Token());
+	{
+		refused_pin_ = RefusedPin{version, rv};
+		throw Error(ErrorKind::TokenUnavailable, message, Detail("C_Login", rv), hint);
+	}
+	Check(rv, "C_Login", ErrorKind::TokenUnavailable, message);
+	refused_pin_.reset();
 }
 
 // Collects the handles of every object matching the template.

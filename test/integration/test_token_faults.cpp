@@ -208,7 +208,9 @@ class TokenFaults : public ::testing::Test
 			"pgkm.rotation_batch_size = 5",
 		});
 		cluster_->start();
-		pin_ = Slurp(cluster_->dir() + "/pin");
+		pin_file_content_ = Slurp(cluster_->dir() + "/pin");
+		pin_ = pin_file_content_.substr(0, pin_file_content_.find('\n'));
+		ASSERT_GE(pin_.size(), 8u) << "no PIN in the cluster's PIN file";
 		Connection db = cluster_->connect();
 		db.exec("CREATE EXTENSION pgkm");
 		for (const char *key : {"k1", "k2", "k3"})
@@ -233,7 +235,7 @@ class TokenFaults : public ::testing::Test
 
 	static void TearDownTestSuite()
 	{
-		if (cluster_)
+		if (cluster_ && !pin_.empty())
 		{
 			EXPECT_EQ(cluster_->serverLog().find(pin_), std::string::npos)
 				<< "the token PIN appeared in the server log";
@@ -321,13 +323,15 @@ class TokenFaults : public ::testing::Test
 
 	static std::unique_ptr<Cluster> cluster_;
 	static std::unique_ptr<Connection> bystander_;
-	static std::string pin_;
+	static std::string pin_;              // the token's user PIN
+	static std::string pin_file_content_; // the PIN file as the cluster wrote it
 	static int bystander_pid_, postmaster_pid_, worker_pid_;
 };
 
 std::unique_ptr<Cluster> TokenFaults::cluster_;
 std::unique_ptr<Connection> TokenFaults::bystander_;
 std::string TokenFaults::pin_;
+std::string TokenFaults::pin_file_content_;
 int TokenFaults::bystander_pid_ = 0;
 int TokenFaults::postmaster_pid_ = 0;
 int TokenFaults::worker_pid_ = 0;
@@ -572,7 +576,16 @@ TEST_F(TokenFaults, WrongPin)
 	f.logged_in_keeps_token = true;
 	f.worker_keeps_token = true;
 	f.inject = [&] { Overwrite(pin_file, "00000000\n"); };
-	f.repair = [&] { Overwrite(pin_file, pin_); };
+	f.repair = [&] { Overwrite(pin_file, pin_file_content_); };
+	f.during = [&]
+	{
+		// A backend tries a refused PIN file once: a hardware token may lock its user.
+		Connection c = cluster_->connect();
+		EXPECT_EQ(Try(c, DecryptRow("t2", 10)).detail, "C_Login: CKR_PIN_INCORRECT");
+		const Outcome again = Try(c, DecryptRow("t2", 11));
+		EXPECT_NE(again.detail.find("not tried again until it changes"), std::string::npos)
+			<< Show(again);
+	};
 	Exercise(f);
 }
 
@@ -670,9 +683,8 @@ TEST_F(TokenFaults, MasterKeyDeleted)
 		// The HSM's backup, taken before the deletion.
 		ASSERT_EQ(RunTool(*cluster_, {"cp", "-a", dir, backup}), 0);
 		ASSERT_EQ(RunTool(*cluster_, {"pkcs11-tool", "--module", "/usr/lib/softhsm/libsofthsm2.so",
-									  "--token-label", "pgkm-test", "--login", "--pin",
-									  pin_.substr(0, pin_.find('\n')), "--delete-object", "--type",
-									  "secrkey", "--label", label}),
+									  "--token-label", "pgkm-test", "--login", "--pin", pin_,
+									  "--delete-object", "--type", "secrkey", "--label", label}),
 				  0)
 			<< "pkcs11-tool --delete-object failed";
 	};

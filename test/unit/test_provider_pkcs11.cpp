@@ -309,6 +309,26 @@ TEST_F(ProviderPkcs11, ReportsAWrongPinWithoutShowingIt)
 	}
 }
 
+TEST_F(ProviderPkcs11, TriesARefusedPinFileAgainOnlyOnceItChanges)
+{
+	Pkcs11Config config = token_.Config();
+	config.pin_file = token_.dir() + "/wrong-pin";
+	SoftHsmToken::WriteFile(config.pin_file, "9876-not-the-pin\n", 0600);
+	auto provider = MakePkcs11Provider(config);
+	EXPECT_EQ(Thrown([&] { provider->Generate(kMaster); }).detail(), "C_Login: CKR_PIN_INCORRECT");
+	// Not tried again: the detail says so (a token may lock its user after a few).
+	const Error again = Thrown([&] { provider->Generate(kMaster); });
+	EXPECT_EQ(again.kind(), ErrorKind::TokenUnavailable);
+	EXPECT_EQ(again.detail().rfind("C_Login: CKR_PIN_INCORRECT (earlier, for this version", 0), 0u)
+		<< again.detail();
+	// Another wrong PIN is a new version of the file: tried, and refused by the token.
+	SoftHsmToken::WriteFile(config.pin_file, "1111-not-the-pin-either\n", 0600);
+	EXPECT_EQ(Thrown([&] { provider->Generate(kMaster); }).detail(), "C_Login: CKR_PIN_INCORRECT");
+	SoftHsmToken::WriteFile(config.pin_file, token_.user_pin() + "\n", 0600);
+	provider->Generate(kMaster);
+	EXPECT_TRUE(provider->Describe(kMaster).sensitive);
+}
+
 TEST_F(ProviderPkcs11, ReportsAMissingModule)
 {
 	Pkcs11Config config = token_.Config();

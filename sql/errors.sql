@@ -95,7 +95,7 @@ UPDATE pgkm.key_versions SET master_key_id =
 	(SELECT master_key_id FROM pgkm.master_keys WHERE label = 'pgkm-foreign')
 	WHERE key_id = (SELECT key_id FROM pgkm.keys WHERE name = 'lifecycle_key');
 SELECT pgkm_test_error($$SELECT pgkm_decrypt(c) FROM lc$$);
--- a master key label the token does not have
+-- a master key label the token does not have: a fault of the token, system_error (58000)
 UPDATE pgkm.master_keys SET label = 'pgkm-missing' WHERE label = 'pgkm-foreign';
 SELECT pgkm_test_error($$SELECT pgkm_decrypt(c) FROM lc$$);
 UPDATE pgkm.key_versions v SET master_key_id = s.master_key_id

@@ -27,6 +27,9 @@ namespace
 CounterEntry pending_flush[kCounterSlots];
 int pending_flush_count = 0;
 bool flush_callback_registered = false;
+// Set while a flush updates pgkm.key_versions: a count is not cached by any backend, so that
+// update must not empty every key cache (and reach for the token again) at commit.
+bool flushing_counts = false;
 
 // Raises invalid_parameter_value unless name is a valid key name (as the CHECK says).
 void ValidateKeyName(const char *name)
@@ -62,7 +65,10 @@ void FlushXactCallback(XactEvent event, void *)
 		pending_flush_count = 0;
 	}
 	else if (event == XACT_EVENT_ABORT)
+	{
 		pending_flush_count = 0;
+		flushing_counts = false;
+	}
 }
 
 } // namespace
@@ -194,10 +200,12 @@ int64 FlushEncryptionCounts()
 		Datum values[3] = {Int64GetDatum(entries[i].key_id),
 						   Int32GetDatum((int32)entries[i].version),
 						   Int64GetDatum((int64)entries[i].unflushed)};
+		flushing_counts = true;
 		CatalogExec(
 			"UPDATE pgkm.key_versions SET encryptions = encryptions OPERATOR(pg_catalog.+) $3"
 			" WHERE key_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2",
 			3, types, values, nullptr, SPI_OK_UPDATE);
+		flushing_counts = false;
 		pending_flush[pending_flush_count++] = entries[i];
 		total += (int64)entries[i].unflushed;
 	}
@@ -360,12 +368,14 @@ Datum pgkm_flush_encryption_counts(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(total);
 }
 
-// Statement trigger on the key catalog: any change invalidates key caches at commit.
+// Statement trigger on the key catalog: any change invalidates key caches at commit, except
+// the count updates of a flush.
 Datum pgkm_catalog_changed(PG_FUNCTION_ARGS)
 {
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 						errmsg("pgkm.catalog_changed() must be called as a trigger")));
-	KeyCacheCatalogChanged();
+	if (!flushing_counts)
+		KeyCacheCatalogChanged();
 	return PointerGetDatum(nullptr);
 }

@@ -137,6 +137,11 @@ std::uint64_t *positions = nullptr;
 TimestampTz partition_upper = 0;  // the newest partition's upper bound, once known
 Oid partition_relid = InvalidOid; // the pgkm.audit_log that partition_upper belongs to
 TimestampTz last_checkpoint_try = 0;
+// The last periodic checkpoint failed (the token is out, say): until one succeeds, the next
+// try waits pgkm.worker_naptime, so a failing token is neither hammered nor logged on the
+// drain's cadence.
+bool checkpoint_failing = false;
+TimestampTz checkpoint_retry_at = 0;
 
 // The chain head and checkpoint position from pgkm.audit_state.
 struct State
@@ -557,6 +562,23 @@ void AbandonStep(const std::uint64_t *taken_positions, int n, const char *what)
 	FreeErrorData(error);
 }
 
+// Ends a failed seal or retention step (in PG_CATCH): aborts its transaction, answers its
+// markers with the error (their waiters raise it; nothing is retried, so no marker holds the
+// ring while the token is out), and logs why.
+void FailMarkers(const std::uint64_t *marker_positions, int n, const char *what)
+{
+	AuditSetWriter(false);
+	ErrorData *error = CopyErrorData();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	AuditReleaseFailed(marker_positions, n, unpack_sql_state(error->sqlerrcode), error->message,
+					   error->detail, error->hint);
+	ereport(WARNING, (errmsg("pgkm worker: %s: %s", what, error->message),
+					  error->detail ? errdetail_internal("%s", error->detail) : 0,
+					  error->hint ? errhint("%s", error->hint) : 0));
+	FreeErrorData(error);
+}
+
 // Appends one batch of ring entries in one transaction; markers that ask for a checkpoint or
 // retention are served in a second one, so that a token failure never holds records back.
 // Returns how many entries it took (-1 after a failure).
@@ -671,8 +693,9 @@ int DrainBatch()
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(caller);
-		AbandonStep(later, nlater, "could not seal the audit log");
-		return -1;
+		FailMarkers(later, nlater,
+					retention ? "could not apply audit retention" : "could not seal the audit log");
+		return n;
 	}
 	PG_END_TRY();
 	AuditRelease(later, nlater);
@@ -709,6 +732,8 @@ int AuditDrain()
 
 void AuditHousekeeping(bool retention)
 {
+	if (checkpoint_failing && GetCurrentTimestamp() < checkpoint_retry_at)
+		return;
 	EnsureChain();
 	MemoryContext caller = CurrentMemoryContext;
 	PG_TRY();
@@ -730,14 +755,24 @@ void AuditHousekeeping(bool retention)
 			WriteState(state);
 		}
 		WorkerEndStep();
+		checkpoint_failing = false;
 	}
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(caller);
 		AuditSetWriter(false);
-		EmitErrorReport();
+		ErrorData *error = CopyErrorData();
 		FlushErrorState();
 		AbortCurrentTransaction();
+		ereport(WARNING,
+				(errmsg("pgkm worker: could not write an audit checkpoint, will retry in %d s: %s",
+						guc_worker_naptime, error->message),
+				 error->detail ? errdetail_internal("%s", error->detail) : 0,
+				 error->hint ? errhint("%s", error->hint) : 0));
+		FreeErrorData(error);
+		checkpoint_failing = true;
+		checkpoint_retry_at =
+			TimestampTzPlusMilliseconds(GetCurrentTimestamp(), guc_worker_naptime * 1000L);
 	}
 	PG_END_TRY();
 }
@@ -747,7 +782,7 @@ bool AuditCheckpointDue()
 	// Record-count checkpoints are taken by the drain loop's caller through housekeeping;
 	// this bounds how often a failing token is retried.
 	TimestampTz now = GetCurrentTimestamp();
-	if (now - last_checkpoint_try < USECS_PER_SEC)
+	if (checkpoint_failing || now - last_checkpoint_try < USECS_PER_SEC)
 		return false;
 	last_checkpoint_try = now;
 	return true;
@@ -783,7 +818,19 @@ void WaitForWorker(AuditKind kind)
 	memset(&marker, 0, sizeof(marker));
 	marker.dbid = MyDatabaseId;
 	marker.kind = kind;
-	AuditWaitDurable(AuditEnqueue(&marker, 1, AuditFull::Wait));
+	AuditOutcome outcome;
+	AuditWaitDurable(AuditEnqueue(&marker, 1, AuditFull::Wait), &outcome);
+	if (outcome.sqlstate[0] != '\0')
+		ereport(
+			ERROR,
+			(errcode(MAKE_SQLSTATE(outcome.sqlstate[0], outcome.sqlstate[1], outcome.sqlstate[2],
+								   outcome.sqlstate[3], outcome.sqlstate[4])),
+			 errmsg("the pgkm worker could not %s: %s",
+					kind == AuditKind::Seal ? "seal the audit log" : "apply audit retention",
+					outcome.message),
+			 outcome.detail[0] ? errdetail_internal("%s", outcome.detail) : 0,
+			 outcome.hint[0] ? errhint("%s", outcome.hint)
+							 : errhint("The worker tries again at its next naptime.")));
 }
 
 // Reads one number in a catalog session.

@@ -261,8 +261,10 @@ std::uint64_t AuditEnqueue(const AuditEntry *entries, int n, AuditFull full)
 	return last;
 }
 
-void AuditWaitDurable(std::uint64_t pos)
+void AuditWaitDurable(std::uint64_t pos, AuditOutcome *outcome)
 {
+	if (outcome)
+		memset(outcome, 0, sizeof(*outcome));
 	if (pos == 0)
 		return;
 	ConditionVariablePrepareToSleep(&ring->freed);
@@ -271,6 +273,16 @@ void AuditWaitDurable(std::uint64_t pos)
 		LWLockAcquire(ring->lock, LW_SHARED);
 		Slot *slot = SlotAt(pos);
 		bool done = slot->pos != pos || slot->state == kFree;
+		// A freed slot keeps its entry until the ring wraps around to it.
+		if (done && outcome && slot->pos == pos)
+		{
+			strlcpy(outcome->sqlstate, slot->entry.sqlstate, sizeof(outcome->sqlstate));
+			strlcpy(outcome->message, slot->entry.detail, sizeof(outcome->message));
+			const char *detail = slot->entry.row_context;
+			strlcpy(outcome->detail, detail, sizeof(outcome->detail));
+			std::size_t detail_len = strnlen(detail, sizeof(slot->entry.row_context) - 1);
+			strlcpy(outcome->hint, detail + detail_len + 1, sizeof(outcome->hint));
+		}
 		LWLockRelease(ring->lock);
 		if (done)
 			break;
@@ -323,6 +335,31 @@ void AuditUntake(const std::uint64_t *positions, int n)
 			slot->state = kReady;
 	}
 	LWLockRelease(ring->lock);
+}
+
+void AuditReleaseFailed(const std::uint64_t *positions, int n, const char *sqlstate,
+						const char *message, const char *detail, const char *hint)
+{
+	// row_context holds the detail, a NUL, then the hint; each is cut to fit half of it.
+	constexpr std::size_t half = sizeof(AuditEntry::row_context) / 2;
+	LWLockAcquire(ring->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < n; i++)
+	{
+		Slot *slot = SlotAt(positions[i]);
+		if (slot->pos != positions[i])
+			continue;
+		AuditEntry &e = slot->entry;
+		strlcpy(e.sqlstate, sqlstate, sizeof(e.sqlstate));
+		strlcpy(e.detail, message ? message : "", sizeof(e.detail));
+		std::size_t detail_len = strlcpy(e.row_context, detail ? detail : "", half);
+		detail_len = Min(detail_len, half - 1);
+		strlcpy(e.row_context + detail_len + 1, hint ? hint : "", half);
+		e.row_context_len = (std::uint16_t)detail_len;
+		slot->state = kFree;
+	}
+	AdvanceTail();
+	LWLockRelease(ring->lock);
+	ConditionVariableBroadcast(&ring->freed);
 }
 
 int AuditDiscard(Oid dbid)

@@ -34,6 +34,24 @@ std::string RequiredSetting(const char *name, const char *value)
 	return value;
 }
 
+// Runs a provider call on a master key that the catalog records. The token not holding that
+// key is a fault of the token, like its absence (58000), not an unknown name the caller gave:
+// Error(UnknownKey) becomes Error(TokenUnavailable), with the provider's detail and hint.
+template <typename Call> auto OnRecordedMasterKey(Call &&call) -> decltype(call())
+{
+	try
+	{
+		return call();
+	}
+	catch (const core::Error &error)
+	{
+		if (error.kind() != core::ErrorKind::UnknownKey)
+			throw;
+		throw core::Error(core::ErrorKind::TokenUnavailable, error.message(), error.detail(),
+						  error.hint());
+	}
+}
+
 // Copies a string into a fixed buffer, refusing to truncate.
 void CopyLabel(char *dst, std::size_t size, const std::string &src)
 {
@@ -98,7 +116,7 @@ bool AuditVerifyMac(const char *label, core::ByteView message, core::ByteView ma
 
 void RequireMasterKey(const char *label)
 {
-	Token().Describe(label);
+	OnRecordedMasterKey([&] { return Token().Describe(label); });
 }
 
 void NextMasterKey(const char *base_label, std::uint64_t catalog_version, MasterKeyChoice *out)
@@ -136,7 +154,8 @@ void NewWrappedDek(const char *master_label, std::uint32_t key_id, std::uint32_t
 {
 	provider::Provider &p = Token();
 	core::SecureBuffer dek = core::SecureBuffer::Random(core::kDekSize);
-	std::vector<std::uint8_t> wrapped = p.Wrap(master_label, dek.view());
+	std::vector<std::uint8_t> wrapped =
+		OnRecordedMasterKey([&] { return p.Wrap(master_label, dek.view()); });
 	if (wrapped.size() > sizeof(out->wrapped))
 		throw core::Error(core::ErrorKind::Internal, "wrapped key is longer than expected");
 	std::copy(wrapped.begin(), wrapped.end(), out->wrapped);
@@ -157,7 +176,7 @@ core::SecureBuffer UnwrapVerified(const char *master_label, const char *key_name
 	core::SecureBuffer dek;
 	try
 	{
-		dek = Token().Unwrap(master_label, wrapped);
+		dek = OnRecordedMasterKey([&] { return Token().Unwrap(master_label, wrapped); });
 	}
 	catch (const core::Error &error)
 	{
@@ -207,11 +226,12 @@ void RewrapDek(const char *old_label, const char *new_label, const char *key_nam
 							  std::to_string(version) + " has the wrong length");
 	provider::Provider &p = Token();
 	core::SecureBuffer dek = UnwrapVerified(old_label, key_name, key_id, version, wrapped, check);
-	std::vector<std::uint8_t> rewrapped = p.Wrap(new_label, dek.view());
+	std::vector<std::uint8_t> rewrapped =
+		OnRecordedMasterKey([&] { return p.Wrap(new_label, dek.view()); });
 	if (rewrapped.size() > sizeof(out->wrapped))
 		throw core::Error(core::ErrorKind::Internal, "wrapped key is longer than expected");
 	// The old blob is overwritten in the catalog: prove the new one opens first.
-	core::SecureBuffer again = p.Unwrap(new_label, rewrapped);
+	core::SecureBuffer again = OnRecordedMasterKey([&] { return p.Unwrap(new_label, rewrapped); });
 	if (again.size() != dek.size() || CRYPTO_memcmp(again.data(), dek.data(), dek.size()) != 0)
 		throw core::Error(core::ErrorKind::Internal, "key \"" + std::string(key_name) +
 														 "\" version " + std::to_string(version) +

@@ -83,6 +83,7 @@ enum class Step
 	Idle,    // no open job: wait for the naptime or a wake-up
 	Worked,  // a batch re-encrypted rows: wait the throttle delay
 	Blocked, // rows remain but are locked or timed out: wait the naptime
+	Retry,   // the batch failed in a way that passes (a timeout, the token): not before the naptime
 };
 
 // A job as read at the start of a batch.
@@ -446,7 +447,8 @@ Step RunBatch()
 }
 
 // Runs one batch in its own transaction; a failure marks the job failed, except a lock or
-// statement timeout, which is retried later.
+// statement timeout, or the token being unusable (58000, F0000: a row is not at fault), which
+// is retried after the naptime.
 Step RunBatchStep()
 {
 	volatile Step step = Step::Idle;
@@ -471,10 +473,13 @@ Step RunBatchStep()
 		bool retry = error->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
 					 error->sqlerrcode == ERRCODE_QUERY_CANCELED ||
 					 error->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
-					 error->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED;
+					 error->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
+					 error->sqlerrcode == ERRCODE_SYSTEM_ERROR ||
+					 error->sqlerrcode == ERRCODE_CONFIG_FILE_ERROR;
 		ereport(retry ? LOG : WARNING,
 				(errmsg("pgkm worker: re-encryption job %lld %s: %s", (long long)batch_job_id,
-						retry ? "will retry" : "failed", error->message)));
+						retry ? "will retry" : "failed", error->message),
+				 error->detail ? errdetail_internal("%s", error->detail) : 0));
 		if (!retry && batch_job_id != 0)
 		{
 			BeginStep();
@@ -482,7 +487,7 @@ Step RunBatchStep()
 			EndStep();
 		}
 		FreeErrorData(error);
-		step = Step::Blocked;
+		step = retry ? Step::Retry : Step::Blocked;
 	}
 	PG_END_TRY();
 	return step;
@@ -765,6 +770,7 @@ void pgkm_worker_main(Datum arg)
 	RecoverJobs();
 
 	TimestampTz next_housekeeping = 0;
+	TimestampTz next_batch = 0; // a batch to retry waits the naptime, even with audit records
 	for (;;)
 	{
 		HandleSignals();
@@ -784,9 +790,11 @@ void pgkm_worker_main(Datum arg)
 		if (audited > 0 && AuditCheckpointDue())
 			AuditHousekeeping(false);
 		TimestampTz started = GetCurrentTimestamp();
-		Step step = RunBatchStep();
+		Step step = started >= next_batch ? RunBatchStep() : Step::Idle;
+		if (step == Step::Retry)
+			next_batch = TimestampTzPlusMilliseconds(started, guc_worker_naptime * 1000L);
 		long wait = guc_worker_naptime * 1000L;
-		if (step == Step::Blocked || audited < 0)
+		if (step == Step::Blocked || step == Step::Retry || audited < 0)
 			next_housekeeping = 0; // a failure may mean DROP EXTENSION: look at once
 		if (audited < 0)
 			wait = Min(wait, 1000L); // retry the audit soon

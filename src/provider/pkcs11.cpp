@@ -166,6 +166,14 @@ class Pkcs11Provider final : public Provider
 	bool connected_ = false;
 	CK_SESSION_HANDLE session_ = CK_INVALID_HANDLE;
 	std::map<std::string, CK_OBJECT_HANDLE> keys_; // master and MAC key handles by label
+	// The PIN file version the token refused, and how: never tried again (an HSM may lock
+	// its user after a few wrong PINs), until the file changes.
+	struct RefusedPin
+	{
+		PinFileVersion version;
+		CK_RV rv;
+	};
+	std::optional<RefusedPin> refused_pin_;
 };
 
 // Closes the session, and when this is the library's last user in the process, logs out
@@ -185,10 +193,15 @@ std::string Pkcs11Provider::Mechanism() const
 }
 
 // Runs one operation on a live session. When the session, login or library state turns
-// out to be lost, reconnects and runs the whole operation once more.
+// out to be lost, reconnects and runs the whole operation once more. The reconnection
+// initialises the library afresh: a module may list its tokens only at C_Initialize
+// (SoftHSM2 reads its token directory then), so a token that was removed and put back is
+// found only that way.
+// When the second attempt fails too, its error's detail also names what the first one got.
 template <typename Operation>
 auto Pkcs11Provider::WithSession(Operation &&operation) -> decltype(operation())
 {
+	std::string first_failure;
 	try
 	{
 		EnsureConnected();
@@ -196,16 +209,27 @@ auto Pkcs11Provider::WithSession(Operation &&operation) -> decltype(operation())
 	}
 	catch (const SessionLost &lost)
 	{
+		first_failure = lost.detail();
 		const std::uint64_t lost_generation = generation_;
 		Disconnect(false);
-		if (lost.rv() == CKR_CRYPTOKI_NOT_INITIALIZED)
-			module_->MarkLost(lost_generation);
+		module_->MarkLost(lost_generation);
 	}
-	EnsureConnected();
-	return operation();
+	try
+	{
+		EnsureConnected();
+		return operation();
+	}
+	catch (const Error &error)
+	{
+		std::string detail = error.detail();
+		detail += (detail.empty() ? "" : "; ") + ("before reconnecting, " + first_failure);
+		throw Error(error.kind(), error.message(), detail, error.hint());
+	}
 }
 
 // Connects on first use, and again in a fork child or after the library was re-initialised.
+// A connection that fails at the token (not for a setting or the PIN file) makes the next
+// attempt initialise the library afresh, for the same reason as in WithSession.
 void Pkcs11Provider::EnsureConnected()
 {
 	if (connected_ && module_->IsCurrent(generation_))
@@ -220,7 +244,16 @@ void Pkcs11Provider::EnsureConnected()
 		module_ = &Module::Acquire(config_.module_path);
 		functions_ = module_->functions();
 	}
-	Connect();
+	try
+	{
+		Connect();
+	}
+	catch (const Error &error)
+	{
+		if (error.kind() == ErrorKind::TokenUnavailable)
+			module_->MarkLost(generation_);
+		throw;
+	}
 }
 
 // Initialises the library in this process, opens a read-write session and logs in.
@@ -288,12 +321,17 @@ CK_SLOT_ID Pkcs11Provider::FindSlot()
 		std::memcpy(wanted.data(), config_.token_label.data(), config_.token_label.size());
 
 	std::optional<CK_SLOT_ID> match;
-	std::string seen;
+	std::string seen; // what each slot holds, for the error
 	for (const CK_SLOT_ID slot : slots)
 	{
 		CK_TOKEN_INFO info;
-		if (functions_->C_GetTokenInfo(slot, &info) != CKR_OK)
-			continue; // removed meanwhile
+		seen += (seen.empty() ? "" : ", ") + std::to_string(slot) + " ";
+		const CK_RV rv = functions_->C_GetTokenInfo(slot, &info);
+		if (rv != CKR_OK)
+		{
+			seen += "(" + Detail("C_GetTokenInfo", rv) + ")"; // removed meanwhile, say
+			continue;
+		}
 		if (label_fits && std::memcmp(info.label, wanted.data(), kTokenLabelSize) == 0)
 		{
 			if (match)
@@ -304,31 +342,49 @@ CK_SLOT_ID Pkcs11Provider::FindSlot()
 		}
 		std::string label(reinterpret_cast<const char *>(info.label), kTokenLabelSize);
 		label.erase(label.find_last_not_of(' ') + 1);
-		seen += (seen.empty() ? "" : ", ") + ("\"" + label + "\"");
+		seen += "(\"" + label + "\"" +
+				((info.flags & CKF_TOKEN_INITIALIZED) ? "" : ", not initialized") + ")";
 	}
 	if (!match)
 		throw Error(ErrorKind::TokenUnavailable, "PKCS#11 token " + Token() + " not found",
-					std::to_string(slots.size()) + " token(s) present" +
-						(seen.empty() ? std::string() : ": " + seen));
+					"CKR_TOKEN_NOT_PRESENT: no slot holds a token labelled " + Token() +
+						"; C_GetSlotList lists " + std::to_string(slots.size()) +
+						" slot(s) with a token" + (seen.empty() ? std::string() : ": " + seen),
+					"Check that the token is present (the HSM reachable, a SoftHSM2 token "
+					"directory in place) and that pgkm.pkcs11_token_label names it; pgkm looks "
+					"for it again at the next call.");
 	return *match;
 }
 
-// Reads the PIN file now (never earlier, never kept) and logs in as the user.
+// Reads the PIN file now (never earlier, never kept) and logs in as the user. A PIN file
+// that the token refused is not tried again until it changes.
 void Pkcs11Provider::Login()
 {
+	const std::string message = "could not log in to PKCS#11 token " + Token();
+	const char *hint = "Check the PIN file against the token's user PIN; pgkm reads the file "
+					   "again at the next login.";
 	CK_RV rv;
+	PinFileVersion version;
 	{
-		core::SecureBuffer pin = ReadPinFile(config_.pin_file);
+		core::SecureBuffer pin = ReadPinFile(config_.pin_file, &version);
+		if (refused_pin_ && refused_pin_->version == version)
+			throw Error(ErrorKind::TokenUnavailable, message,
+						Detail("C_Login", refused_pin_->rv) +
+							" (earlier, for this version of the PIN file: not tried again until "
+							"it changes, lest the token lock its user)",
+						hint);
 		rv = functions_->C_Login(session_, CKU_USER, pin.data(), pin.size());
 	}
 	if (rv == CKR_USER_ALREADY_LOGGED_IN)
 		return;
 	if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED || rv == CKR_PIN_EXPIRED ||
 		rv == CKR_PIN_LEN_RANGE || rv == CKR_PIN_INVALID)
-		throw Error(ErrorKind::TokenUnavailable, "could not log in to PKCS#11 token " + Token(),
-					Detail("C_Login", rv), "Check the PIN file against the token's user PIN.");
-	Check(rv, "C_Login", ErrorKind::TokenUnavailable,
-		  "could not log in to PKCS#11 token " + Token());
+	{
+		refused_pin_ = RefusedPin{version, rv};
+		throw Error(ErrorKind::TokenUnavailable, message, Detail("C_Login", rv), hint);
+	}
+	Check(rv, "C_Login", ErrorKind::TokenUnavailable, message);
+	refused_pin_.reset();
 }
 
 // Collects the handles of every object matching the template.
@@ -382,7 +438,10 @@ CK_OBJECT_HANDLE Pkcs11Provider::RequireKey(const std::string &label, const char
 	const std::optional<CK_OBJECT_HANDLE> key = FindKey(label);
 	if (!key)
 		throw Error(ErrorKind::UnknownKey,
-					std::string(what) + " \"" + label + "\" not found in PKCS#11 token " + Token());
+					std::string(what) + " \"" + label + "\" not found in PKCS#11 token " + Token(),
+					"C_FindObjects: no secret key labelled \"" + label + "\"",
+					"If the key was deleted from the token, restore it from the HSM's backup; "
+					"pgkm finds it again at the next call.");
 	return *key;
 }
 

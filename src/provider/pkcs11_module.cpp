@@ -35,6 +35,10 @@ Registry &TheRegistry()
 	return *registry;
 }
 
+constexpr const char *kModuleHint =
+	"Set pgkm.pkcs11_module to the token vendor's PKCS#11 library (SoftHSM2: "
+	"/usr/lib/softhsm/libsofthsm2.so) and reload the configuration.";
+
 // Returns dlerror()'s text, or a fallback when it has none.
 std::string DlError()
 {
@@ -98,7 +102,7 @@ Module &Module::Acquire(const std::string &path)
 	void *handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
 	if (handle == nullptr)
 		throw Error(ErrorKind::TokenUnavailable, "could not load PKCS#11 module \"" + path + "\"",
-					DlError());
+					DlError(), kModuleHint);
 
 	const auto found = registry.modules.find(handle);
 	if (found != registry.modules.end())
@@ -116,8 +120,8 @@ Module &Module::Acquire(const std::string &path)
 		const std::string detail = DlError();
 		dlclose(handle);
 		throw Error(ErrorKind::TokenUnavailable,
-					"\"" + path + "\" is not a PKCS#11 module: it has no C_GetFunctionList",
-					detail);
+					"\"" + path + "\" is not a PKCS#11 module: it has no C_GetFunctionList", detail,
+					kModuleHint);
 	}
 	CK_FUNCTION_LIST *functions = nullptr;
 	const CK_RV rv = get_function_list(&functions);
@@ -126,7 +130,7 @@ Module &Module::Acquire(const std::string &path)
 		dlclose(handle);
 		throw Error(ErrorKind::TokenUnavailable,
 					"could not get the function list of PKCS#11 module \"" + path + "\"",
-					Detail("C_GetFunctionList", rv));
+					Detail("C_GetFunctionList", rv), kModuleHint);
 	}
 
 	auto module = std::unique_ptr<Module>(new Module(path, handle, functions));
@@ -177,7 +181,9 @@ std::uint64_t Module::EnsureInitialised()
 	if (rv != CKR_OK)
 		throw Error(ErrorKind::TokenUnavailable,
 					"could not initialise PKCS#11 module \"" + path_ + "\"",
-					Detail("C_Initialize", rv));
+					Detail("C_Initialize", rv),
+					"Check the module's own configuration and logs; pgkm initialises it again at "
+					"the next call.");
 	initialised_pid_ = pid;
 	++generation_;
 	return generation_;

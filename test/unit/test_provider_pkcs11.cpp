@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <string>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -308,6 +309,26 @@ TEST_F(ProviderPkcs11, ReportsAWrongPinWithoutShowingIt)
 	}
 }
 
+TEST_F(ProviderPkcs11, TriesARefusedPinFileAgainOnlyOnceItChanges)
+{
+	Pkcs11Config config = token_.Config();
+	config.pin_file = token_.dir() + "/wrong-pin";
+	SoftHsmToken::WriteFile(config.pin_file, "9876-not-the-pin\n", 0600);
+	auto provider = MakePkcs11Provider(config);
+	EXPECT_EQ(Thrown([&] { provider->Generate(kMaster); }).detail(), "C_Login: CKR_PIN_INCORRECT");
+	// Not tried again: the detail says so (a token may lock its user after a few).
+	const Error again = Thrown([&] { provider->Generate(kMaster); });
+	EXPECT_EQ(again.kind(), ErrorKind::TokenUnavailable);
+	EXPECT_EQ(again.detail().rfind("C_Login: CKR_PIN_INCORRECT (earlier, for this version", 0), 0u)
+		<< again.detail();
+	// Another wrong PIN is a new version of the file: tried, and refused by the token.
+	SoftHsmToken::WriteFile(config.pin_file, "1111-not-the-pin-either\n", 0600);
+	EXPECT_EQ(Thrown([&] { provider->Generate(kMaster); }).detail(), "C_Login: CKR_PIN_INCORRECT");
+	SoftHsmToken::WriteFile(config.pin_file, token_.user_pin() + "\n", 0600);
+	provider->Generate(kMaster);
+	EXPECT_TRUE(provider->Describe(kMaster).sensitive);
+}
+
 TEST_F(ProviderPkcs11, ReportsAMissingModule)
 {
 	Pkcs11Config config = token_.Config();
@@ -393,6 +414,85 @@ TEST_F(ProviderPkcs11, InitialisesAgainAfterTheLibraryWasFinalised)
 		RawPkcs11 raw(token_.label());
 		ASSERT_EQ(raw.functions()->C_Finalize(nullptr), static_cast<CK_RV>(CKR_OK));
 	}
+	EXPECT_EQ(Bytes(provider_->Unwrap(kMaster, wrapped)), Bytes(dek));
+}
+
+// Returns the one token directory under the fixture's tokens/ (SoftHSM2's file store).
+std::filesystem::path TokenDirectory(const SoftHsmToken &token)
+{
+	std::vector<std::filesystem::path> found;
+	for (const auto &entry : std::filesystem::directory_iterator(token.dir() + "/tokens"))
+		found.push_back(entry.path());
+	if (found.size() != 1)
+		throw std::runtime_error("expected one token directory");
+	return found.front();
+}
+
+TEST_F(ProviderPkcs11, FindsTheTokenAgainWhenItsDirectoryReturns)
+{
+	const SecureBuffer dek = SecureBuffer::Random(32);
+	const std::vector<std::uint8_t> wrapped = WrapUnderMaster(dek); // connected, handle cached
+	const std::filesystem::path dir = TokenDirectory(token_);
+	const std::filesystem::path away = token_.dir() + "/away";
+	std::filesystem::rename(dir, away);
+
+	const Error error = Thrown([&] { provider_->Unwrap(kMaster, wrapped); });
+	EXPECT_EQ(error.kind(), ErrorKind::TokenUnavailable);
+	EXPECT_EQ(error.message(), "PKCS#11 token \"" + token_.label() + "\" not found");
+	// the condition's name, and what the call on the old session got
+	EXPECT_EQ(error.detail().rfind("CKR_TOKEN_NOT_PRESENT: ", 0), 0u) << error.detail();
+	EXPECT_NE(error.detail().find("before reconnecting, C_"), std::string::npos) << error.detail();
+	EXPECT_NE(error.hint().find("pgkm.pkcs11_token_label"), std::string::npos) << error.hint();
+	// a call that connects afresh says the same, without the first attempt
+	const Error again = Thrown([&] { provider_->Wrap(kMaster, dek.view()); });
+	EXPECT_EQ(again.detail().rfind("CKR_TOKEN_NOT_PRESENT: ", 0), 0u) << again.detail();
+
+	std::filesystem::rename(away, dir);
+	// SoftHSM2 lists its tokens only at C_Initialize: this works only because the provider
+	// initialises the library afresh after the failure.
+	EXPECT_EQ(Bytes(provider_->Unwrap(kMaster, wrapped)), Bytes(dek));
+	EXPECT_EQ(provider_->Wrap(kMaster, dek.view()), wrapped);
+}
+
+// A token gone and back while no call was made goes unnoticed (SoftHSM2 keeps the session).
+TEST_F(ProviderPkcs11, KeepsWorkingWhenTheTokenReturnsBetweenCalls)
+{
+	const SecureBuffer dek = SecureBuffer::Random(32);
+	const std::vector<std::uint8_t> wrapped = WrapUnderMaster(dek);
+	const std::filesystem::path dir = TokenDirectory(token_);
+	const std::filesystem::path away = token_.dir() + "/away";
+	std::filesystem::rename(dir, away);
+	std::filesystem::rename(away, dir);
+	EXPECT_EQ(Bytes(provider_->Unwrap(kMaster, wrapped)), Bytes(dek));
+}
+
+TEST_F(ProviderPkcs11, ReportsADeletedMasterKeyAndFindsItRestored)
+{
+	const SecureBuffer dek = SecureBuffer::Random(32);
+	const std::vector<std::uint8_t> wrapped = WrapUnderMaster(dek);
+	const std::filesystem::path dir = TokenDirectory(token_);
+	const std::filesystem::path backup = token_.dir() + "/backup";
+	std::filesystem::copy(dir, backup, std::filesystem::copy_options::recursive);
+	{
+		RawPkcs11 raw(token_.label());
+		const CK_SESSION_HANDLE session = raw.OpenUserSession(token_.user_pin());
+		const std::vector<CK_OBJECT_HANDLE> keys = raw.FindSecretKeys(kMaster);
+		ASSERT_EQ(keys.size(), 1u);
+		ASSERT_EQ(raw.functions()->C_DestroyObject(session, keys.front()),
+				  static_cast<CK_RV>(CKR_OK));
+	}
+
+	const Error error = Thrown([&] { provider_->Unwrap(kMaster, wrapped); });
+	EXPECT_EQ(error.kind(), ErrorKind::UnknownKey);
+	EXPECT_EQ(error.message(), "master key \"" + std::string(kMaster) +
+								   "\" not found in PKCS#11 token \"" + token_.label() + "\"");
+	EXPECT_EQ(error.detail().rfind("C_FindObjects: no secret key labelled \"", 0), 0u)
+		<< error.detail();
+	EXPECT_NE(error.hint().find("backup"), std::string::npos) << error.hint();
+
+	std::filesystem::copy(backup, dir,
+						  std::filesystem::copy_options::recursive |
+							  std::filesystem::copy_options::overwrite_existing);
 	EXPECT_EQ(Bytes(provider_->Unwrap(kMaster, wrapped)), Bytes(dek));
 }
 

@@ -53,6 +53,9 @@ struct AuditEntry
 	char row_context[kAuditRowContextLen]; // space-separated 'nonce:<hex>' tokens
 	char sqlstate[6];
 	char detail[256];
+	// A marker the worker failed to serve carries its failure: sqlstate, the message in
+	// detail, and the error's detail and hint in row_context, NUL-separated
+	// (AuditReleaseFailed).
 };
 
 // Shared-memory size, lock request and initialisation, called from shmem.cpp's hooks.
@@ -85,8 +88,19 @@ bool AuditMerge(std::uint64_t pos, std::int64_t n, const char *row_context);
 // Whether n more entries fit now.
 bool AuditRingHasRoom(int n);
 
-// Waits until the entry at position pos has been written and committed by the worker.
-void AuditWaitDurable(std::uint64_t pos);
+// What the worker answered to a marker (Flush, Seal, Retention): an empty sqlstate means
+// it did what the marker asked.
+struct AuditOutcome
+{
+	char sqlstate[6];
+	char message[256];
+	char detail[512];
+	char hint[256];
+};
+
+// Waits until the entry at position pos has been written and committed by the worker, or,
+// for a marker, answered; fills outcome, if given, with the answer.
+void AuditWaitDurable(std::uint64_t pos, AuditOutcome *outcome = nullptr);
 
 // Worker side. Copies up to max of this database's ready entries, oldest first, into out and
 // their positions into positions, marking them taken. Returns how many.
@@ -95,6 +109,11 @@ int AuditTake(Oid dbid, AuditEntry *out, std::uint64_t *positions, int max);
 void AuditRelease(const std::uint64_t *positions, int n);
 // Puts taken entries back, after their transaction failed.
 void AuditUntake(const std::uint64_t *positions, int n);
+// Frees taken markers whose work failed (a seal or retention the token refused), leaving the
+// failure in their slots for the producers waiting on them: a marker is answered once, never
+// retried, so it cannot hold the ring's tail while the token is out.
+void AuditReleaseFailed(const std::uint64_t *positions, int n, const char *sqlstate,
+						const char *message, const char *detail, const char *hint);
 // Frees every entry of a database (its pgkm is gone); returns how many.
 int AuditDiscard(Oid dbid);
 // Returns and zeroes the count of this database's dropped records.

@@ -96,10 +96,23 @@ std::unique_ptr<Provider> MakePkcs11Provider(const Pkcs11Config &config);
 // A provider with master keys held in process memory, for unit tests only.
 std::unique_ptr<Provider> MakeMemoryProvider();
 
+// Which version of the PIN file was read: it changes when the file is written or replaced.
+struct PinFileVersion
+{
+	unsigned long long device = 0;
+	unsigned long long inode = 0;
+	long long size = 0;
+	long long mtime_ns = 0;
+	long long ctime_ns = 0;
+
+	bool operator==(const PinFileVersion &) const = default;
+};
+
 // Reads the PIN from a file that must be a regular file owned by the effective user,
 // with no group or other permission bits. Strips one trailing newline (and CR).
-// Throws Error(Configuration) naming the file (never its content).
-core::SecureBuffer ReadPinFile(const std::string &path);
+// Throws Error(Configuration) naming the file (never its content). Fills version, if given,
+// with the version of the file it read.
+core::SecureBuffer ReadPinFile(const std::string &path, PinFileVersion *version = nullptr);
 
 // Name of a PKCS#11 return value ("CKR_PIN_INCORRECT"), or "CKR_0x..." when unknown.
 std::string CkrName(unsigned long rv);

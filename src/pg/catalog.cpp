@@ -36,19 +36,27 @@ Oid CatalogOwner()
 	return owner;
 }
 
+// Acts as role, as a security-restricted operation, with search_path pinned to pg_catalog
+// in a new GUC nesting level (returned; the caller's user and context are saved).
+int EnterRestricted(Oid role, Oid *saved_user, int *saved_sec_context)
+{
+	GetUserIdAndSecContext(saved_user, saved_sec_context);
+	SetUserIdAndSecContext(role, *saved_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+									 SECURITY_RESTRICTED_OPERATION);
+	int nest_level = NewGUCNestLevel();
+	(void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							GUC_ACTION_SAVE, true, 0, false);
+	return nest_level;
+}
+
 } // namespace
 
 int catalog_session_depth = 0;
 
 void CatalogOpen(CatalogSession *session)
 {
-	Oid owner = CatalogOwner();
-	GetUserIdAndSecContext(&session->saved_user, &session->saved_sec_context);
-	SetUserIdAndSecContext(owner, session->saved_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-									  SECURITY_RESTRICTED_OPERATION);
-	session->guc_nest_level = NewGUCNestLevel();
-	(void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
-							GUC_ACTION_SAVE, true, 0, false);
+	session->guc_nest_level =
+		EnterRestricted(CatalogOwner(), &session->saved_user, &session->saved_sec_context);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	catalog_session_depth++;
@@ -114,12 +122,8 @@ void OwnerOpen(Oid relid, OwnerSession *session)
 						errmsg("protected table with OID %u does not exist", relid)));
 	Oid owner = ((Form_pg_class)GETSTRUCT(tuple))->relowner;
 	ReleaseSysCache(tuple);
-	GetUserIdAndSecContext(&session->saved_user, &session->saved_sec_context);
-	SetUserIdAndSecContext(owner, session->saved_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-									  SECURITY_RESTRICTED_OPERATION);
-	session->guc_nest_level = NewGUCNestLevel();
-	(void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
-							GUC_ACTION_SAVE, true, 0, false);
+	session->guc_nest_level =
+		EnterRestricted(owner, &session->saved_user, &session->saved_sec_context);
 	// A policy the owner forces on the table must not hide rows from a scan that proves a
 	// version unused, nor from re-encryption: such a statement fails instead.
 	(void)set_config_option("row_security", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,

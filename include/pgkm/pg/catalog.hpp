@@ -25,6 +25,11 @@ void CatalogClose(CatalogSession *session);
 uint64 CatalogExec(const char *sql, int nargs, const Oid *types, const Datum *values,
 				   const char *nulls, int expected_status);
 
+// A value for a parameter of type name: a palloc'd NameData of NAMEDATALEN bytes holding s
+// (truncated like the name type). A C string is not a name Datum: PostgreSQL copies
+// NAMEDATALEN bytes from it.
+Datum CatalogName(const char *s);
+
 // Reads column col (1-based) of row row of the last result; isnull is set.
 Datum CatalogValue(uint64 row, int col, bool *isnull);
 // Reads a text column as a palloc'd C string in the current memory context (NULL if null).

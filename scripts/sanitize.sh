@@ -5,9 +5,10 @@
 # (CMake, PGKM_SANITIZE=ON), and pgkm.so (make SANITIZE=1) from a copy of the sources,
 # installed into a private relocated PostgreSQL (scripts/stage.sh). PostgreSQL itself is
 # not instrumented, so its servers start with the ASan runtime preloaded (PGKM_SERVER_ENV,
-# honoured by test/lib/cluster.sh and the integration fixture); every sanitizer report of
-# every server process goes to one directory. The run fails if a test fails or if a report
-# appears there, in a server log or in a test's output. The last line sums up.
+# honoured by test/lib/cluster.sh and the integration fixture). ASan reports of every server
+# process go to one directory, UBSan reports to the server logs, which the clusters copy out
+# (PGKM_SERVER_LOG_DIR). The run fails if a test fails or if a report appears there, in a
+# server log or in a test's output. The last line sums up.
 #
 # Environment: PGKM_SANITIZE_SUITES (default "unit integration regress scenarios");
 # PGKM_SANITIZE_PG, a directory for the staged PostgreSQL (default: a temporary one,
@@ -61,20 +62,21 @@ if ! grep -q __asan_report_load <<<"$symbols" || ! grep -q '__ubsan_handle_.*_ab
 	exit 1
 fi
 asan_runtime=$(readlink -f "$(gcc -print-file-name=libasan.so)")
-stub=$pgdir/sanitize/libswift_demangle_stub.so
-mkdir -p "$(dirname "$stub")"
-cc -shared -fPIC -O2 -o "$stub" test/sanitize/swift_demangle_stub.c || exit 1
+# Two workarounds preloaded with the runtime (see the file): a start-up hang, UBSan's options.
+preload=$pgdir/sanitize/libserver_preload.so
+mkdir -p "$(dirname "$preload")"
+cc -shared -fPIC -O2 -o "$preload" test/sanitize/server_preload.c || exit 1
 chmod -R a+rX "$pgdir"
 echo "sanitize: built in $((SECONDS - build_started)) s"
 
-# The servers: reports go to $reports/{asan,ubsan}.<pid>; abort_on_error makes the failing
-# process die by SIGABRT, which the postmaster treats as a crash (an exit code 1 would pass
-# for a FATAL); the server frees by process exit, so leak detection is off there.
+# The servers: ASan reports go to $reports/asan.<pid>, UBSan reports to the server log
+# (server_preload.c says why), copied to $serverlogs. abort_on_error makes the failing process
+# die by SIGABRT, which the postmaster treats as a crash; the server frees by process exit, so
+# leak detection is off there.
 export PGKM_PG_BINDIR=$bindir
 export PGKM_SERVER_LOG_DIR=$serverlogs
-export PGKM_SERVER_ENV="LD_PRELOAD=$asan_runtime:$stub \
-ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:log_path=$reports/asan \
-UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:abort_on_error=1:log_path=$reports/ubsan"
+export PGKM_SERVER_ENV="LD_PRELOAD=$asan_runtime:$preload \
+ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:log_path=$reports/asan"
 # The test programs themselves (unit tests, integration binary) report to stderr.
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 

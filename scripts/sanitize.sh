@@ -32,7 +32,7 @@ cleanup() {
 	fi
 }
 trap cleanup EXIT
-reports=$work/reports  # ASan/UBSan log_path: one file per reporting process
+reports=$work/reports # ASan log_path of the servers: one file per reporting process
 serverlogs=$work/server-logs
 mkdir -p "$reports" "$serverlogs" "$work/out"
 chmod 755 "$work"
@@ -76,8 +76,9 @@ echo "sanitize: built in $((SECONDS - build_started)) s"
 export PGKM_PG_BINDIR=$bindir
 export PGKM_SERVER_LOG_DIR=$serverlogs
 export PGKM_SERVER_ENV="LD_PRELOAD=$asan_runtime:$preload \
-ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:log_path=$reports/asan"
+ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_stack_use_after_return=1:log_path=$reports/asan"
 # The test programs themselves (unit tests, integration binary) report to stderr.
+export ASAN_OPTIONS=detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
 status=0

@@ -136,7 +136,8 @@ done
 
 # Every report: a file in $reports, or a sanitizer's line in a server log or a test's output.
 echo "== sanitizer reports"
-pattern='ERROR: (AddressSanitizer|LeakSanitizer)|WARNING: AddressSanitizer|runtime error:|Sanitizer:DEADLYSIGNAL'
+# (Every ASan/LSan message starts with ==pid==; UBSan's with file:line:col: runtime error:.)
+pattern='^==[0-9]+==|(Address|Leak|UndefinedBehavior)Sanitizer|runtime error:'
 findings=0
 for f in "$reports"/*; do
 	[ -e "$f" ] || continue

@@ -74,11 +74,13 @@ pgkm_cluster_start() {
 	fi
 }
 
-# Stops the server if it runs.
+# Stops the server if it runs: fast, else immediate (a fast shutdown requested during crash
+# recovery can hang, and under set -e a failed stop would skip the rest of the cleanup).
 pgkm_cluster_stop() {
-	[ -f "$PGKM_PGDATA/postmaster.pid" ] &&
-		as_pg "$PG_BINDIR/pg_ctl" -D "$PGKM_PGDATA" -w -t 60 -m fast stop >/dev/null 2>&1
-	return 0
+	[ -f "$PGKM_PGDATA/postmaster.pid" ] || return 0
+	as_pg "$PG_BINDIR/pg_ctl" -D "$PGKM_PGDATA" -w -t 60 -m fast stop >/dev/null 2>&1 ||
+		as_pg "$PG_BINDIR/pg_ctl" -D "$PGKM_PGDATA" -w -t 60 -m immediate stop >/dev/null 2>&1 ||
+		true
 }
 
 # Runs psql against the cluster as the superuser postgres.

@@ -60,13 +60,28 @@ override CPPFLAGS := -Iinclude -isystem $(SERVER_INCLUDES) $(PKCS11_INCLUDES) $(
 override CXXFLAGS += -std=c++20 -Wall -Wextra -Wshadow -Wno-register $(WERROR)
 SHLIB_LINK += -lcrypto -lstdc++ -ldl
 
+# SANITIZE=1 builds pgkm.so with AddressSanitizer and UndefinedBehaviorSanitizer (for
+# scripts/sanitize.sh; the server then needs the ASan runtime preloaded). The objects depend
+# on a stamp holding the flavour, so switching SANITIZE rebuilds them all and a later plain
+# build never links sanitized objects (or the reverse).
+SANITIZE_FLAGS := $(if $(filter 1 yes on,$(SANITIZE)),-fsanitize=address -fsanitize=undefined \
+	-fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+override CXXFLAGS += $(SANITIZE_FLAGS)
+SHLIB_LINK += $(SANITIZE_FLAGS)
+EXTRA_CLEAN += .build-flavour
+.build-flavour: FORCE
+	@echo '$(SANITIZE_FLAGS)' | cmp -s - $@ || echo '$(SANITIZE_FLAGS)' > $@
+$(OBJS): .build-flavour
+.PHONY: FORCE
+FORCE:
+
 .PHONY: demo test unit regress bench deps fuzz
 deps:
 	scripts/deps.sh
 demo:
 	scripts/demo.sh
 test:
-	scripts/test.sh
+	$(if $(SANITIZE_FLAGS),scripts/sanitize.sh,scripts/test.sh)
 unit:
 	scripts/unit.sh
 regress:

@@ -17,8 +17,25 @@ BEGIN
 END
 $$;
 
--- the worker of this database runs
-SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pgkm worker' AND datname = current_database();
+-- the worker of this database runs (after the lifecycle test's DROP EXTENSION it may come
+-- back only after its restart interval: wait up to 60 s)
+CREATE FUNCTION wait_for_worker() RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+	n bigint;
+BEGIN
+	FOR i IN 1..600 LOOP
+		PERFORM pg_stat_clear_snapshot();
+		SELECT count(*) INTO n FROM pg_stat_activity
+		 WHERE backend_type = 'pgkm worker' AND datname = current_database();
+		IF n > 0 THEN
+			RETURN n;
+		END IF;
+		PERFORM pg_sleep(0.1);
+	END LOOP;
+	RETURN n;
+END
+$$;
+SELECT wait_for_worker();
 SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pgkm launcher';
 
 SELECT pgkm.create_key('jobs_key') > 0 AS created;

@@ -100,7 +100,7 @@ MasterKeyRow ActiveMasterKey(const char *caller_name)
 
 	Oid types[3] = {TEXTOID, BOOLOID, NAMEOID};
 	Datum values[3] = {CStringGetTextDatum(choice.label), BoolGetDatum(choice.generated),
-					   CStringGetDatum(caller_name)};
+					   CatalogName(caller_name)};
 	CatalogExec("INSERT INTO pgkm.master_keys (label, generated, created_by)"
 				" VALUES ($1, $2, $3) RETURNING master_key_id",
 				3, types, values, nullptr, SPI_OK_INSERT_RETURNING);
@@ -137,7 +137,7 @@ void StoreVersion(int64 key_id, int32 version, const NewVersion &v, const char *
 	Datum values[7] = {Int64GetDatum(key_id),          Int32GetDatum(version),
 					   PointerGetDatum(wrapped),       PointerGetDatum(check),
 					   Int32GetDatum(v.master_key_id), CStringGetTextDatum(v.dek.mechanism),
-					   CStringGetDatum(caller_name)};
+					   CatalogName(caller_name)};
 	CatalogExec("INSERT INTO pgkm.key_versions (key_id, version, state, wrapped_dek, key_check,"
 				" master_key_id, wrap_mechanism, created_by)"
 				" VALUES ($1, $2, 'active', $3, $4, $5, $6, $7)",
@@ -285,7 +285,7 @@ Datum pgkm_create_key(PG_FUNCTION_ARGS)
 	Oid types[6] = {INT8OID, TEXTOID, OIDOID, OIDOID, OIDOID, NAMEOID};
 	Datum values[6] = {Int64GetDatum(key_id),          CStringGetTextDatum(name),
 					   ObjectIdGetDatum(caller),       ObjectIdGetDatum(encrypt_role),
-					   ObjectIdGetDatum(decrypt_role), CStringGetDatum(caller_name)};
+					   ObjectIdGetDatum(decrypt_role), CatalogName(caller_name)};
 	CatalogExec(
 		"INSERT INTO pgkm.keys (key_id, name, owner, encrypt_role, decrypt_role, created_by)"
 		" VALUES ($1, $2, $3::pg_catalog.regrole, $4::pg_catalog.regrole,"

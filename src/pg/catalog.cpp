@@ -97,6 +97,13 @@ uint64 CatalogQueryLatest(const char *sql, int nargs, const Oid *types, const Da
 	return SPI_processed;
 }
 
+Datum CatalogName(const char *s)
+{
+	Name name = static_cast<Name>(palloc0(NAMEDATALEN));
+	namestrcpy(name, s);
+	return NameGetDatum(name);
+}
+
 Datum CatalogValue(uint64 row, int col, bool *isnull)
 {
 	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, isnull);

@@ -11,7 +11,7 @@ void RecordKeyEvent(const char *actor, const char *action, int64 key_id, int32 v
 					const char *detail)
 {
 	Oid types[5] = {NAMEOID, TEXTOID, INT8OID, INT4OID, TEXTOID};
-	Datum values[5] = {CStringGetDatum(actor), CStringGetTextDatum(action), Int64GetDatum(key_id),
+	Datum values[5] = {CatalogName(actor), CStringGetTextDatum(action), Int64GetDatum(key_id),
 					   Int32GetDatum(version), detail ? CStringGetTextDatum(detail) : (Datum)0};
 	char nulls[5] = {' ', ' ', key_id ? ' ' : 'n', version ? ' ' : 'n', detail ? ' ' : 'n'};
 	CatalogExec("INSERT INTO pgkm.key_events (actor, action, key_id, version, detail)"

@@ -118,15 +118,15 @@ void ChangeJobState(FunctionCallInfo fcinfo, const char *from, const char *to, c
 int64 QueueJob(Oid relid, const char *column, int64 key_id, int32 target, const char *actor)
 {
 	Oid types[5] = {OIDOID, NAMEOID, INT8OID, INT4OID, NAMEOID};
-	Datum values[5] = {ObjectIdGetDatum(relid), CStringGetDatum(column), Int64GetDatum(key_id),
-					   Int32GetDatum(target), CStringGetDatum(actor)};
+	Datum values[5] = {ObjectIdGetDatum(relid), CatalogName(column), Int64GetDatum(key_id),
+					   Int32GetDatum(target), CatalogName(actor)};
 	CatalogExec("INSERT INTO pgkm.rotation_jobs (table_name, column_name, key_id, target_version,"
 				" created_by) VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5) RETURNING job_id",
 				5, types, values, nullptr, SPI_OK_INSERT_RETURNING);
 	bool isnull;
 	int64 job_id = DatumGetInt64(CatalogValue(0, 1, &isnull));
 	Oid stypes[3] = {OIDOID, NAMEOID, INT8OID};
-	Datum svalues[3] = {ObjectIdGetDatum(relid), CStringGetDatum(column), Int64GetDatum(job_id)};
+	Datum svalues[3] = {ObjectIdGetDatum(relid), CatalogName(column), Int64GetDatum(job_id)};
 	CatalogExec("UPDATE pgkm.rotation_jobs SET state = 'cancelled', finished_at = pg_catalog.now(),"
 				" error = 'superseded by job ' OPERATOR(pg_catalog.||) $3"
 				" WHERE table_name OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
@@ -327,7 +327,7 @@ Datum pgkm_protect_column(PG_FUNCTION_ARGS)
 	RequireSingleColumnPrimaryKey(relid);
 	Oid types[5] = {OIDOID, NAMEOID, INT8OID, NAMEOID, NAMEOID};
 	Datum values[5] = {ObjectIdGetDatum(relid), PG_GETARG_DATUM(1), Int64GetDatum(key_id),
-					   context ? PG_GETARG_DATUM(3) : (Datum)0, CStringGetDatum(caller_name)};
+					   context ? PG_GETARG_DATUM(3) : (Datum)0, CatalogName(caller_name)};
 	char nulls[5] = {' ', ' ', ' ', context ? ' ' : 'n', ' '};
 	CatalogExec("INSERT INTO pgkm.protected_columns (table_name, column_name, key_id,"
 				" context_column, created_by) VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5)"

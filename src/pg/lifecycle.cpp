@@ -568,7 +568,7 @@ Datum pgkm_rotate_master_key(PG_FUNCTION_ARGS)
 				0, nullptr, nullptr, nullptr, SPI_OK_UPDATE);
 	Oid types[3] = {TEXTOID, BOOLOID, NAMEOID};
 	Datum values[3] = {CStringGetTextDatum(next.label), BoolGetDatum(next.generated),
-					   CStringGetDatum(caller_name)};
+					   CatalogName(caller_name)};
 	CatalogExec("INSERT INTO pgkm.master_keys (label, state, generated, created_by)"
 				" VALUES ($1, 'active', $2, $3) RETURNING master_key_id",
 				3, types, values, nullptr, SPI_OK_INSERT_RETURNING);

@@ -265,7 +265,7 @@ Target ResolveTarget(const Job *job)
 		return t;
 	}
 	Oid types[2] = {OIDOID, NAMEOID};
-	Datum values[2] = {ObjectIdGetDatum(job->relid), CStringGetDatum(job->column)};
+	Datum values[2] = {ObjectIdGetDatum(job->relid), CatalogName(job->column)};
 	if (CatalogExec("SELECT p.context_column::text, a.atttypid OPERATOR(pg_catalog.=)"
 					" 'pg_catalog.bytea'::pg_catalog.regtype"
 					" FROM pgkm.protected_columns p LEFT JOIN pg_catalog.pg_attribute a"

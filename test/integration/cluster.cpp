@@ -186,6 +186,23 @@ std::string PgBinDir()
 	return dir;
 }
 
+// Returns PGKM_SERVER_ENV, the environment for the server only, as VAR=value words separated by
+// spaces (as in test/lib/cluster.sh; scripts/sanitize.sh preloads the ASan runtime this way).
+std::vector<std::string> ServerEnv()
+{
+	std::vector<std::string> words;
+	const char *env = std::getenv("PGKM_SERVER_ENV");
+	std::stringstream ss(env ? env : "");
+	std::string word;
+	while (ss >> word)
+	{
+		if (word.find('=') == std::string::npos || word.front() == '=')
+			throw std::runtime_error("PGKM_SERVER_ENV: not a VAR=value word: " + word);
+		words.push_back(word);
+	}
+	return words;
+}
+
 std::string RandomHex(size_t bytes)
 {
 	std::ifstream urandom("/dev/urandom", std::ios::binary);
@@ -578,6 +595,14 @@ Cluster::~Cluster()
 	while (waitpid(-1, nullptr, WNOHANG) > 0) // exited postmasters and orphans
 	{
 	}
+	// PGKM_SERVER_LOG_DIR receives a copy of the server log (scripts/sanitize.sh scans them).
+	if (const char *logs = std::getenv("PGKM_SERVER_LOG_DIR"); logs && *logs)
+	{
+		std::error_code ec;
+		std::filesystem::copy_file(
+			dir_ + "/server.log",
+			std::string(logs) + "/" + std::filesystem::path(dir_).filename().string() + ".log", ec);
+	}
 	if (std::getenv("PGKM_KEEP"))
 		Note("kept " + dir_);
 	else
@@ -690,9 +715,11 @@ void Cluster::registerPostmaster()
 void Cluster::start()
 {
 	std::string out;
-	int rc = runAsServerUser({PgBinDir() + "/pg_ctl", "-D", data_, "-l", dir_ + "/server.log", "-w",
-							  "-t", "60", "start"},
-							 &out, 90s);
+	// runAsServerUser runs argv through env(1): the VAR=value words come first.
+	std::vector<std::string> argv = ServerEnv();
+	argv.insert(argv.end(), {PgBinDir() + "/pg_ctl", "-D", data_, "-l", dir_ + "/server.log", "-w",
+							 "-t", "60", "start"});
+	int rc = runAsServerUser(argv, &out, 90s);
 	registerPostmaster();
 	if (rc != 0)
 		throw std::runtime_error("server did not start (" + out + "); log:\n" + serverLogTail(40));

@@ -8,6 +8,11 @@ PG_BINDIR=${PGKM_PG_BINDIR:-$(pg_config --bindir)}
 SOFTHSM_MODULE=${SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 PGKM_TOKEN_LABEL=pgkm-test
 PGKM_PORT=${PGKM_PORT:-54329}
+# PGKM_SERVER_ENV adds environment to the server only (pg_ctl start), as VAR=value words
+# separated by spaces, without quotes or glob characters: scripts/sanitize.sh preloads the
+# ASan runtime and sets ASAN_OPTIONS/UBSAN_OPTIONS this way. PGKM_SERVER_LOG_DIR, if set,
+# receives a copy of the server log before the cluster is removed (sanitize.sh scans them).
+PGKM_SERVER_ENV=${PGKM_SERVER_ENV:-}
 
 if [ "$(id -u)" -eq 0 ]; then
 	PGKM_OS_USER=postgres
@@ -60,19 +65,22 @@ pgkm_cluster_init() {
 
 # Starts the server; on failure shows its log.
 pgkm_cluster_start() {
-	if ! as_pg "$PG_BINDIR/pg_ctl" -D "$PGKM_PGDATA" -l "$PGKM_WORK/server.log" -w -t 60 start \
-		>/dev/null; then
+	# shellcheck disable=SC2086 # PGKM_SERVER_ENV is a list of words
+	if ! as_pg env $PGKM_SERVER_ENV "$PG_BINDIR/pg_ctl" -D "$PGKM_PGDATA" \
+		-l "$PGKM_WORK/server.log" -w -t 60 start >/dev/null; then
 		echo "cluster: server did not start; its log:" >&2
 		cat "$PGKM_WORK/server.log" >&2
 		return 1
 	fi
 }
 
-# Stops the server if it runs.
+# Stops the server if it runs: fast, else immediate (a fast shutdown requested during crash
+# recovery can hang, and under set -e a failed stop would skip the rest of the cleanup).
 pgkm_cluster_stop() {
-	[ -f "$PGKM_PGDATA/postmaster.pid" ] &&
-		as_pg "$PG_BINDIR/pg_ctl" -D "$PGKM_PGDATA" -w -t 60 -m fast stop >/dev/null 2>&1
-	return 0
+	[ -f "$PGKM_PGDATA/postmaster.pid" ] || return 0
+	as_pg "$PG_BINDIR/pg_ctl" -D "$PGKM_PGDATA" -w -t 60 -m fast stop >/dev/null 2>&1 ||
+		as_pg "$PG_BINDIR/pg_ctl" -D "$PGKM_PGDATA" -w -t 60 -m immediate stop >/dev/null 2>&1 ||
+		true
 }
 
 # Runs psql against the cluster as the superuser postgres.
@@ -84,6 +92,9 @@ pgkm_psql() {
 pgkm_cluster_cleanup() {
 	[ -n "${PGKM_WORK:-}" ] || return 0
 	pgkm_cluster_stop
+	if [ -n "${PGKM_SERVER_LOG_DIR:-}" ] && [ -f "$PGKM_WORK/server.log" ]; then
+		cp "$PGKM_WORK/server.log" "$PGKM_SERVER_LOG_DIR/$(basename "$PGKM_WORK").log"
+	fi
 	[ -n "${PGKM_KEEP:-}" ] && { echo "cluster: kept $PGKM_WORK" >&2; return 0; }
 	rm -rf "$PGKM_WORK"
 }

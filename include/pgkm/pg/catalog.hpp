@@ -33,6 +33,11 @@ uint64 CatalogExec(const char *sql, int nargs, const Oid *types, const Datum *va
 uint64 CatalogQueryLatest(const char *sql, int nargs, const Oid *types, const Datum *values,
 						  const char *nulls, bool *stale);
 
+// A value for a parameter of type name: a palloc'd NameData of NAMEDATALEN bytes holding s
+// (truncated like the name type). A C string is not a name Datum: PostgreSQL copies
+// NAMEDATALEN bytes from it.
+Datum CatalogName(const char *s);
+
 // Reads column col (1-based) of row row of the last result; isnull is set.
 Datum CatalogValue(uint64 row, int col, bool *isnull);
 // Reads a text column as a palloc'd C string in the current memory context (NULL if null).

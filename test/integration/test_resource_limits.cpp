@@ -636,8 +636,12 @@ TEST(ResourceLimitsKeys, ThousandKeysInOneStatementAndCacheResets)
 	// Each committed key change resets every backend's cache; refilling it reuses the memory
 	// pgkm gave back. What remains per round is SoftHSM 2.6.1's: it never frees the session
 	// object of a destroyed unwrapped key (about 200 bytes per unwrap, SoftHSMv2 issue 562),
-	// far below what a cached key costs, which a leak of the cache would add every round.
-	const int rounds = 4;
+	// plus the heap's fragmentation around each key's locked page. The first refill after a
+	// reset settles the heap (measured: +2.2 MiB, then +0.4..0.9 MiB a round), so the rate is
+	// taken over the rounds after it. A leaked cache entry would leave at least its locked
+	// page (4 KiB) per key every round: the bound is a quarter of what a cached key costs.
+	const int rounds = 5;
+	long long settled = first.after;
 	long long last = first.after;
 	for (int round = 1; round <= rounds; ++round)
 	{
@@ -646,12 +650,14 @@ TEST(ResourceLimitsKeys, ThousandKeysInOneStatementAndCacheResets)
 			SampleAnon(fresh, "1,000 keys: round " + std::to_string(round + 1) + " after a reset",
 					   decrypt_all);
 		EXPECT_GT(again.seconds, first.seconds / 10) << "the cache was not reset: nothing measured";
+		if (round == 1)
+			settled = again.after;
 		last = again.after;
 	}
-	long long per_key_round = (last - first.after) / rounds / keys;
+	long long per_key_round = (last - settled) / (rounds - 1) / keys;
 	Note("1,000 keys: each reset and refill leaves " + std::to_string(per_key_round) +
 		 " bytes per key behind");
-	EXPECT_LT(per_key_round, std::min(1024LL, per_key / 2))
+	EXPECT_LT(per_key_round, std::min(2048LL, per_key / 4))
 		<< "a reset cache does not give its memory back";
 }
 

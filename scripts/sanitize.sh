@@ -101,7 +101,12 @@ for suite in $suites; do
 		;;
 	integration)
 		echo "== integration tests (sanitized pgkm.so and test binary)"
-		PGKM_INTEGRATION_BIN=build-asan/pgkm_integration scripts/integration.sh "$@" 2>&1 |
+		# The tests that bound a backend's memory by its RSS run in the plain pass only: under
+		# ASan, RSS is the sanitizer's (freed memory waits in its quarantine, shadow pages), so
+		# their bounds would measure ASan, not pgkm. Their large-value tests run here too.
+		filter=()
+		[ $# -eq 0 ] && filter=(--gtest_filter='-ResourceLimitsRows.*:ResourceLimitsKeys.*')
+		PGKM_INTEGRATION_BIN=build-asan/pgkm_integration scripts/integration.sh "${filter[@]}" "$@" 2>&1 |
 			tee "$out"
 		rc=${PIPESTATUS[0]}
 		count integration \

@@ -6,6 +6,11 @@
 
 -- == searchable encryption: key algorithms, deterministic values, blind indexes ==
 
+-- Key names may hold a subject's identifier: customer:4711, tenant/42 (per-subject keys).
+ALTER TABLE pgkm.keys DROP CONSTRAINT keys_name_check;
+ALTER TABLE pgkm.keys ADD CONSTRAINT keys_name_check
+	CHECK (name OPERATOR(pg_catalog.~) '^[A-Za-z_][A-Za-z0-9_.:/-]{0,62}$');
+
 -- == key cache ==
 
 -- == erasure and master-key destruction ==

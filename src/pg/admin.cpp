@@ -37,12 +37,13 @@ void ValidateKeyName(const char *name)
 	size_t len = strlen(name);
 	bool ok = len >= 1 && len <= 63 && (isalpha((unsigned char)name[0]) || name[0] == '_');
 	for (size_t i = 1; ok && i < len; i++)
-		ok = isalnum((unsigned char)name[i]) || name[i] == '_' || name[i] == '.' || name[i] == '-';
+		ok = isalnum((unsigned char)name[i]) || strchr("_.-:/", name[i]) != nullptr;
 	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("invalid key name \"%s\"", name),
 				 errdetail("A key name has 1 to 63 characters: a letter or underscore, "
-						   "then letters, digits, underscores, dots or hyphens.")));
+						   "then letters, digits, underscores, dots, hyphens, colons or "
+						   "slashes (as in customer:4711).")));
 }
 
 // Reads the non-null text argument arg or raises null_value_not_allowed.

@@ -11,6 +11,7 @@ OBJS = \
 	src/core/format.o \
 	src/core/key_material.o \
 	src/core/nonce_pool.o \
+	src/core/secure_arena.o \
 	src/core/secure_buffer.o \
 	src/provider/ckr_names.o \
 	src/provider/pin_file.o \

@@ -1,63 +1,29 @@
-// A move-only buffer for key material: page-aligned, locked, kept out of core dumps, wiped.
+// A move-only buffer for key material: locked, kept out of core dumps, wiped. The memory
+// comes from the secure arena (secure_arena.cpp).
 #include "pgkm/core/secure_buffer.hpp"
 
 #include "pgkm/core/error.hpp"
+#include "pgkm/core/secure_arena.hpp"
 
-#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
 #include <climits>
-#include <cstdlib>
 #include <cstring>
-#include <string>
-#include <sys/mman.h>
-#include <unistd.h>
 
 namespace pgkm::core
 {
 
-namespace
-{
-
-// Returns the system page size, falling back to 4 KiB if it cannot be read.
-std::size_t PageSize() noexcept
-{
-	static const std::size_t page = []
-	{
-		const long value = sysconf(_SC_PAGESIZE);
-		return value > 0 ? static_cast<std::size_t>(value) : std::size_t{4096};
-	}();
-	return page;
-}
-
-} // namespace
-
-// Allocates whole pages for size zeroed bytes, then locks them and hides them from core dumps.
+// Takes size zeroed bytes of locked, undumped memory from the arena.
 SecureBuffer::SecureBuffer(std::size_t size)
 {
 	if (size == 0)
 		return;
-
-	const std::size_t page = PageSize();
-	if (size > SIZE_MAX - (page - 1))
-		throw Error(ErrorKind::Internal,
-					"secure buffer of " + std::to_string(size) + " bytes is too large");
-	const std::size_t capacity = (size + page - 1) / page * page;
-
-	void *memory = nullptr;
-	if (posix_memalign(&memory, page, capacity) != 0 || memory == nullptr)
-		throw Error(ErrorKind::Internal,
-					"could not allocate " + std::to_string(size) + " bytes of secure memory");
-
-	data_ = static_cast<std::uint8_t *>(memory);
+	const SecureBlock block = SecureAllocate(size);
+	data_ = block.data;
 	size_ = size;
-	capacity_ = capacity;
-	std::fill_n(data_, capacity_, std::uint8_t{0});
-	locked_ = mlock(data_, capacity_) == 0;
-#ifdef MADV_DONTDUMP
-	madvise(data_, capacity_, MADV_DONTDUMP);
-#endif
+	capacity_ = block.capacity;
+	locked_ = block.locked;
 }
 
 // Copies bytes into a new secure buffer.
@@ -119,18 +85,12 @@ SecureBuffer &SecureBuffer::operator=(SecureBuffer &&other) noexcept
 	return *this;
 }
 
-// Wipes every allocated byte, gives the pages back to ordinary use and frees them.
+// Gives the memory back to the arena, which wipes every byte of it.
 void SecureBuffer::Release() noexcept
 {
 	if (data_ == nullptr)
 		return;
-	OPENSSL_cleanse(data_, capacity_);
-#ifdef MADV_DODUMP
-	madvise(data_, capacity_, MADV_DODUMP);
-#endif
-	if (locked_)
-		munlock(data_, capacity_);
-	std::free(data_);
+	SecureFree(SecureBlock{data_, capacity_, locked_});
 	data_ = nullptr;
 	size_ = 0;
 	capacity_ = 0;

@@ -38,10 +38,11 @@ TEST(CoreSecureBuffer, EmptyBuffers)
 	EXPECT_TRUE(SecureBuffer::Random(0).empty());
 }
 
-// A new buffer has the requested size, is zeroed and starts on a page boundary.
-TEST(CoreSecureBuffer, SizeZeroedAndPageAligned)
+// A new buffer has the requested size and is zeroed; a small one starts on a 32-byte
+// boundary (a slot of the secure arena), a larger one on a page boundary.
+TEST(CoreSecureBuffer, SizeZeroedAndAligned)
 {
-	for (std::size_t size : {1, 32, 4095, 4096, 4097, 100000})
+	for (std::size_t size : {1, 32, 64, 256, 257, 4095, 4096, 4097, 100000})
 	{
 		SecureBuffer buffer(size);
 		EXPECT_FALSE(buffer.empty());
@@ -50,7 +51,8 @@ TEST(CoreSecureBuffer, SizeZeroedAndPageAligned)
 		EXPECT_TRUE(std::all_of(buffer.data(), buffer.data() + size,
 								[](std::uint8_t b) { return b == 0; }));
 		const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
-		EXPECT_EQ(reinterpret_cast<std::uintptr_t>(buffer.data()) % page, 0u);
+		const std::uintptr_t alignment = size <= 256 ? 32 : page;
+		EXPECT_EQ(reinterpret_cast<std::uintptr_t>(buffer.data()) % alignment, 0u) << size;
 	}
 	SecureBuffer small(32);
 	std::cout << "[ info     ] mlock " << (small.locked() ? "succeeded" : "was refused") << "\n";

@@ -1,5 +1,6 @@
-// A move-only buffer for key material: page-aligned, locked in memory where the
-// system allows, excluded from core dumps, and wiped with OPENSSL_cleanse on release.
+// A move-only buffer for key material: locked in memory where the system allows, excluded
+// from core dumps, and wiped with OPENSSL_cleanse on release. Small buffers share locked
+// pages (secure_arena.hpp) and are aligned to at least 32 bytes; larger ones are page-aligned.
 #pragma once
 
 #include "pgkm/core/pure.hpp"

@@ -24,6 +24,7 @@ OBJS = \
 	src/pg/audit_log.o \
 	src/pg/audit_ring.o \
 	src/pg/boundary.o \
+	src/pg/cache_stats.o \
 	src/pg/catalog.o \
 	src/pg/data_path.o \
 	src/pg/events.o \

@@ -13,6 +13,19 @@ ALTER TABLE pgkm.keys ADD CONSTRAINT keys_name_check
 
 -- == key cache ==
 
+-- This backend's key cache, bounded by pgkm.key_cache_size (LRU): for sizing the setting and
+-- for the tests. Per backend, so PARALLEL RESTRICTED; revoked from PUBLIC below.
+CREATE FUNCTION pgkm.key_cache_stats(OUT capacity integer, OUT cached_versions integer,
+	OUT cached_keys integer, OUT hits bigint, OUT misses bigint, OUT unwraps bigint,
+	OUT unwrap_ms double precision, OUT evictions bigint, OUT resets bigint,
+	OUT locked_bytes bigint, OUT arena_pages integer)
+	RETURNS record
+	AS 'MODULE_PATHNAME', 'pgkm_key_cache_stats'
+	LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION pgkm.key_cache_stats() IS
+	'this backend''s key cache: capacity, cached versions and keys, hits, misses, token unwraps '
+	'and their time, LRU evictions, resets, locked bytes and arena pages';
+
 -- == erasure and master-key destruction ==
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pgkm FROM PUBLIC;

@@ -244,7 +244,8 @@ void FreeSlot(std::uint8_t *data, std::size_t capacity) noexcept
 	const std::size_t page_size = PageSize();
 	auto *page = reinterpret_cast<PageHeader *>(reinterpret_cast<std::uintptr_t>(data) &
 												~(std::uintptr_t{page_size} - 1));
-	const std::size_t offset = static_cast<std::size_t>(data - reinterpret_cast<std::uint8_t *>(page));
+	const std::size_t offset =
+		static_cast<std::size_t>(data - reinterpret_cast<std::uint8_t *>(page));
 	std::lock_guard<std::mutex> guard(arena.mutex);
 	if (page->magic != kPageMagic || page->slot_size != capacity || offset % capacity != 0)
 		std::abort();

@@ -82,14 +82,22 @@ uint64 CatalogExec(const char *sql, int nargs, const Oid *types, const Datum *va
 }
 
 uint64 CatalogQueryLatest(const char *sql, int nargs, const Oid *types, const Datum *values,
-						  const char *nulls, bool *stale)
+						  const char *nulls, bool *stale, SPIPlanPtr *saved)
 {
 	*stale = IsInParallelMode() && IsolationUsesXactSnapshot();
 	if (IsInParallelMode())
 		return CatalogExec(sql, nargs, types, values, nulls, SPI_OK_SELECT);
-	SPIPlanPtr plan = SPI_prepare(sql, nargs, const_cast<Oid *>(types));
+	SPIPlanPtr plan = saved ? *saved : nullptr;
+	if (plan == nullptr)
+		plan = SPI_prepare(sql, nargs, const_cast<Oid *>(types));
 	if (plan == nullptr)
 		elog(ERROR, "pgkm catalog query failed: %s", SPI_result_code_string(SPI_result));
+	if (saved && *saved == nullptr)
+	{
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "pgkm catalog query failed: SPI_keepplan");
+		*saved = plan;
+	}
 	int rc = SPI_execute_snapshot(plan, const_cast<Datum *>(values), nulls, GetLatestSnapshot(),
 								  InvalidSnapshot, true, false, 0);
 	if (rc != SPI_OK_SELECT)

@@ -1,4 +1,4 @@
-// pgkm's settings: the PKCS#11 token, the master key label and the key cache lifetime.
+// pgkm's settings: the PKCS#11 token, the master key label, the key cache's lifetime and size.
 #include "pgkm/pg/guc.hpp"
 
 #include "pgkm/pg/postgres.hpp"
@@ -11,6 +11,7 @@ char *guc_pkcs11_token_label = nullptr;
 char *guc_pkcs11_pin_file = nullptr;
 char *guc_master_key_label = nullptr;
 int guc_key_cache_ttl = kKeyCacheTtlDefault;
+int guc_key_cache_size = kKeyCacheSizeDefault;
 int guc_rotation_batch_size = kBatchSizeDefault;
 int guc_rotation_batch_delay = kBatchDelayDefault;
 int guc_rotation_max_rows_per_second = kMaxRowsPerSecondDefault;
@@ -170,6 +171,12 @@ void GucInit()
 		"regardless; this bounds what changes by other means.",
 		&guc_key_cache_ttl, kKeyCacheTtlDefault, kKeyCacheTtlMin, kKeyCacheTtlMax, PGC_SIGHUP,
 		GUC_UNIT_S, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable(
+		"pgkm.key_cache_size", "Key versions a backend keeps unwrapped at most.",
+		"The least recently used version is evicted (its key wiped) beyond this; a lower value "
+		"takes effect at the backend's next use of the cache.",
+		&guc_key_cache_size, kKeyCacheSizeDefault, kKeyCacheSizeMin, kKeyCacheSizeMax, PGC_SUSET, 0,
+		nullptr, nullptr, nullptr);
 	DefineCustomIntVariable("pgkm.rotation_batch_size",
 							"Rows the worker re-encrypts in one short transaction.", nullptr,
 							&guc_rotation_batch_size, kBatchSizeDefault, 1, kBatchSizeMax,

@@ -1,8 +1,10 @@
 // The backend's key cache: key names to active versions, (key id, version) to unwrapped
 // key material. Entries are read from the catalog on first use and unwrapped through the
-// token at most once per DEK; a change of the shared generation counter, the TTL, a
-// catalog change in an aborted transaction or a relation-cache reset drops them all.
-#include "pgkm/core/secure_buffer.hpp"
+// token at most once per DEK while cached. At most pgkm.key_cache_size versions, and as many
+// key names, are kept: beyond that the least recently used is evicted and its key wiped. A
+// change of the shared generation counter, the TTL, a catalog change in an aborted
+// transaction or a relation-cache reset drops them all.
+#include "pgkm/core/secure_arena.hpp"
 #include "pgkm/pg/token.hpp"
 
 #include <sys/resource.h>
@@ -21,18 +23,28 @@ namespace pgkm::pg
 namespace
 {
 
-// One cached key name: its id, active version and roles.
+// One cached key name: its id and active version.
 struct KeyEntry
 {
 	char name[NAMEDATALEN]; // hash key
 	std::uint32_t key_id;
 	std::uint32_t active_version; // 0: no active version
+	dlist_node lru;               // in key_lru, most recently used first
 };
 
-// What a call site remembers between rows, in fn_extra.
+// The cached keys by id.
+struct KeyIdEntry
+{
+	std::uint32_t key_id; // hash key
+	KeyEntry *key;
+};
+
+// What a call site remembers between rows, in fn_extra. The entry is used again only if the
+// cache was not reset since (epoch) and the entry not evicted (serial).
 struct CallSiteCache
 {
 	std::uint64_t epoch;
+	std::uint64_t serial;
 	VersionEntry *version;
 	int name_len; // KeyForEncrypt: the key name's length; otherwise one of the kinds below
 	char name[NAMEDATALEN];
@@ -42,7 +54,22 @@ inline constexpr int kSiteById = -2;    // KeyForEncryptById
 
 MemoryContext cache_context = nullptr;
 HTAB *keys_by_name = nullptr;
+HTAB *keys_by_id = nullptr;
 HTAB *versions_by_id = nullptr;
+dlist_head version_lru = DLIST_STATIC_INIT(version_lru); // most recently used first
+dlist_head key_lru = DLIST_STATIC_INIT(key_lru);
+dlist_head xact_versions = DLIST_STATIC_INIT(xact_versions); // used by this transaction
+int version_count = 0;
+int key_count = 0;
+std::uint64_t next_serial = 1;
+VersionEntry *last_returned = nullptr; // by the previous KeyFor* call: never evicted
+bool lookup_missed = false;            // the current KeyFor* call read the catalog or token
+std::uint64_t count_hits = 0;
+std::uint64_t count_misses = 0;
+std::uint64_t count_unwraps = 0;
+std::uint64_t count_evictions = 0;
+std::uint64_t count_resets = 0;
+double unwrap_ms = 0;
 std::uint64_t cache_epoch = 1;      // bumped at every reset; call sites compare with it
 std::uint64_t cache_generation = 0; // the shared generation the cache was built under
 TimestampTz cache_expires = 0;
@@ -51,23 +78,39 @@ bool initialized = false;
 bool stale_until_xact_end = false;    // read under an old snapshot: drop at transaction end
 std::uint32_t rewrap_allowed_key = 0; // KeyCacheAllowRewrap
 bool rewrapping = false;              // KeyCacheRewrapping
-bool contexts_live = false; // a cached key may hold OpenSSL contexts (set by each KeyFor*)
 bool warned_unlocked = false;
+
+// The entries that hold a list node (ilist.h's dlist_container and dlist_foreach are C only).
+VersionEntry *VersionOfLru(dlist_node *node)
+{
+	return reinterpret_cast<VersionEntry *>(reinterpret_cast<char *>(node) -
+											offsetof(VersionEntry, lru));
+}
+VersionEntry *VersionOfXact(dlist_node *node)
+{
+	return reinterpret_cast<VersionEntry *>(reinterpret_cast<char *>(node) -
+											offsetof(VersionEntry, xact_node));
+}
+KeyEntry *KeyOfLru(dlist_node *node)
+{
+	return reinterpret_cast<KeyEntry *>(reinterpret_cast<char *>(node) - offsetof(KeyEntry, lru));
+}
 
 // Frees every cached key, wiping key material, and starts an empty cache.
 void Reset()
 {
 	if (versions_by_id)
 	{
-		HASH_SEQ_STATUS status;
-		hash_seq_init(&status, versions_by_id);
-		for (auto *v = static_cast<VersionEntry *>(hash_seq_search(&status)); v;
-			 v = static_cast<VersionEntry *>(hash_seq_search(&status)))
+		for (dlist_node *n = version_lru.head.next; n != &version_lru.head; n = n->next)
 		{
+			auto *v = VersionOfLru(n);
 			DestroyKeyMaterial(v->material);
 			v->material = nullptr;
+			v->serial = 0;
 		}
 	}
+	if (version_count > 0 || key_count > 0)
+		count_resets++;
 	if (cache_context == nullptr)
 		cache_context =
 			AllocSetContextCreate(TopMemoryContext, "pgkm key cache", ALLOCSET_SMALL_SIZES);
@@ -81,30 +124,117 @@ void Reset()
 	ctl.hcxt = cache_context;
 	keys_by_name = hash_create("pgkm keys", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(std::uint32_t);
+	ctl.entrysize = sizeof(KeyIdEntry);
+	ctl.hcxt = cache_context;
+	keys_by_id = hash_create("pgkm key ids", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(std::uint64_t);
 	ctl.entrysize = sizeof(VersionEntry);
 	ctl.hcxt = cache_context;
 	versions_by_id =
 		hash_create("pgkm key versions", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	dlist_init(&version_lru);
+	dlist_init(&key_lru);
+	dlist_init(&xact_versions);
+	version_count = 0;
+	key_count = 0;
+	last_returned = nullptr;
 	cache_epoch++;
 }
 
-// Frees the OpenSSL contexts of every cached key. Their key schedules live in OpenSSL's
-// ordinary heap, so they exist only while a transaction uses them; between transactions the
-// working keys are only in locked, undumped buffers.
+// Frees the OpenSSL contexts of the keys this transaction used. Their key schedules live in
+// OpenSSL's ordinary heap, so they exist only while a transaction uses them; between
+// transactions the working keys are only in locked, undumped buffers.
 void ReleaseContexts()
 {
-	contexts_live = false;
-	if (versions_by_id == nullptr)
-		return;
-	HASH_SEQ_STATUS status;
-	hash_seq_init(&status, versions_by_id);
-	for (auto *v = static_cast<VersionEntry *>(hash_seq_search(&status)); v;
-		 v = static_cast<VersionEntry *>(hash_seq_search(&status)))
+	for (dlist_node *n = xact_versions.head.next; n != &xact_versions.head; n = n->next)
 	{
+		auto *v = VersionOfXact(n);
 		if (v->material)
 			v->material->ReleaseContexts();
+		v->in_xact = false;
 	}
+	dlist_init(&xact_versions);
+}
+
+// Evicts one version: wipes and frees its key material and OpenSSL contexts, and frees its
+// catalog copies. Its memory goes back to the hash table's free list with serial 0, so a call
+// site that still points at it sees that it is gone.
+void EvictVersion(VersionEntry *v)
+{
+	DestroyKeyMaterial(v->material);
+	v->material = nullptr;
+	if (v->wrapped)
+		pfree(v->wrapped);
+	if (v->check)
+		pfree(v->check);
+	v->wrapped = v->check = nullptr;
+	if (v->in_xact)
+		dlist_delete(&v->xact_node);
+	v->in_xact = false;
+	dlist_delete(&v->lru);
+	v->serial = 0;
+	hash_search(versions_by_id, &v->hash_key, HASH_REMOVE, nullptr);
+	version_count--;
+	count_evictions++;
+}
+
+// Evicts the least recently used versions beyond pgkm.key_cache_size, sparing the entry the
+// previous KeyFor* call returned (pgkm_rewrap holds it while it looks up the second) and
+// keep, the one the current call is about to return.
+void TrimVersions(const VersionEntry *keep)
+{
+	dlist_node *node = version_lru.head.prev;
+	while (version_count > guc_key_cache_size && node != &version_lru.head)
+	{
+		dlist_node *older = node->prev;
+		auto *v = VersionOfLru(node);
+		if (v != keep && v != last_returned)
+			EvictVersion(v);
+		node = older;
+	}
+}
+
+// Evicts the least recently used key names beyond pgkm.key_cache_size, sparing keep. Nothing
+// holds a key entry across calls, and version entries do not point at them.
+void TrimKeys(const KeyEntry *keep)
+{
+	dlist_node *node = key_lru.head.prev;
+	while (key_count > guc_key_cache_size && node != &key_lru.head)
+	{
+		dlist_node *older = node->prev;
+		auto *k = KeyOfLru(node);
+		if (k != keep)
+		{
+			dlist_delete(&k->lru);
+			auto *by_id =
+				static_cast<KeyIdEntry *>(hash_search(keys_by_id, &k->key_id, HASH_FIND, nullptr));
+			if (by_id && by_id->key == k)
+				hash_search(keys_by_id, &k->key_id, HASH_REMOVE, nullptr);
+			hash_search(keys_by_name, k->name, HASH_REMOVE, nullptr);
+			key_count--;
+		}
+		node = older;
+	}
+}
+
+// Marks a version as returned by a KeyFor* call: most recently used, used by this transaction
+// (whose end frees its OpenSSL contexts), spared by the next eviction; counts the lookup.
+inline VersionEntry *Returned(VersionEntry *v)
+{
+	dlist_move_head(&version_lru, &v->lru);
+	if (!v->in_xact)
+	{
+		v->in_xact = true;
+		dlist_push_head(&xact_versions, &v->xact_node);
+	}
+	last_returned = v;
+	if (lookup_missed)
+		count_misses++;
+	else
+		count_hits++;
+	return v;
 }
 
 // Warns, once per backend, that key memory could not be locked (RLIMIT_MEMLOCK too low).
@@ -132,16 +262,25 @@ void WarnUnlocked()
 					 "its systemd unit, or ulimit -l).")));
 }
 
-// Drops the cache if the shared generation moved or the TTL ran out; notes the data path's
-// use for the redaction of the statement's parameters.
+// Drops the cache if the shared generation moved or the TTL ran out, and trims it if
+// pgkm.key_cache_size was lowered; notes the data path's use for the redaction of the
+// statement's parameters.
 inline void Validate()
 {
 	RequireSharedMemory();
 	RedactNoteDataPathUse();
+	lookup_missed = false;
 	std::uint64_t generation = ReadGeneration();
 	if (likely(generation == cache_generation &&
 			   GetCurrentStatementStartTimestamp() < cache_expires && keys_by_name != nullptr))
+	{
+		if (unlikely(version_count > guc_key_cache_size || key_count > guc_key_cache_size))
+		{
+			TrimVersions(nullptr);
+			TrimKeys(nullptr);
+		}
 		return;
+	}
 	KeyCacheInit();
 	Reset();
 	cache_generation = generation;
@@ -176,6 +315,7 @@ VersionEntry *LoadVersion(std::uint32_t key_id, std::uint32_t version)
 		" JOIN pgkm.keys k ON k.key_id OPERATOR(pg_catalog.=) v.key_id"
 		" LEFT JOIN pgkm.master_keys m ON m.master_key_id OPERATOR(pg_catalog.=) v.master_key_id"
 		" WHERE v.key_id OPERATOR(pg_catalog.=) $1 AND v.version OPERATOR(pg_catalog.=) $2";
+	static SPIPlanPtr plan = nullptr;
 	if (version > PG_INT32_MAX)
 		return nullptr;
 	Oid types[2] = {INT8OID, INT4OID};
@@ -184,7 +324,7 @@ VersionEntry *LoadVersion(std::uint32_t key_id, std::uint32_t version)
 	CatalogOpen(&session);
 	VersionEntry *entry = nullptr;
 	bool stale;
-	uint64 rows = CatalogQueryLatest(sql, 2, types, values, nullptr, &stale);
+	uint64 rows = CatalogQueryLatest(sql, 2, types, values, nullptr, &stale, &plan);
 	stale_until_xact_end |= stale;
 	if (rows == 1)
 	{
@@ -209,29 +349,44 @@ VersionEntry *LoadVersion(std::uint32_t key_id, std::uint32_t version)
 		char *label = CatalogText(0, 7);
 		strlcpy(loaded.master_label, label ? label : "", sizeof(loaded.master_label));
 		MemoryContextSwitchTo(old);
+		loaded.serial = next_serial++;
+		bool found;
 		entry = static_cast<VersionEntry *>(
-			hash_search(versions_by_id, &loaded.hash_key, HASH_ENTER, nullptr));
+			hash_search(versions_by_id, &loaded.hash_key, HASH_ENTER, &found));
+		Assert(!found);
 		*entry = loaded;
+		dlist_push_head(&version_lru, &entry->lru);
+		version_count++;
 	}
 	CatalogClose(&session);
+	lookup_missed = true;
+	if (entry)
+		TrimVersions(entry);
 	return entry;
 }
 
-// Reads the key whose column (name or key_id) equals value into a new cache entry under its
+// Reads the key whose name (by_name) or key_id equals value into a new cache entry under its
 // name, with its active version; NULL if there is none.
-KeyEntry *LoadKeyWhere(const char *column, Oid type, Datum value)
+KeyEntry *LoadKeyWhere(bool by_name, Oid type, Datum value)
 {
-	char *sql =
-		psprintf("SELECT k.key_id, k.name, v.version FROM pgkm.keys k"
-				 " LEFT JOIN pgkm.key_versions v ON v.key_id OPERATOR(pg_catalog.=) k.key_id"
-				 "  AND v.state OPERATOR(pg_catalog.=) 'active'"
-				 " WHERE k.%s OPERATOR(pg_catalog.=) $1",
-				 column);
+	static const char *sql_by_name =
+		"SELECT k.key_id, k.name, v.version FROM pgkm.keys k"
+		" LEFT JOIN pgkm.key_versions v ON v.key_id OPERATOR(pg_catalog.=) k.key_id"
+		"  AND v.state OPERATOR(pg_catalog.=) 'active'"
+		" WHERE k.name OPERATOR(pg_catalog.=) $1";
+	static const char *sql_by_id =
+		"SELECT k.key_id, k.name, v.version FROM pgkm.keys k"
+		" LEFT JOIN pgkm.key_versions v ON v.key_id OPERATOR(pg_catalog.=) k.key_id"
+		"  AND v.state OPERATOR(pg_catalog.=) 'active'"
+		" WHERE k.key_id OPERATOR(pg_catalog.=) $1";
+	static SPIPlanPtr plan_by_name = nullptr;
+	static SPIPlanPtr plan_by_id = nullptr;
 	CatalogSession session;
 	CatalogOpen(&session);
 	KeyEntry *entry = nullptr;
 	bool stale;
-	uint64 rows = CatalogQueryLatest(sql, 1, &type, &value, nullptr, &stale);
+	uint64 rows = CatalogQueryLatest(by_name ? sql_by_name : sql_by_id, 1, &type, &value, nullptr,
+									 &stale, by_name ? &plan_by_name : &plan_by_id);
 	stale_until_xact_end |= stale;
 	if (rows == 1)
 	{
@@ -241,12 +396,45 @@ KeyEntry *LoadKeyWhere(const char *column, Oid type, Datum value)
 		strlcpy(name, CatalogText(0, 2), sizeof(name));
 		Datum v = CatalogValue(0, 3, &isnull);
 		std::uint32_t active = isnull ? 0 : (std::uint32_t)DatumGetInt32(v);
-		entry = static_cast<KeyEntry *>(hash_search(keys_by_name, name, HASH_ENTER, nullptr));
+		bool found;
+		entry = static_cast<KeyEntry *>(hash_search(keys_by_name, name, HASH_ENTER, &found));
+		if (found)
+			dlist_move_head(&key_lru, &entry->lru);
+		else
+		{
+			dlist_push_head(&key_lru, &entry->lru);
+			key_count++;
+		}
 		entry->key_id = key_id;
 		entry->active_version = active;
+		auto *by_id =
+			static_cast<KeyIdEntry *>(hash_search(keys_by_id, &key_id, HASH_ENTER, nullptr));
+		by_id->key = entry;
 	}
 	CatalogClose(&session);
+	lookup_missed = true;
+	if (entry)
+		TrimKeys(entry);
 	return entry;
+}
+
+// Returns the cached key with this name, as most recently used, or nullptr.
+KeyEntry *FindKeyByName(const char *name)
+{
+	auto *key = static_cast<KeyEntry *>(hash_search(keys_by_name, name, HASH_FIND, nullptr));
+	if (key)
+		dlist_move_head(&key_lru, &key->lru);
+	return key;
+}
+
+// Returns the cached key with this id, as most recently used, or nullptr.
+KeyEntry *FindKeyById(std::uint32_t key_id)
+{
+	auto *by_id = static_cast<KeyIdEntry *>(hash_search(keys_by_id, &key_id, HASH_FIND, nullptr));
+	if (by_id == nullptr)
+		return nullptr;
+	dlist_move_head(&key_lru, &by_id->key->lru);
+	return by_id->key;
 }
 
 // Returns the cached version entry, loading it from the catalog on a miss.
@@ -272,8 +460,16 @@ void EnsureMaterial(VersionEntry *v)
 	core::ByteView check(reinterpret_cast<const std::uint8_t *>(VARDATA_ANY(v->check)),
 						 VARSIZE_ANY_EXHDR(v->check));
 	core::KeyMaterial *material = nullptr;
+	lookup_missed = true;
+	count_unwraps++;
+	instr_time start;
+	INSTR_TIME_SET_CURRENT(start);
 	PGKM_TOKEN_CALL(material = UnwrapKeyMaterial(v->master_label, v->key_name, v->key_id,
 												 v->version, wrapped, check));
+	instr_time elapsed;
+	INSTR_TIME_SET_CURRENT(elapsed);
+	INSTR_TIME_SUBTRACT(elapsed, start);
+	unwrap_ms += INSTR_TIME_GET_MILLISEC(elapsed);
 	v->material = material;
 	pfree(v->wrapped);
 	v->wrapped = nullptr;
@@ -337,6 +533,7 @@ void RememberSite(FmgrInfo *flinfo, VersionEntry *v, int name_len, const char *n
 		site = static_cast<CallSiteCache *>(
 			MemoryContextAllocZero(flinfo->fn_mcxt, sizeof(CallSiteCache)));
 	site->epoch = cache_epoch;
+	site->serial = v->serial;
 	site->version = v;
 	site->name_len = name_len;
 	if (name_len > 0)
@@ -349,9 +546,10 @@ void RememberSite(FmgrInfo *flinfo, VersionEntry *v, int name_len, const char *n
 // read under an old snapshot.
 void XactCallback(XactEvent event, void *)
 {
-	if (contexts_live && (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
-						  event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
-						  event == XACT_EVENT_PREPARE))
+	if (!dlist_is_empty(&xact_versions) &&
+		(event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
+		 event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+		 event == XACT_EVENT_PREPARE))
 		ReleaseContexts();
 	if (stale_until_xact_end &&
 		(event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE))
@@ -465,13 +663,12 @@ const char *VersionStateName(VersionState state)
 VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name)
 {
 	Validate();
-	contexts_live = true;
 	int name_len = VARSIZE_ANY_EXHDR(key_name);
 	const char *name = VARDATA_ANY(key_name);
 	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
 	VersionEntry *v;
-	if (likely(site && site->epoch == cache_epoch && site->name_len == name_len &&
-			   memcmp(site->name, name, name_len) == 0))
+	if (likely(site && site->epoch == cache_epoch && site->serial == site->version->serial &&
+			   site->name_len == name_len && memcmp(site->name, name, name_len) == 0))
 		v = site->version;
 	else
 	{
@@ -480,45 +677,32 @@ VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name)
 		char cname[NAMEDATALEN];
 		memcpy(cname, name, name_len);
 		cname[name_len] = '\0';
-		auto *key = static_cast<KeyEntry *>(hash_search(keys_by_name, cname, HASH_FIND, nullptr));
+		KeyEntry *key = FindKeyByName(cname);
 		if (key == nullptr)
-			key = LoadKeyWhere("name", TEXTOID, CStringGetTextDatum(cname));
+			key = LoadKeyWhere(true, TEXTOID, CStringGetTextDatum(cname));
 		if (key == nullptr)
 			ReportUnknownKeyName(name_len);
 		v = PrepareEncrypt(key);
 		RememberSite(flinfo, v, name_len, name);
-		return v;
+		return Returned(v);
 	}
 	CheckRole(v, v->encrypt_role, "encrypt");
-	return v;
+	return Returned(v);
 }
 
 VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id)
 {
 	Validate();
-	contexts_live = true;
 	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
-	if (likely(site && site->epoch == cache_epoch && site->name_len == kSiteById &&
-			   site->version->key_id == key_id))
+	if (likely(site && site->epoch == cache_epoch && site->serial == site->version->serial &&
+			   site->name_len == kSiteById && site->version->key_id == key_id))
 	{
 		CheckRole(site->version, site->version->encrypt_role, "encrypt");
-		return site->version;
+		return Returned(site->version);
 	}
-	KeyEntry *key = nullptr;
-	HASH_SEQ_STATUS status;
-	hash_seq_init(&status, keys_by_name);
-	for (auto *k = static_cast<KeyEntry *>(hash_seq_search(&status)); k;
-		 k = static_cast<KeyEntry *>(hash_seq_search(&status)))
-	{
-		if (k->key_id == key_id)
-		{
-			key = k;
-			hash_seq_term(&status);
-			break;
-		}
-	}
+	KeyEntry *key = FindKeyById(key_id);
 	if (key == nullptr)
-		key = LoadKeyWhere("key_id", INT8OID, Int64GetDatum(key_id));
+		key = LoadKeyWhere(false, INT8OID, Int64GetDatum(key_id));
 	if (key == nullptr)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("key id %u does not exist", key_id),
@@ -526,17 +710,16 @@ VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id)
 						   "database's pgkm catalog.")));
 	VersionEntry *v = PrepareEncrypt(key);
 	RememberSite(flinfo, v, kSiteById, nullptr);
-	return v;
+	return Returned(v);
 }
 
 VersionEntry *KeyForDecrypt(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_t version)
 {
 	Validate();
-	contexts_live = true;
 	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
 	VersionEntry *v;
-	if (likely(site && site->epoch == cache_epoch && site->version->key_id == key_id &&
-			   site->version->version == version))
+	if (likely(site && site->epoch == cache_epoch && site->serial == site->version->serial &&
+			   site->version->key_id == key_id && site->version->version == version))
 		v = site->version;
 	else
 	{
@@ -551,10 +734,10 @@ VersionEntry *KeyForDecrypt(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_
 		CheckRole(v, v->decrypt_role, "decrypt");
 		EnsureMaterial(v);
 		RememberSite(flinfo, v, kSiteDecrypt, nullptr);
-		return v;
+		return Returned(v);
 	}
 	CheckRole(v, v->decrypt_role, "decrypt");
-	return v;
+	return Returned(v);
 }
 
 const char *CachedKeyName(std::uint32_t key_id, std::uint32_t version)
@@ -566,23 +749,29 @@ const char *CachedKeyName(std::uint32_t key_id, std::uint32_t version)
 		static_cast<VersionEntry *>(hash_search(versions_by_id, &hash_key, HASH_FIND, nullptr));
 	if (v)
 		return v->key_name;
-	HASH_SEQ_STATUS status;
-	hash_seq_init(&status, keys_by_name);
-	for (auto *k = static_cast<KeyEntry *>(hash_seq_search(&status)); k;
-		 k = static_cast<KeyEntry *>(hash_seq_search(&status)))
-	{
-		if (k->key_id == key_id)
-		{
-			hash_seq_term(&status);
-			return k->name;
-		}
-	}
-	return nullptr;
+	auto *by_id = static_cast<KeyIdEntry *>(hash_search(keys_by_id, &key_id, HASH_FIND, nullptr));
+	return by_id ? by_id->key->name : nullptr;
 }
 
 std::uint64_t KeyCacheEpoch()
 {
 	return cache_epoch;
+}
+
+void KeyCacheReadStats(KeyCacheStats *out)
+{
+	core::SecureMemoryStats memory = core::SecureMemoryStatsNow();
+	out->capacity = guc_key_cache_size;
+	out->cached_versions = version_count;
+	out->cached_keys = key_count;
+	out->hits = count_hits;
+	out->misses = count_misses;
+	out->unwraps = count_unwraps;
+	out->unwrap_ms = unwrap_ms;
+	out->evictions = count_evictions;
+	out->resets = count_resets;
+	out->locked_bytes = memory.locked_bytes;
+	out->arena_pages = memory.arena_pages;
 }
 
 char *KeyNameForId(std::uint32_t key_id)

@@ -197,9 +197,8 @@ TEST(CoreSecureArena, TenThousandKeys)
 		EXPECT_GE(full.locked_bytes - before.locked_bytes, (pages - 1) * SecurePageSize());
 	}
 	EXPECT_LE(full.locked_bytes - before.locked_bytes, pages * SecurePageSize());
-	std::cout << "[ info     ] 10,000 keys of 32 bytes: "
-			  << full.arena_pages - before.arena_pages << " arena pages, "
-			  << full.locked_bytes - before.locked_bytes << " bytes locked\n";
+	std::cout << "[ info     ] 10,000 keys of 32 bytes: " << full.arena_pages - before.arena_pages
+			  << " arena pages, " << full.locked_bytes - before.locked_bytes << " bytes locked\n";
 
 	keys.clear();
 	const SecureMemoryStats after = SecureMemoryStatsNow();

@@ -31,9 +31,9 @@ struct SecureBlock
 // (RLIMIT_MEMLOCK) is used unlocked. Throws Error(Internal) when no memory can be mapped.
 SecureBlock SecureAllocate(std::size_t size);
 
-// Wipes a block (as SecureAllocate returned it) with OPENSSL_cleanse and gives it back: a slot returns to its page, whose
-// last free slot unmaps it unless it is the one empty page kept per slot size for reuse;
-// whole pages are unmapped. Aborts on a block this allocator did not hand out.
+// Wipes a block (as SecureAllocate returned it) with OPENSSL_cleanse and gives it back: a slot
+// returns to its page, whose last free slot unmaps it unless it is the one empty page kept per slot
+// size for reuse; whole pages are unmapped. Aborts on a block this allocator did not hand out.
 void SecureFree(const SecureBlock &block) noexcept;
 
 // What the process holds in secure memory.

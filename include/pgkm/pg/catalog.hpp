@@ -30,8 +30,10 @@ uint64 CatalogExec(const char *sql, int nargs, const Oid *types, const Datum *va
 // states that a repeatable-read snapshot still shows after a change committed. In
 // parallel mode (where no new snapshot may be taken) it uses the transaction's snapshot and
 // marks *stale, so the caller can drop what it cached at the end of the transaction.
+// With saved, the statement is prepared once per backend and its plan kept in *saved (a
+// static of the caller): for the key cache's lookups, which run once per key and miss.
 uint64 CatalogQueryLatest(const char *sql, int nargs, const Oid *types, const Datum *values,
-						  const char *nulls, bool *stale);
+						  const char *nulls, bool *stale, SPIPlanPtr *saved = nullptr);
 
 // A value for a parameter of type name: a palloc'd NameData of NAMEDATALEN bytes holding s
 // (truncated like the name type). A C string is not a name Datum: PostgreSQL copies

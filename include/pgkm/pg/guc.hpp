@@ -7,6 +7,10 @@ namespace pgkm::pg
 inline constexpr int kKeyCacheTtlDefault = 300; // seconds
 inline constexpr int kKeyCacheTtlMin = 1;
 inline constexpr int kKeyCacheTtlMax = 86400;
+// Cached key versions per backend. At least 2: pgkm_rewrap holds two entries at once.
+inline constexpr int kKeyCacheSizeDefault = 1000;
+inline constexpr int kKeyCacheSizeMin = 2;
+inline constexpr int kKeyCacheSizeMax = 1000000;
 
 inline constexpr int kBatchSizeDefault = 1000;
 inline constexpr int kBatchSizeMax = 100000;
@@ -21,6 +25,7 @@ extern char *guc_pkcs11_token_label;
 extern char *guc_pkcs11_pin_file;
 extern char *guc_master_key_label;
 extern int guc_key_cache_ttl;
+extern int guc_key_cache_size;
 extern int guc_rotation_batch_size;
 extern int guc_rotation_batch_delay;
 extern int guc_rotation_max_rows_per_second;

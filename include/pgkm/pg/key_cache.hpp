@@ -1,9 +1,11 @@
 // The backend's cache of keys and unwrapped DEKs: read from the catalog once, unwrapped
-// through the token once per DEK, invalidated by the shared generation counter.
+// through the token once per DEK, invalidated by the shared generation counter, and bounded
+// by pgkm.key_cache_size with least-recently-used eviction.
 #pragma once
 
 #include "pgkm/core/key_material.hpp"
 
+#include <cstddef>
 #include <cstdint>
 
 #include "pgkm/pg/postgres.hpp"
@@ -21,10 +23,15 @@ enum class VersionState : std::uint8_t
 	Destroyed,
 };
 
-// One cached key version. Lives in the cache's memory context until the next reset.
+// One cached key version. Lives in the cache's memory context until it is evicted or the
+// cache is reset; an evicted entry's memory stays allocated (with serial 0) until the reset.
 struct VersionEntry
 {
 	std::uint64_t hash_key; // key_id << 32 | version
+	std::uint64_t serial;   // unique while cached, 0 once evicted: call sites compare it
+	dlist_node lru;         // in the cache's recency list, most recently used first
+	dlist_node xact_node;   // in the list of versions used by this transaction, if in_xact
+	bool in_xact;
 	std::uint32_t key_id;
 	std::uint32_t version;
 	VersionState state;
@@ -54,7 +61,28 @@ VersionEntry *KeyForDecrypt(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_
 // other field is used), so each needs a call site of its own. An entry they return stays
 // valid until the next KeyFor* call, which may empty the cache; KeyCacheEpoch() changes
 // whenever it does, so a caller that holds two entries can check that the first survived.
+// Eviction (pgkm.key_cache_size) never takes the entry that the previous KeyFor* call
+// returned, nor the one the current call returns, and leaves the epoch alone.
 std::uint64_t KeyCacheEpoch();
+
+// This backend's key cache in figures (pgkm.key_cache_stats()).
+struct KeyCacheStats
+{
+	int capacity;             // pgkm.key_cache_size
+	int cached_versions;      // version entries, with or without key material
+	int cached_keys;          // key names (with their ids and active versions)
+	std::uint64_t hits;       // lookups answered from the cache: no catalog read, no token call
+	std::uint64_t misses;     // lookups that read the catalog or unwrapped through the token
+	std::uint64_t unwraps;    // token unwrap calls
+	double unwrap_ms;         // time spent in them, waiting for the token lock included
+	std::uint64_t evictions;  // versions evicted as least recently used
+	std::uint64_t resets;     // times the cache was emptied (catalog change, TTL, rollback)
+	std::size_t locked_bytes; // secure memory locked in RAM (key slots and larger buffers)
+	std::size_t arena_pages;  // pages of the secure arena
+};
+
+// Fills in this backend's figures; never reads the catalog or the token.
+void KeyCacheReadStats(KeyCacheStats *out);
 
 // Returns the name of a key id as a palloc'd string, or NULL if there is no such key.
 char *KeyNameForId(std::uint32_t key_id);

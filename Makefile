@@ -31,6 +31,7 @@ OBJS = \
 	src/pg/guc.o \
 	src/pg/jobs.o \
 	src/pg/key_cache.o \
+	src/pg/key_cache_store.o \
 	src/pg/lifecycle.o \
 	src/pg/pgkm.o \
 	src/pg/redact.o \

@@ -4,7 +4,6 @@
 // key names, are kept: beyond that the least recently used is evicted and its key wiped. A
 // change of the shared generation counter, the TTL, a catalog change in an aborted
 // transaction or a relation-cache reset drops them all.
-#include "pgkm/core/secure_arena.hpp"
 #include "pgkm/pg/token.hpp"
 
 #include <sys/resource.h>
@@ -12,6 +11,7 @@
 #include "pgkm/pg/audit.hpp"
 #include "pgkm/pg/boundary.hpp"
 #include "pgkm/pg/key_cache.hpp"
+#include "pgkm/pg/key_cache_store.hpp"
 #include "pgkm/pg/catalog.hpp"
 #include "pgkm/pg/guc.hpp"
 #include "pgkm/pg/redact.hpp"
@@ -22,22 +22,6 @@ namespace pgkm::pg
 
 namespace
 {
-
-// One cached key name: its id and active version.
-struct KeyEntry
-{
-	char name[NAMEDATALEN]; // hash key
-	std::uint32_t key_id;
-	std::uint32_t active_version; // 0: no active version
-	dlist_node lru;               // in key_lru, most recently used first
-};
-
-// The cached keys by id.
-struct KeyIdEntry
-{
-	std::uint32_t key_id; // hash key
-	KeyEntry *key;
-};
 
 // What a call site remembers between rows, in fn_extra. The entry is used again only if the
 // cache was not reset since (epoch) and the entry not evicted (serial).
@@ -52,25 +36,7 @@ struct CallSiteCache
 inline constexpr int kSiteDecrypt = -1; // KeyForDecrypt
 inline constexpr int kSiteById = -2;    // KeyForEncryptById
 
-MemoryContext cache_context = nullptr;
-HTAB *keys_by_name = nullptr;
-HTAB *keys_by_id = nullptr;
-HTAB *versions_by_id = nullptr;
-dlist_head version_lru = DLIST_STATIC_INIT(version_lru); // most recently used first
-dlist_head key_lru = DLIST_STATIC_INIT(key_lru);
-dlist_head xact_versions = DLIST_STATIC_INIT(xact_versions); // used by this transaction
-int version_count = 0;
-int key_count = 0;
-std::uint64_t next_serial = 1;
-VersionEntry *last_returned = nullptr; // by the previous KeyFor* call: never evicted
-bool lookup_missed = false;            // the current KeyFor* call read the catalog or token
-std::uint64_t count_hits = 0;
-std::uint64_t count_misses = 0;
-std::uint64_t count_unwraps = 0;
-std::uint64_t count_evictions = 0;
-std::uint64_t count_resets = 0;
-double unwrap_ms = 0;
-std::uint64_t cache_epoch = 1;      // bumped at every reset; call sites compare with it
+bool lookup_missed = false;         // the current KeyFor* call read the catalog or the token
 std::uint64_t cache_generation = 0; // the shared generation the cache was built under
 TimestampTz cache_expires = 0;
 bool catalog_changed_in_xact = false;
@@ -79,163 +45,6 @@ bool stale_until_xact_end = false;    // read under an old snapshot: drop at tra
 std::uint32_t rewrap_allowed_key = 0; // KeyCacheAllowRewrap
 bool rewrapping = false;              // KeyCacheRewrapping
 bool warned_unlocked = false;
-
-// The entries that hold a list node (ilist.h's dlist_container and dlist_foreach are C only).
-VersionEntry *VersionOfLru(dlist_node *node)
-{
-	return reinterpret_cast<VersionEntry *>(reinterpret_cast<char *>(node) -
-											offsetof(VersionEntry, lru));
-}
-VersionEntry *VersionOfXact(dlist_node *node)
-{
-	return reinterpret_cast<VersionEntry *>(reinterpret_cast<char *>(node) -
-											offsetof(VersionEntry, xact_node));
-}
-KeyEntry *KeyOfLru(dlist_node *node)
-{
-	return reinterpret_cast<KeyEntry *>(reinterpret_cast<char *>(node) - offsetof(KeyEntry, lru));
-}
-
-// Frees every cached key, wiping key material, and starts an empty cache.
-void Reset()
-{
-	if (versions_by_id)
-	{
-		for (dlist_node *n = version_lru.head.next; n != &version_lru.head; n = n->next)
-		{
-			auto *v = VersionOfLru(n);
-			DestroyKeyMaterial(v->material);
-			v->material = nullptr;
-			v->serial = 0;
-		}
-	}
-	if (version_count > 0 || key_count > 0)
-		count_resets++;
-	if (cache_context == nullptr)
-		cache_context =
-			AllocSetContextCreate(TopMemoryContext, "pgkm key cache", ALLOCSET_SMALL_SIZES);
-	else
-		MemoryContextReset(cache_context);
-
-	HASHCTL ctl;
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = NAMEDATALEN;
-	ctl.entrysize = sizeof(KeyEntry);
-	ctl.hcxt = cache_context;
-	keys_by_name = hash_create("pgkm keys", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(std::uint32_t);
-	ctl.entrysize = sizeof(KeyIdEntry);
-	ctl.hcxt = cache_context;
-	keys_by_id = hash_create("pgkm key ids", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(std::uint64_t);
-	ctl.entrysize = sizeof(VersionEntry);
-	ctl.hcxt = cache_context;
-	versions_by_id =
-		hash_create("pgkm key versions", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	dlist_init(&version_lru);
-	dlist_init(&key_lru);
-	dlist_init(&xact_versions);
-	version_count = 0;
-	key_count = 0;
-	last_returned = nullptr;
-	cache_epoch++;
-}
-
-// Frees the OpenSSL contexts of the keys this transaction used. Their key schedules live in
-// OpenSSL's ordinary heap, so they exist only while a transaction uses them; between
-// transactions the working keys are only in locked, undumped buffers.
-void ReleaseContexts()
-{
-	for (dlist_node *n = xact_versions.head.next; n != &xact_versions.head; n = n->next)
-	{
-		auto *v = VersionOfXact(n);
-		if (v->material)
-			v->material->ReleaseContexts();
-		v->in_xact = false;
-	}
-	dlist_init(&xact_versions);
-}
-
-// Evicts one version: wipes and frees its key material and OpenSSL contexts, and frees its
-// catalog copies. Its memory goes back to the hash table's free list with serial 0, so a call
-// site that still points at it sees that it is gone.
-void EvictVersion(VersionEntry *v)
-{
-	DestroyKeyMaterial(v->material);
-	v->material = nullptr;
-	if (v->wrapped)
-		pfree(v->wrapped);
-	if (v->check)
-		pfree(v->check);
-	v->wrapped = v->check = nullptr;
-	if (v->in_xact)
-		dlist_delete(&v->xact_node);
-	v->in_xact = false;
-	dlist_delete(&v->lru);
-	v->serial = 0;
-	hash_search(versions_by_id, &v->hash_key, HASH_REMOVE, nullptr);
-	version_count--;
-	count_evictions++;
-}
-
-// Evicts the least recently used versions beyond pgkm.key_cache_size, sparing the entry the
-// previous KeyFor* call returned (pgkm_rewrap holds it while it looks up the second) and
-// keep, the one the current call is about to return.
-void TrimVersions(const VersionEntry *keep)
-{
-	dlist_node *node = version_lru.head.prev;
-	while (version_count > guc_key_cache_size && node != &version_lru.head)
-	{
-		dlist_node *older = node->prev;
-		auto *v = VersionOfLru(node);
-		if (v != keep && v != last_returned)
-			EvictVersion(v);
-		node = older;
-	}
-}
-
-// Evicts the least recently used key names beyond pgkm.key_cache_size, sparing keep. Nothing
-// holds a key entry across calls, and version entries do not point at them.
-void TrimKeys(const KeyEntry *keep)
-{
-	dlist_node *node = key_lru.head.prev;
-	while (key_count > guc_key_cache_size && node != &key_lru.head)
-	{
-		dlist_node *older = node->prev;
-		auto *k = KeyOfLru(node);
-		if (k != keep)
-		{
-			dlist_delete(&k->lru);
-			auto *by_id =
-				static_cast<KeyIdEntry *>(hash_search(keys_by_id, &k->key_id, HASH_FIND, nullptr));
-			if (by_id && by_id->key == k)
-				hash_search(keys_by_id, &k->key_id, HASH_REMOVE, nullptr);
-			hash_search(keys_by_name, k->name, HASH_REMOVE, nullptr);
-			key_count--;
-		}
-		node = older;
-	}
-}
-
-// Marks a version as returned by a KeyFor* call: most recently used, used by this transaction
-// (whose end frees its OpenSSL contexts), spared by the next eviction; counts the lookup.
-inline VersionEntry *Returned(VersionEntry *v)
-{
-	dlist_move_head(&version_lru, &v->lru);
-	if (!v->in_xact)
-	{
-		v->in_xact = true;
-		dlist_push_head(&xact_versions, &v->xact_node);
-	}
-	last_returned = v;
-	if (lookup_missed)
-		count_misses++;
-	else
-		count_hits++;
-	return v;
-}
 
 // Warns, once per backend, that key memory could not be locked (RLIMIT_MEMLOCK too low).
 void WarnUnlocked()
@@ -272,17 +81,14 @@ inline void Validate()
 	lookup_missed = false;
 	std::uint64_t generation = ReadGeneration();
 	if (likely(generation == cache_generation &&
-			   GetCurrentStatementStartTimestamp() < cache_expires && keys_by_name != nullptr))
+			   GetCurrentStatementStartTimestamp() < cache_expires && CacheExists()))
 	{
-		if (unlikely(version_count > guc_key_cache_size || key_count > guc_key_cache_size))
-		{
-			TrimVersions(nullptr);
-			TrimKeys(nullptr);
-		}
+		if (unlikely(CacheOverCapacity()))
+			CacheTrim();
 		return;
 	}
 	KeyCacheInit();
-	Reset();
+	CacheReset();
 	cache_generation = generation;
 	cache_expires =
 		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), (int64)guc_key_cache_ttl * 1000);
@@ -334,7 +140,7 @@ VersionEntry *LoadVersion(std::uint32_t key_id, std::uint32_t version)
 		loaded.hash_key = (std::uint64_t)key_id << 32 | version;
 		loaded.key_id = key_id;
 		loaded.version = version;
-		MemoryContext old = MemoryContextSwitchTo(cache_context);
+		MemoryContext old = MemoryContextSwitchTo(CacheContext());
 		bool isnull;
 		strlcpy(loaded.key_name, CatalogText(0, 1), NAMEDATALEN);
 		loaded.encrypt_role = DatumGetObjectId(CatalogValue(0, 2, &isnull));
@@ -349,19 +155,10 @@ VersionEntry *LoadVersion(std::uint32_t key_id, std::uint32_t version)
 		char *label = CatalogText(0, 7);
 		strlcpy(loaded.master_label, label ? label : "", sizeof(loaded.master_label));
 		MemoryContextSwitchTo(old);
-		loaded.serial = next_serial++;
-		bool found;
-		entry = static_cast<VersionEntry *>(
-			hash_search(versions_by_id, &loaded.hash_key, HASH_ENTER, &found));
-		Assert(!found);
-		*entry = loaded;
-		dlist_push_head(&version_lru, &entry->lru);
-		version_count++;
+		entry = CacheAddVersion(loaded);
 	}
 	CatalogClose(&session);
 	lookup_missed = true;
-	if (entry)
-		TrimVersions(entry);
 	return entry;
 }
 
@@ -396,53 +193,17 @@ KeyEntry *LoadKeyWhere(bool by_name, Oid type, Datum value)
 		strlcpy(name, CatalogText(0, 2), sizeof(name));
 		Datum v = CatalogValue(0, 3, &isnull);
 		std::uint32_t active = isnull ? 0 : (std::uint32_t)DatumGetInt32(v);
-		bool found;
-		entry = static_cast<KeyEntry *>(hash_search(keys_by_name, name, HASH_ENTER, &found));
-		if (found)
-			dlist_move_head(&key_lru, &entry->lru);
-		else
-		{
-			dlist_push_head(&key_lru, &entry->lru);
-			key_count++;
-		}
-		entry->key_id = key_id;
-		entry->active_version = active;
-		auto *by_id =
-			static_cast<KeyIdEntry *>(hash_search(keys_by_id, &key_id, HASH_ENTER, nullptr));
-		by_id->key = entry;
+		entry = CacheAddKey(name, key_id, active);
 	}
 	CatalogClose(&session);
 	lookup_missed = true;
-	if (entry)
-		TrimKeys(entry);
 	return entry;
-}
-
-// Returns the cached key with this name, as most recently used, or nullptr.
-KeyEntry *FindKeyByName(const char *name)
-{
-	auto *key = static_cast<KeyEntry *>(hash_search(keys_by_name, name, HASH_FIND, nullptr));
-	if (key)
-		dlist_move_head(&key_lru, &key->lru);
-	return key;
-}
-
-// Returns the cached key with this id, as most recently used, or nullptr.
-KeyEntry *FindKeyById(std::uint32_t key_id)
-{
-	auto *by_id = static_cast<KeyIdEntry *>(hash_search(keys_by_id, &key_id, HASH_FIND, nullptr));
-	if (by_id == nullptr)
-		return nullptr;
-	dlist_move_head(&key_lru, &by_id->key->lru);
-	return by_id->key;
 }
 
 // Returns the cached version entry, loading it from the catalog on a miss.
 VersionEntry *FindVersion(std::uint32_t key_id, std::uint32_t version)
 {
-	std::uint64_t hash_key = (std::uint64_t)key_id << 32 | version;
-	auto *entry =
-		static_cast<VersionEntry *>(hash_search(versions_by_id, &hash_key, HASH_FIND, nullptr));
+	VersionEntry *entry = CacheFindVersion(key_id, version);
 	return entry ? entry : LoadVersion(key_id, version);
 }
 
@@ -461,7 +222,6 @@ void EnsureMaterial(VersionEntry *v)
 						 VARSIZE_ANY_EXHDR(v->check));
 	core::KeyMaterial *material = nullptr;
 	lookup_missed = true;
-	count_unwraps++;
 	instr_time start;
 	INSTR_TIME_SET_CURRENT(start);
 	PGKM_TOKEN_CALL(material = UnwrapKeyMaterial(v->master_label, v->key_name, v->key_id,
@@ -469,7 +229,7 @@ void EnsureMaterial(VersionEntry *v)
 	instr_time elapsed;
 	INSTR_TIME_SET_CURRENT(elapsed);
 	INSTR_TIME_SUBTRACT(elapsed, start);
-	unwrap_ms += INSTR_TIME_GET_MILLISEC(elapsed);
+	CacheNoteUnwrap(INSTR_TIME_GET_MILLISEC(elapsed));
 	v->material = material;
 	pfree(v->wrapped);
 	v->wrapped = nullptr;
@@ -546,11 +306,11 @@ void RememberSite(FmgrInfo *flinfo, VersionEntry *v, int name_len, const char *n
 // read under an old snapshot.
 void XactCallback(XactEvent event, void *)
 {
-	if (!dlist_is_empty(&xact_versions) &&
+	if (!dlist_is_empty(&cache_versions_xact) &&
 		(event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
 		 event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
 		 event == XACT_EVENT_PREPARE))
-		ReleaseContexts();
+		CacheReleaseContexts();
 	if (stale_until_xact_end &&
 		(event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE))
 	{
@@ -677,17 +437,17 @@ VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name)
 		char cname[NAMEDATALEN];
 		memcpy(cname, name, name_len);
 		cname[name_len] = '\0';
-		KeyEntry *key = FindKeyByName(cname);
+		KeyEntry *key = CacheFindKeyByName(cname);
 		if (key == nullptr)
 			key = LoadKeyWhere(true, TEXTOID, CStringGetTextDatum(cname));
 		if (key == nullptr)
 			ReportUnknownKeyName(name_len);
 		v = PrepareEncrypt(key);
 		RememberSite(flinfo, v, name_len, name);
-		return Returned(v);
+		return CacheReturned(v, lookup_missed);
 	}
 	CheckRole(v, v->encrypt_role, "encrypt");
-	return Returned(v);
+	return CacheReturned(v, lookup_missed);
 }
 
 VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id)
@@ -698,9 +458,9 @@ VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id)
 			   site->name_len == kSiteById && site->version->key_id == key_id))
 	{
 		CheckRole(site->version, site->version->encrypt_role, "encrypt");
-		return Returned(site->version);
+		return CacheReturned(site->version, lookup_missed);
 	}
-	KeyEntry *key = FindKeyById(key_id);
+	KeyEntry *key = CacheFindKeyById(key_id);
 	if (key == nullptr)
 		key = LoadKeyWhere(false, INT8OID, Int64GetDatum(key_id));
 	if (key == nullptr)
@@ -710,7 +470,7 @@ VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id)
 						   "database's pgkm catalog.")));
 	VersionEntry *v = PrepareEncrypt(key);
 	RememberSite(flinfo, v, kSiteById, nullptr);
-	return Returned(v);
+	return CacheReturned(v, lookup_missed);
 }
 
 VersionEntry *KeyForDecrypt(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_t version)
@@ -734,44 +494,25 @@ VersionEntry *KeyForDecrypt(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_
 		CheckRole(v, v->decrypt_role, "decrypt");
 		EnsureMaterial(v);
 		RememberSite(flinfo, v, kSiteDecrypt, nullptr);
-		return Returned(v);
+		return CacheReturned(v, lookup_missed);
 	}
 	CheckRole(v, v->decrypt_role, "decrypt");
-	return Returned(v);
+	return CacheReturned(v, lookup_missed);
 }
 
 const char *CachedKeyName(std::uint32_t key_id, std::uint32_t version)
 {
-	if (versions_by_id == nullptr || keys_by_name == nullptr)
+	if (!CacheExists())
 		return nullptr;
-	std::uint64_t hash_key = (std::uint64_t)key_id << 32 | version;
-	auto *v =
-		static_cast<VersionEntry *>(hash_search(versions_by_id, &hash_key, HASH_FIND, nullptr));
-	if (v)
+	if (VersionEntry *v = CacheFindVersion(key_id, version))
 		return v->key_name;
-	auto *by_id = static_cast<KeyIdEntry *>(hash_search(keys_by_id, &key_id, HASH_FIND, nullptr));
-	return by_id ? by_id->key->name : nullptr;
+	KeyEntry *key = CacheFindKeyById(key_id);
+	return key ? key->name : nullptr;
 }
 
 std::uint64_t KeyCacheEpoch()
 {
 	return cache_epoch;
-}
-
-void KeyCacheReadStats(KeyCacheStats *out)
-{
-	core::SecureMemoryStats memory = core::SecureMemoryStatsNow();
-	out->capacity = guc_key_cache_size;
-	out->cached_versions = version_count;
-	out->cached_keys = key_count;
-	out->hits = count_hits;
-	out->misses = count_misses;
-	out->unwraps = count_unwraps;
-	out->unwrap_ms = unwrap_ms;
-	out->evictions = count_evictions;
-	out->resets = count_resets;
-	out->locked_bytes = memory.locked_bytes;
-	out->arena_pages = memory.arena_pages;
 }
 
 char *KeyNameForId(std::uint32_t key_id)

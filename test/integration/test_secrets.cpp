@@ -754,6 +754,57 @@ TEST(Secrets, KeysOnlyInLockedMemoryAndWipedFromTheCache)
 										  << Where(occurrences);
 }
 
+// (b2) A version evicted from the key cache (pgkm.key_cache_size, LRU) is wiped at once: its
+// working key, found in the backend's locked memory while cached, is found nowhere once a
+// lower cache size evicts it (on a cache hit, so no new key is written over its slot), while
+// the key still cached, in the same locked page, is found.
+TEST(Secrets, EvictedKeyIsWipedFromMemory)
+{
+	Cluster cluster({"pgkm.audit_checkpoint_interval = 1d"});
+	cluster.quietOnFailure();
+	cluster.start();
+	Connection creator = cluster.connect();
+	SetUpExtension(creator, "evicted");
+	creator.exec("SELECT pgkm.create_key('kept_a'), pgkm.create_key('kept_b')");
+	creator.exec("CREATE TABLE t (k text PRIMARY KEY, v bytea)");
+	creator.exec("INSERT INTO t SELECT k, pgkm_encrypt('value of ' || k, k, k) FROM "
+				 "unnest(ARRAY['evicted', 'kept_a', 'kept_b']) k");
+	ASSERT_TRUE(creator.waitFor("SELECT pgkm.audit_flush() IS NOT NULL", 30s));
+	const KeyBytes evicted = ReadKeyBytes(cluster, "evicted", false);
+	const KeyBytes kept = ReadKeyBytes(cluster, "kept_b", false);
+	const std::map<std::string, std::string> patterns = {{"evicted", evicted.gcm_key},
+														 {"kept", kept.gcm_key}};
+
+	Connection backend = cluster.connect();
+	const int pid = backend.backendPid();
+	backend.exec("SET pgkm.key_cache_size = 3");
+	const std::string decrypt = "SELECT pgkm_decrypt_text(v, k) FROM t WHERE k = $1";
+	for (const char *key : {"evicted", "kept_a", "kept_b"})
+		ASSERT_EQ(backend.value(decrypt, {key}), std::string("value of ") + key);
+	auto maps = ReadMappings(pid);
+	auto found = ScanMemory(pid, maps, patterns);
+	ASSERT_GE(found["evicted"].size(), 1u)
+		<< "the cached working key is not in the backend's memory: the scan sees nothing";
+	for (const auto &o : found["evicted"])
+		EXPECT_TRUE(LockedAndUndumped(*o.mapping)) << Where({o});
+
+	// The least recently used version goes at the next use of the cache, a hit.
+	backend.exec("SET pgkm.key_cache_size = 2");
+	ASSERT_EQ(backend.value(decrypt, {"kept_b"}), "value of kept_b");
+	EXPECT_EQ(backend.value("SELECT cached_versions || ' ' || evictions || ' ' || unwraps FROM "
+							"pgkm.key_cache_stats()"),
+			  "2 1 3");
+	maps = ReadMappings(pid);
+	found = ScanMemory(pid, maps, patterns);
+	EXPECT_EQ(found["evicted"].size(), 0u) << "the evicted working key remains:\n"
+										   << Where(found["evicted"]);
+	ASSERT_GE(found["kept"].size(), 1u) << "a cached working key is not found";
+	for (const auto &o : found["kept"])
+		EXPECT_TRUE(LockedAndUndumped(*o.mapping)) << Where({o});
+	Note("after eviction: the evicted key found nowhere; a cached one at:\n" +
+		 Where(found["kept"]));
+}
+
 // (c) With RLIMIT_MEMLOCK = 0 a backend cannot lock key memory: it warns once (not once per
 // key) and still encrypts and decrypts.
 TEST(Secrets, MlockRefusedWarnsOnceAndWorks)

@@ -28,6 +28,16 @@ SELECT capacity, cached_versions, cached_keys, hits, misses, unwraps, evictions,
 	unwrap_ms > 0 AS timed, locked_bytes > 0 AS locked, arena_pages >= 1 AS has_pages
 	FROM pgkm.key_cache_stats();
 
+-- three call sites in a row, through a cache of two: each site's version is evicted by the
+-- other two before the site's next row, which must not use it again (it is unwrapped anew)
+SELECT count(*) AS rows, count(*) FILTER (WHERE
+		pgkm_decrypt_text(a.c, a.g::text) = 'value-' || a.g AND
+		pgkm_decrypt_text(b.c, b.g::text) = 'value-' || b.g AND
+		pgkm_decrypt_text(t.c, t.g::text) = 'value-' || t.g) AS right_rows
+	FROM cache_rows a, cache_rows b, cache_rows t
+	WHERE a.k = 'cache_a' AND b.k = 'customer:4711' AND t.k = 'tenant/42';
+SELECT cached_versions, hits, misses, unwraps, evictions FROM pgkm.key_cache_stats();
+
 -- a larger cache: the key evicted last is unwrapped again, then all are hits
 SET pgkm.key_cache_size = 100;
 CREATE TEMP TABLE cache_before AS SELECT * FROM pgkm.key_cache_stats();

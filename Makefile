@@ -97,3 +97,4 @@ bench:
 	bench/run.sh
 	bench/rotation.sh
 	bench/audit.sh
+	bench/keys.sh

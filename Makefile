@@ -8,10 +8,12 @@ PGFILEDESC = "pgkm - column encryption under a PKCS#11 master key"
 OBJS = \
 	src/core/aead.o \
 	src/core/audit_chain.o \
+	src/core/blind_index.o \
 	src/core/format.o \
 	src/core/key_material.o \
 	src/core/nonce_pool.o \
 	src/core/secure_buffer.o \
+	src/core/siv.o \
 	src/provider/ckr_names.o \
 	src/provider/pin_file.o \
 	src/provider/master_label.o \

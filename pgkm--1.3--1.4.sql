@@ -11,6 +11,109 @@ ALTER TABLE pgkm.keys DROP CONSTRAINT keys_name_check;
 ALTER TABLE pgkm.keys ADD CONSTRAINT keys_name_check
 	CHECK (name OPERATOR(pg_catalog.~) '^[A-Za-z_][A-Za-z0-9_.:/-]{0,62}$');
 
+-- A key serves one algorithm: aes-256-gcm (randomized, pgkm_encrypt), aes-256-siv
+-- (deterministic, pgkm_encrypt_det) or blind-index (truncated HMAC-SHA-256, pgkm_blind_index,
+-- keeping blind_index_bytes bytes of it). Each working key is derived from the version's DEK
+-- with its own HKDF label, and a key of one algorithm is refused by the others' functions.
+ALTER TABLE pgkm.keys DROP CONSTRAINT keys_algorithm_check;
+ALTER TABLE pgkm.keys ADD CONSTRAINT keys_algorithm_check
+	CHECK (algorithm IN ('aes-256-gcm', 'aes-256-siv', 'blind-index'));
+ALTER TABLE pgkm.keys ADD COLUMN blind_index_bytes integer
+	CHECK (blind_index_bytes BETWEEN 1 AND 32);
+ALTER TABLE pgkm.keys ADD CONSTRAINT keys_blind_index_only_check
+	CHECK ((algorithm OPERATOR(pg_catalog.=) 'blind-index') = (blind_index_bytes IS NOT NULL));
+
+CREATE FUNCTION pgkm.create_key(name text, encrypt_role regrole DEFAULT NULL,
+	decrypt_role regrole DEFAULT NULL, algorithm text DEFAULT 'aes-256-gcm',
+	blind_index_bytes integer DEFAULT NULL)
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'pgkm_create_key'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION pgkm.create_key(text, regrole, regrole, text, integer) IS
+	'creates a named key with version 1 active; roles default to the caller; algorithm '
+	'aes-256-gcm (default), aes-256-siv or blind-index (blind_index_bytes: 1 to 32, default 8)';
+-- The new signature replaces the old one; roles that could run the old one keep that right.
+DO $$
+DECLARE
+	g record;
+BEGIN
+	FOR g IN SELECT a.grantee::pg_catalog.regrole::pg_catalog.text AS grantee, a.is_grantable
+		FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+		WHERE p.oid OPERATOR(pg_catalog.=)
+				'pgkm.create_key(text, regrole, regrole)'::pg_catalog.regprocedure
+			AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+			AND a.grantee OPERATOR(pg_catalog.<>) 0
+			AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+	LOOP
+		EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION'
+			' pgkm.create_key(text, regrole, regrole, text, integer) TO %s%s', g.grantee,
+			CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+	END LOOP;
+END
+$$;
+DROP FUNCTION pgkm.create_key(text, regrole, regrole);
+
+-- Deterministic encryption and blind indexes. STABLE, not IMMUTABLE: the value depends on the
+-- key's active version, which rotation changes; an IMMUTABLE function could be kept in an
+-- index expression or a generated column that the rotation worker cannot rewrite, and
+-- lookups would silently miss rows. Store the values in columns registered with
+-- pgkm.protect_column instead. Either key role may compute them (a writer stores them, a
+-- reader searches with them). Text is encrypted as its bytes, unnormalised: text and bytea
+-- of the same bytes give the same value.
+CREATE FUNCTION @extschema@.pgkm_encrypt_det(data bytea, key_name text, context bytea DEFAULT NULL)
+	RETURNS bytea
+	AS 'MODULE_PATHNAME', 'pgkm_encrypt_det'
+	LANGUAGE C STABLE PARALLEL SAFE;
+CREATE FUNCTION @extschema@.pgkm_encrypt_det(data bytea, key_name text, context text)
+	RETURNS bytea
+	AS 'MODULE_PATHNAME', 'pgkm_encrypt_det'
+	LANGUAGE C STABLE PARALLEL SAFE;
+CREATE FUNCTION @extschema@.pgkm_encrypt_det(data text, key_name text, context text DEFAULT NULL)
+	RETURNS bytea
+	AS 'MODULE_PATHNAME', 'pgkm_encrypt_det'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.pgkm_encrypt_det(bytea, text, bytea) IS
+	'AES-256-SIV under the key''s active version: equal values give equal ciphertexts';
+
+CREATE FUNCTION @extschema@.pgkm_encrypt_det_all(data bytea, key_name text,
+	context bytea DEFAULT NULL)
+	RETURNS bytea[]
+	AS 'MODULE_PATHNAME', 'pgkm_encrypt_det_all'
+	LANGUAGE C STABLE PARALLEL SAFE;
+CREATE FUNCTION @extschema@.pgkm_encrypt_det_all(data bytea, key_name text, context text)
+	RETURNS bytea[]
+	AS 'MODULE_PATHNAME', 'pgkm_encrypt_det_all'
+	LANGUAGE C STABLE PARALLEL SAFE;
+CREATE FUNCTION @extschema@.pgkm_encrypt_det_all(data text, key_name text,
+	context text DEFAULT NULL)
+	RETURNS bytea[]
+	AS 'MODULE_PATHNAME', 'pgkm_encrypt_det_all'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.pgkm_encrypt_det_all(bytea, text, bytea) IS
+	'pgkm_encrypt_det under every version a lookup must try during a rotation (active first)';
+
+CREATE FUNCTION @extschema@.pgkm_blind_index(data bytea, key_name text)
+	RETURNS bytea
+	AS 'MODULE_PATHNAME', 'pgkm_blind_index'
+	LANGUAGE C STABLE PARALLEL SAFE;
+CREATE FUNCTION @extschema@.pgkm_blind_index(data text, key_name text)
+	RETURNS bytea
+	AS 'MODULE_PATHNAME', 'pgkm_blind_index'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.pgkm_blind_index(bytea, text) IS
+	'header and truncated HMAC-SHA-256 under the blind-index key''s active version';
+
+CREATE FUNCTION @extschema@.pgkm_blind_index_all(data bytea, key_name text)
+	RETURNS bytea[]
+	AS 'MODULE_PATHNAME', 'pgkm_blind_index_all'
+	LANGUAGE C STABLE PARALLEL SAFE;
+CREATE FUNCTION @extschema@.pgkm_blind_index_all(data text, key_name text)
+	RETURNS bytea[]
+	AS 'MODULE_PATHNAME', 'pgkm_blind_index_all'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.pgkm_blind_index_all(bytea, text) IS
+	'pgkm_blind_index under every version a lookup must try during a rotation (active first)';
+
 -- == key cache ==
 
 -- == erasure and master-key destruction ==

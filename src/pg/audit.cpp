@@ -836,6 +836,10 @@ const char *AuditOpName(AuditOp op)
 		return "decrypt";
 	case AuditOp::Rewrap:
 		return "rewrap";
+	case AuditOp::EncryptDeterministic:
+		return "encrypt_det";
+	case AuditOp::BlindIndex:
+		return "blind_index";
 	}
 	return "unknown";
 }

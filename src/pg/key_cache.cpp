@@ -15,6 +15,11 @@
 #include "pgkm/pg/redact.hpp"
 #include "pgkm/pg/shmem.hpp"
 
+extern "C"
+{
+#include "utils/array.h"
+}
+
 namespace pgkm::pg
 {
 
@@ -27,6 +32,9 @@ struct KeyEntry
 	char name[NAMEDATALEN]; // hash key
 	std::uint32_t key_id;
 	std::uint32_t active_version; // 0: no active version
+	core::Algorithm algorithm;
+	int lookup_count; // versions that lookups try: active first, then decrypt-only, newest first
+	std::uint32_t lookup_versions[kMaxLookupVersions];
 };
 
 // What a call site remembers between rows, in fn_extra.
@@ -39,6 +47,7 @@ struct CallSiteCache
 };
 inline constexpr int kSiteDecrypt = -1; // KeyForDecrypt
 inline constexpr int kSiteById = -2;    // KeyForEncryptById
+inline constexpr int kSiteLookup = -3;  // KeyForLookupVersion
 
 MemoryContext cache_context = nullptr;
 HTAB *keys_by_name = nullptr;
@@ -149,6 +158,19 @@ inline void Validate()
 		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), (int64)guc_key_cache_ttl * 1000);
 }
 
+// Parses a key algorithm name from the catalog (pgkm.keys.algorithm).
+core::Algorithm ParseAlgorithm(const char *name)
+{
+	if (strcmp(name, "aes-256-gcm") == 0)
+		return core::Algorithm::Aes256Gcm;
+	if (strcmp(name, "aes-256-siv") == 0)
+		return core::Algorithm::Aes256Siv;
+	if (strcmp(name, "blind-index") == 0)
+		return core::Algorithm::BlindIndex;
+	elog(ERROR, "pgkm: unknown key algorithm \"%s\"", name);
+	pg_unreachable();
+}
+
 // Parses a version state name from the catalog.
 VersionState ParseState(const char *name)
 {
@@ -171,7 +193,7 @@ VersionEntry *LoadVersion(std::uint32_t key_id, std::uint32_t version)
 {
 	static const char *sql =
 		"SELECT k.name, k.encrypt_role::oid, k.decrypt_role::oid, v.state, v.wrapped_dek,"
-		" v.key_check, m.label"
+		" v.key_check, m.label, k.algorithm, k.blind_index_bytes"
 		" FROM pgkm.key_versions v"
 		" JOIN pgkm.keys k ON k.key_id OPERATOR(pg_catalog.=) v.key_id"
 		" LEFT JOIN pgkm.master_keys m ON m.master_key_id OPERATOR(pg_catalog.=) v.master_key_id"
@@ -208,6 +230,9 @@ VersionEntry *LoadVersion(std::uint32_t key_id, std::uint32_t version)
 			loaded.check = DatumGetByteaPCopy(d);
 		char *label = CatalogText(0, 7);
 		strlcpy(loaded.master_label, label ? label : "", sizeof(loaded.master_label));
+		loaded.algorithm = ParseAlgorithm(CatalogText(0, 8));
+		d = CatalogValue(0, 9, &isnull);
+		loaded.blind_index_bytes = isnull ? 0 : (std::uint8_t)DatumGetInt32(d);
 		MemoryContextSwitchTo(old);
 		entry = static_cast<VersionEntry *>(
 			hash_search(versions_by_id, &loaded.hash_key, HASH_ENTER, nullptr));
@@ -222,7 +247,12 @@ VersionEntry *LoadVersion(std::uint32_t key_id, std::uint32_t version)
 KeyEntry *LoadKeyWhere(const char *column, Oid type, Datum value)
 {
 	char *sql =
-		psprintf("SELECT k.key_id, k.name, v.version FROM pgkm.keys k"
+		psprintf("SELECT k.key_id, k.name, v.version, k.algorithm,"
+				 " ARRAY(SELECT l.version FROM pgkm.key_versions l"
+				 "  WHERE l.key_id OPERATOR(pg_catalog.=) k.key_id"
+				 "  AND l.state OPERATOR(pg_catalog.=) ANY ('{active,decrypt_only}')"
+				 "  ORDER BY l.state OPERATOR(pg_catalog.=) 'active' DESC, l.version DESC)"
+				 " FROM pgkm.keys k"
 				 " LEFT JOIN pgkm.key_versions v ON v.key_id OPERATOR(pg_catalog.=) k.key_id"
 				 "  AND v.state OPERATOR(pg_catalog.=) 'active'"
 				 " WHERE k.%s OPERATOR(pg_catalog.=) $1",
@@ -241,9 +271,19 @@ KeyEntry *LoadKeyWhere(const char *column, Oid type, Datum value)
 		strlcpy(name, CatalogText(0, 2), sizeof(name));
 		Datum v = CatalogValue(0, 3, &isnull);
 		std::uint32_t active = isnull ? 0 : (std::uint32_t)DatumGetInt32(v);
+		core::Algorithm algorithm = ParseAlgorithm(CatalogText(0, 4));
+		Datum *elems;
+		int nelems;
+		deconstruct_array(DatumGetArrayTypeP(CatalogValue(0, 5, &isnull)), INT4OID, 4, true,
+						  TYPALIGN_INT, &elems, nullptr, &nelems);
 		entry = static_cast<KeyEntry *>(hash_search(keys_by_name, name, HASH_ENTER, nullptr));
 		entry->key_id = key_id;
 		entry->active_version = active;
+		entry->algorithm = algorithm;
+		// A key with more usable versions than this is refused by lookups (KeyLookupVersions).
+		entry->lookup_count = nelems;
+		for (int i = 0; i < nelems && i < kMaxLookupVersions; i++)
+			entry->lookup_versions[i] = (std::uint32_t)DatumGetInt32(elems[i]);
 	}
 	CatalogClose(&session);
 	return entry;
@@ -273,7 +313,7 @@ void EnsureMaterial(VersionEntry *v)
 						 VARSIZE_ANY_EXHDR(v->check));
 	core::KeyMaterial *material = nullptr;
 	PGKM_TOKEN_CALL(material = UnwrapKeyMaterial(v->master_label, v->key_name, v->key_id,
-												 v->version, wrapped, check));
+												 v->version, v->algorithm, wrapped, check));
 	v->material = material;
 	pfree(v->wrapped);
 	v->wrapped = nullptr;
@@ -293,6 +333,26 @@ void CheckRole(const VersionEntry *v, Oid role, const char *action)
 					errmsg("permission denied to %s with key \"%s\"", action, v->key_name),
 					errdetail("Only roles with the privileges of role \"%s\" may %s with this key.",
 							  role_name ? role_name : "(dropped role)", action)));
+}
+
+// Raises insufficient_privilege unless the current user has the privileges of the key's
+// encrypt or decrypt role: either may compute deterministic and blind-index values.
+void CheckLookupRole(const VersionEntry *v)
+{
+	if (likely(has_privs_of_role(GetUserId(), v->encrypt_role) ||
+			   has_privs_of_role(GetUserId(), v->decrypt_role)))
+		return;
+	if (rewrapping && rewrap_allowed_key != 0 && v->key_id == rewrap_allowed_key)
+		return;
+	const char *encrypt_name = GetUserNameFromId(v->encrypt_role, true);
+	const char *decrypt_name = GetUserNameFromId(v->decrypt_role, true);
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied to compute lookup values with key \"%s\"", v->key_name),
+			 errdetail("Only roles with the privileges of role \"%s\" or \"%s\" may compute "
+					   "deterministic or blind-index values with this key.",
+					   encrypt_name ? encrypt_name : "(dropped role)",
+					   decrypt_name ? decrypt_name : "(dropped role)")));
 }
 
 // Raises the error that a key version's state forbids use.
@@ -315,14 +375,17 @@ void RefuseState(const VersionEntry *v, const char *action)
 
 // Returns the active version of a key ready to encrypt, after checking the caller's role:
 // the slow path of KeyForEncrypt and KeyForEncryptById, once per call site and cache epoch.
-VersionEntry *PrepareEncrypt(const KeyEntry *key)
+VersionEntry *PrepareEncrypt(const KeyEntry *key, bool lookup)
 {
 	if (key->active_version == 0)
 		RefuseNoActiveVersion(key->name);
 	VersionEntry *v = FindVersion(key->key_id, key->active_version);
 	if (v == nullptr || v->state != VersionState::Active)
 		RefuseNoActiveVersion(key->name);
-	CheckRole(v, v->encrypt_role, "encrypt");
+	if (lookup)
+		CheckLookupRole(v);
+	else
+		CheckRole(v, v->encrypt_role, "encrypt");
 	EnsureMaterial(v);
 	if (v->counter == nullptr)
 		v->counter = CounterFor(v->key_id, v->version);
@@ -485,11 +548,118 @@ VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name)
 			key = LoadKeyWhere("name", TEXTOID, CStringGetTextDatum(cname));
 		if (key == nullptr)
 			ReportUnknownKeyName(name_len);
-		v = PrepareEncrypt(key);
+		RequireKeyAlgorithm(key->name, key->algorithm, core::Algorithm::Aes256Gcm, "pgkm_encrypt");
+		v = PrepareEncrypt(key, false);
 		RememberSite(flinfo, v, name_len, name);
 		return v;
 	}
 	CheckRole(v, v->encrypt_role, "encrypt");
+	return v;
+}
+
+// Finds a key by its name (text argument) in the cache or the catalog; raises the unknown-key
+// error (without the name) when there is none.
+static KeyEntry *KeyByName(text *key_name)
+{
+	int name_len = VARSIZE_ANY_EXHDR(key_name);
+	if (name_len == 0 || name_len >= NAMEDATALEN)
+		ReportUnknownKeyName(name_len);
+	char cname[NAMEDATALEN];
+	memcpy(cname, VARDATA_ANY(key_name), name_len);
+	cname[name_len] = '\0';
+	auto *key = static_cast<KeyEntry *>(hash_search(keys_by_name, cname, HASH_FIND, nullptr));
+	if (key == nullptr)
+		key = LoadKeyWhere("name", TEXTOID, CStringGetTextDatum(cname));
+	if (key == nullptr)
+		ReportUnknownKeyName(name_len);
+	return key;
+}
+
+// Names the SQL function that computes values of an algorithm, for messages.
+static const char *LookupFunction(core::Algorithm want)
+{
+	return want == core::Algorithm::BlindIndex ? "pgkm_blind_index" : "pgkm_encrypt_det";
+}
+
+void RequireKeyAlgorithm(const char *key_name, core::Algorithm have, core::Algorithm want,
+						 const char *function)
+{
+	if (have == want)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+			 errmsg("key \"%s\" is an %s key and cannot be used by %s", key_name,
+					core::AlgorithmName(have), function),
+			 errdetail("%s needs a key created with algorithm => '%s'. A key serves one "
+					   "algorithm only, so that randomized, deterministic and blind-index values "
+					   "never share a key.",
+					   function, core::AlgorithmName(want)),
+			 errhint("Create a key for this use: pgkm.create_key(name, algorithm => '%s').",
+					 core::AlgorithmName(want))));
+}
+
+VersionEntry *KeyForLookup(FmgrInfo *flinfo, text *key_name, core::Algorithm want)
+{
+	Validate();
+	contexts_live = true;
+	int name_len = VARSIZE_ANY_EXHDR(key_name);
+	const char *name = VARDATA_ANY(key_name);
+	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
+	if (likely(site && site->epoch == cache_epoch && site->name_len == name_len &&
+			   memcmp(site->name, name, name_len) == 0))
+	{
+		CheckLookupRole(site->version);
+		return site->version;
+	}
+	KeyEntry *key = KeyByName(key_name);
+	RequireKeyAlgorithm(key->name, key->algorithm, want, LookupFunction(want));
+	VersionEntry *v = PrepareEncrypt(key, true);
+	RememberSite(flinfo, v, name_len, name);
+	return v;
+}
+
+int KeyLookupVersions(text *key_name, core::Algorithm want, std::uint32_t *key_id,
+					  std::uint32_t versions[kMaxLookupVersions])
+{
+	Validate();
+	KeyEntry *key = KeyByName(key_name);
+	RequireKeyAlgorithm(key->name, key->algorithm, want, LookupFunction(want));
+	if (key->lookup_count == 0)
+		RefuseNoActiveVersion(key->name);
+	if (key->lookup_count > kMaxLookupVersions)
+		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						errmsg("key \"%s\" has %d usable versions; lookups try at most %d",
+							   key->name, key->lookup_count, kMaxLookupVersions),
+						errhint("Let the re-encryption jobs finish and retire the old versions "
+								"(pgkm.rotation_progress shows them).")));
+	*key_id = key->key_id;
+	for (int i = 0; i < key->lookup_count; i++)
+		versions[i] = key->lookup_versions[i];
+	return key->lookup_count;
+}
+
+VersionEntry *KeyForLookupVersion(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_t version,
+								  core::Algorithm want)
+{
+	Validate();
+	contexts_live = true;
+	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
+	if (likely(site && site->epoch == cache_epoch && site->name_len == kSiteLookup &&
+			   site->version->key_id == key_id && site->version->version == version))
+	{
+		CheckLookupRole(site->version);
+		return site->version;
+	}
+	VersionEntry *v = FindVersion(key_id, version);
+	if (v == nullptr)
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
+						errmsg("key version %u of key id %u does not exist", version, key_id)));
+	RequireKeyAlgorithm(v->key_name, v->algorithm, want, LookupFunction(want));
+	if (v->state != VersionState::Active && v->state != VersionState::DecryptOnly)
+		RefuseState(v, "look up values");
+	CheckLookupRole(v);
+	EnsureMaterial(v);
+	RememberSite(flinfo, v, kSiteLookup, nullptr);
 	return v;
 }
 
@@ -524,7 +694,7 @@ VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id)
 				(errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("key id %u does not exist", key_id),
 				 errdetail("The ciphertext was made under a key that is not in this "
 						   "database's pgkm catalog.")));
-	VersionEntry *v = PrepareEncrypt(key);
+	VersionEntry *v = PrepareEncrypt(key, false);
 	RememberSite(flinfo, v, kSiteById, nullptr);
 	return v;
 }

@@ -209,11 +209,12 @@ core::SecureBuffer UnwrapVerified(const char *master_label, const char *key_name
 
 core::KeyMaterial *UnwrapKeyMaterial(const char *master_label, const char *key_name,
 									 std::uint32_t key_id, std::uint32_t version,
-									 core::ByteView wrapped, core::ByteView check)
+									 core::Algorithm algorithm, core::ByteView wrapped,
+									 core::ByteView check)
 {
 	core::SecureBuffer dek =
 		UnwrapVerified(master_label, key_name, key_id, version, wrapped, check);
-	return new core::KeyMaterial(key_id, version, dek.view());
+	return new core::KeyMaterial(key_id, version, algorithm, dek.view());
 }
 
 void RewrapDek(const char *old_label, const char *new_label, const char *key_name,

@@ -58,7 +58,7 @@ void Check(bool ok, const char *what)
 // The key material of the fixed DEK, derived once for the whole run.
 KeyMaterial &Material()
 {
-	static KeyMaterial material(1, 1, ByteView(kDek.data(), kDek.size()));
+	static KeyMaterial material(1, 1, Algorithm::Aes256Gcm, ByteView(kDek.data(), kDek.size()));
 	return material;
 }
 

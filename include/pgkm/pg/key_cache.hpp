@@ -28,6 +28,8 @@ struct VersionEntry
 	std::uint32_t key_id;
 	std::uint32_t version;
 	VersionState state;
+	core::Algorithm algorithm;      // the key's: what its material can do
+	std::uint8_t blind_index_bytes; // blind-index keys: HMAC bytes kept; otherwise 0
 	char key_name[NAMEDATALEN];
 	Oid encrypt_role;
 	Oid decrypt_role;
@@ -41,6 +43,31 @@ struct VersionEntry
 // Returns the active version of a key for encrypting, with its key material ready,
 // after checking that the caller may encrypt with it. Raises the documented errors.
 VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name);
+
+// Raises wrong_object_type unless a key of algorithm have may be used where want is needed;
+// function names the SQL function, for the message.
+void RequireKeyAlgorithm(const char *key_name, core::Algorithm have, core::Algorithm want,
+						 const char *function);
+
+// Returns the active version of a deterministic (aes-256-siv) or blind-index key, as want
+// says, with its key material ready, for computing a value to store or to look up: the caller
+// must have the privileges of the key's encrypt or decrypt role (either may compute lookup
+// values: a writer stores them, a reader searches with them). Raises the documented errors,
+// and wrong_object_type when the key's algorithm is not want.
+VersionEntry *KeyForLookup(FmgrInfo *flinfo, text *key_name, core::Algorithm want);
+
+// The most versions KeyLookupVersions returns.
+inline constexpr int kMaxLookupVersions = 32;
+
+// Writes the key id and the versions of a named key of algorithm want that lookups must try
+// (the active one first, then decrypt-only ones, newest first) and returns how many; each is
+// then prepared with KeyForLookupVersion. Raises like KeyForLookup.
+int KeyLookupVersions(text *key_name, core::Algorithm want, std::uint32_t *key_id,
+					  std::uint32_t versions[kMaxLookupVersions]);
+
+// Returns one version listed by KeyLookupVersions, checked and ready like KeyForLookup.
+VersionEntry *KeyForLookupVersion(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_t version,
+								  core::Algorithm want);
 
 // Returns the active version of the key with this id for encrypting, like KeyForEncrypt:
 // for re-encrypting a ciphertext under its key's newest version.

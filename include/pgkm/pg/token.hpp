@@ -74,7 +74,8 @@ void NewWrappedDek(const char *master_label, std::uint32_t key_id, std::uint32_t
 // returns the derived key material (owned by the caller; free with DestroyKeyMaterial).
 core::KeyMaterial *UnwrapKeyMaterial(const char *master_label, const char *key_name,
 									 std::uint32_t key_id, std::uint32_t version,
-									 core::ByteView wrapped, core::ByteView check);
+									 core::Algorithm algorithm, core::ByteView wrapped,
+									 core::ByteView check);
 
 // Re-wraps the stored DEK of (key_id, version) from master key old_label to new_label:
 // unwraps it, verifies its key check value, wraps it under the new master key and checks

@@ -39,7 +39,7 @@ OBJS = \
 	src/pg/worker.o
 
 # pg_regress suites, run by test/regress.sh against a cluster with a SoftHSM2 token.
-REGRESS = setup data_path errors privileges rotation key_status lifecycle jobs audit attacks
+REGRESS = setup data_path errors privileges rotation key_status lifecycle jobs audit attacks searchable
 
 # JIT bitcode is not worth its build trouble for pgkm (NOTES.md): build native code only.
 override with_llvm = no

@@ -79,8 +79,8 @@ void RequireKeyOfHeader(const core::Header &header, const VersionEntry *v)
 	if (header.algorithm != v->algorithm)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION), errmsg("ciphertext authentication failed"),
-				 errdetail("The value's header names algorithm %s, but key \"%s\" is an %s key: "
-						   "the header was altered, or the value was not made by pgkm.",
+				 errdetail("The value's header names algorithm %s, but key \"%s\" has algorithm "
+						   "%s: the header was altered, or the value was not made by pgkm.",
 						   core::AlgorithmName(header.algorithm), v->key_name,
 						   core::AlgorithmName(v->algorithm))));
 }

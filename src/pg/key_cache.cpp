@@ -588,7 +588,7 @@ void RequireKeyAlgorithm(const char *key_name, core::Algorithm have, core::Algor
 		return;
 	ereport(ERROR,
 			(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-			 errmsg("key \"%s\" is an %s key and cannot be used by %s", key_name,
+			 errmsg("key \"%s\" (algorithm %s) cannot be used by %s", key_name,
 					core::AlgorithmName(have), function),
 			 errdetail("%s needs a key created with algorithm => '%s'. A key serves one "
 					   "algorithm only, so that randomized, deterministic and blind-index values "

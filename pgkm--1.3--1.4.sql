@@ -58,20 +58,21 @@ DROP FUNCTION pgkm.create_key(text, regrole, regrole);
 -- index expression or a generated column that the rotation worker cannot rewrite, and
 -- lookups would silently miss rows. Store the values in columns registered with
 -- pgkm.protect_column instead. Either key role may compute them (a writer stores them, a
--- reader searches with them). Text is encrypted as its bytes, unnormalised: text and bytea
+-- reader searches with them). PARALLEL RESTRICTED like the other data-path functions since
+-- 1.2: their uses are audited by the leader, which knows the statement. Text is encrypted as its bytes, unnormalised: text and bytea
 -- of the same bytes give the same value.
 CREATE FUNCTION @extschema@.pgkm_encrypt_det(data bytea, key_name text, context bytea DEFAULT NULL)
 	RETURNS bytea
 	AS 'MODULE_PATHNAME', 'pgkm_encrypt_det'
-	LANGUAGE C STABLE PARALLEL SAFE;
+	LANGUAGE C STABLE PARALLEL RESTRICTED;
 CREATE FUNCTION @extschema@.pgkm_encrypt_det(data bytea, key_name text, context text)
 	RETURNS bytea
 	AS 'MODULE_PATHNAME', 'pgkm_encrypt_det'
-	LANGUAGE C STABLE PARALLEL SAFE;
+	LANGUAGE C STABLE PARALLEL RESTRICTED;
 CREATE FUNCTION @extschema@.pgkm_encrypt_det(data text, key_name text, context text DEFAULT NULL)
 	RETURNS bytea
 	AS 'MODULE_PATHNAME', 'pgkm_encrypt_det'
-	LANGUAGE C STABLE PARALLEL SAFE;
+	LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION @extschema@.pgkm_encrypt_det(bytea, text, bytea) IS
 	'AES-256-SIV under the key''s active version: equal values give equal ciphertexts';
 
@@ -79,38 +80,38 @@ CREATE FUNCTION @extschema@.pgkm_encrypt_det_all(data bytea, key_name text,
 	context bytea DEFAULT NULL)
 	RETURNS bytea[]
 	AS 'MODULE_PATHNAME', 'pgkm_encrypt_det_all'
-	LANGUAGE C STABLE PARALLEL SAFE;
+	LANGUAGE C STABLE PARALLEL RESTRICTED;
 CREATE FUNCTION @extschema@.pgkm_encrypt_det_all(data bytea, key_name text, context text)
 	RETURNS bytea[]
 	AS 'MODULE_PATHNAME', 'pgkm_encrypt_det_all'
-	LANGUAGE C STABLE PARALLEL SAFE;
+	LANGUAGE C STABLE PARALLEL RESTRICTED;
 CREATE FUNCTION @extschema@.pgkm_encrypt_det_all(data text, key_name text,
 	context text DEFAULT NULL)
 	RETURNS bytea[]
 	AS 'MODULE_PATHNAME', 'pgkm_encrypt_det_all'
-	LANGUAGE C STABLE PARALLEL SAFE;
+	LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION @extschema@.pgkm_encrypt_det_all(bytea, text, bytea) IS
 	'pgkm_encrypt_det under every version a lookup must try during a rotation (active first)';
 
 CREATE FUNCTION @extschema@.pgkm_blind_index(data bytea, key_name text)
 	RETURNS bytea
 	AS 'MODULE_PATHNAME', 'pgkm_blind_index'
-	LANGUAGE C STABLE PARALLEL SAFE;
+	LANGUAGE C STABLE PARALLEL RESTRICTED;
 CREATE FUNCTION @extschema@.pgkm_blind_index(data text, key_name text)
 	RETURNS bytea
 	AS 'MODULE_PATHNAME', 'pgkm_blind_index'
-	LANGUAGE C STABLE PARALLEL SAFE;
+	LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION @extschema@.pgkm_blind_index(bytea, text) IS
 	'header and truncated HMAC-SHA-256 under the blind-index key''s active version';
 
 CREATE FUNCTION @extschema@.pgkm_blind_index_all(data bytea, key_name text)
 	RETURNS bytea[]
 	AS 'MODULE_PATHNAME', 'pgkm_blind_index_all'
-	LANGUAGE C STABLE PARALLEL SAFE;
+	LANGUAGE C STABLE PARALLEL RESTRICTED;
 CREATE FUNCTION @extschema@.pgkm_blind_index_all(data text, key_name text)
 	RETURNS bytea[]
 	AS 'MODULE_PATHNAME', 'pgkm_blind_index_all'
-	LANGUAGE C STABLE PARALLEL SAFE;
+	LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION @extschema@.pgkm_blind_index_all(bytea, text) IS
 	'pgkm_blind_index under every version a lookup must try during a rotation (active first)';
 

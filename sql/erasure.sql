@@ -187,6 +187,16 @@ SELECT r -> 'erased_by' AS erased_by, r -> 'versions' -> 0 ->> 'state_before' AS
 	FROM (SELECT pgkm.erase_subject('regress_er:admin') AS r) s;
 RESET ROLE;
 
+-- with triggers off (session_replication_role = replica), every cache is emptied at commit all
+-- the same
+SELECT pgkm_encrypt('tenant 42', 'regress_er/tenant/42') AS t42 \gset
+SELECT * FROM dblink('er', format('SELECT pgkm_decrypt_text(%L::bytea)', :'t42')) AS t(v text);
+SET session_replication_role = replica;
+SELECT pgkm.erase_subject('regress_er/tenant/42') ->> 'versions_destroyed' AS destroyed;
+RESET session_replication_role;
+SELECT pgkm_test_error(format('SELECT * FROM dblink(%L, %L) AS t(v text)', 'er',
+	format('SELECT pgkm_decrypt_text(%L::bytea)', :'t42')));
+
 -- the audit log: the erasures, the rolled-back one, the denials (who, when), no key material
 SELECT pgkm.audit_flush() > 0 AS flushed;
 SELECT action, key_name, session_user_name, current_user_name, success, sqlstate,

@@ -27,6 +27,7 @@ OBJS = \
 	src/pg/boundary.o \
 	src/pg/catalog.o \
 	src/pg/data_path.o \
+	src/pg/erasure.o \
 	src/pg/events.o \
 	src/pg/guc.o \
 	src/pg/jobs.o \
@@ -39,7 +40,7 @@ OBJS = \
 	src/pg/worker.o
 
 # pg_regress suites, run by test/regress.sh against a cluster with a SoftHSM2 token.
-REGRESS = setup data_path errors privileges rotation key_status lifecycle jobs audit attacks searchable
+REGRESS = setup data_path errors privileges rotation key_status lifecycle jobs audit attacks searchable erasure
 
 # JIT bitcode is not worth its build trouble for pgkm (NOTES.md): build native code only.
 override with_llvm = no

@@ -119,4 +119,65 @@ COMMENT ON FUNCTION @extschema@.pgkm_blind_index_all(bytea, text) IS
 
 -- == erasure and master-key destruction ==
 
+-- An erased key stays in pgkm.keys, so that its name is never silently reused and encrypting
+-- under it gives a clear error: when, by whom (the current user, whose authority was used, and
+-- the session user who logged in). Every version of it is 'destroyed'.
+ALTER TABLE pgkm.keys
+	ADD COLUMN erased_at timestamptz,
+	ADD COLUMN erased_by name,
+	ADD COLUMN erased_session_user name,
+	ADD CONSTRAINT keys_erased_check CHECK ((erased_at IS NULL) = (erased_by IS NULL)
+		AND (erased_at IS NULL) = (erased_session_user IS NULL));
+
+-- Master keys: 'destroyed' means deleted from the token by pgkm.destroy_master_key (only a
+-- retired one, which wraps no key version): what it wrapped in old backups is unreadable.
+ALTER TABLE pgkm.master_keys DROP CONSTRAINT master_keys_state_check;
+ALTER TABLE pgkm.master_keys ADD CONSTRAINT master_keys_state_check
+	CHECK (state IN ('active', 'previous', 'retired', 'destroyed'));
+ALTER TABLE pgkm.master_keys
+	ADD COLUMN destroyed_at timestamptz,
+	ADD COLUMN destroyed_by name,
+	ADD CONSTRAINT master_keys_destroyed_check
+		CHECK ((state OPERATOR(pg_catalog.=) 'destroyed') = (destroyed_at IS NOT NULL)
+			AND (destroyed_at IS NULL) = (destroyed_by IS NULL));
+
+-- Crypto-shredding of one subject's key; returns the report (evidence). Key owner or superuser.
+CREATE FUNCTION pgkm.erase_subject(key_name text) RETURNS jsonb
+	AS 'MODULE_PATHNAME', 'pgkm_erase_subject'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION pgkm.erase_subject(text) IS
+	'destroys every version of a key for good, marks it erased and returns a jsonb report';
+
+-- Deletes a retired master key from the token (superuser only). The token is shared by every
+-- database that uses it: retire the key in each of them first.
+CREATE FUNCTION pgkm.destroy_master_key(label text) RETURNS void
+	AS 'MODULE_PATHNAME', 'pgkm_destroy_master_key'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION pgkm.destroy_master_key(text) IS
+	'deletes a retired master key from the PKCS#11 token for good (superuser only)';
+
+-- The audit log's partitions become members of the extension, as the worker now makes each new
+-- one. Before, pg_dump dumped them as ordinary tables, and restoring such a dump failed: the
+-- append-only guard refused the records, the partitions' indexes were created twice, and the
+-- restored database's worker could not create its partition (its name was taken) and so never
+-- wrote an audit record. The audit log and its state are not in pg_dump's output now: a
+-- restored database starts a new chain (the audit log in backups is issue 7's).
+DO $$
+DECLARE
+	part pg_catalog.text;
+BEGIN
+	FOR part IN
+		SELECT c.relname::pg_catalog.text FROM pg_catalog.pg_inherits i
+		JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.inhrelid
+		WHERE i.inhparent OPERATOR(pg_catalog.=) 'pgkm.audit_log'::pg_catalog.regclass
+		AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+			WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+			AND d.objid OPERATOR(pg_catalog.=) c.oid
+			AND d.deptype OPERATOR(pg_catalog.=) 'e')
+	LOOP
+		EXECUTE pg_catalog.format('ALTER EXTENSION pgkm ADD TABLE pgkm.%I', part);
+	END LOOP;
+END
+$$;
+
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pgkm FROM PUBLIC;

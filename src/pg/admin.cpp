@@ -7,6 +7,7 @@
 #include "pgkm/pg/audit.hpp"
 #include "pgkm/pg/boundary.hpp"
 #include "pgkm/pg/catalog.hpp"
+#include "pgkm/pg/erasure.hpp"
 #include "pgkm/pg/guc.hpp"
 #include "pgkm/pg/key_cache.hpp"
 #include "pgkm/pg/shmem.hpp"
@@ -215,6 +216,8 @@ int64 FlushEncryptionCounts()
 
 int32 RotateKeyLocked(int64 key_id, const char *key_name, const char *actor, const char *why)
 {
+	// An erased key gets no new version, neither by hand nor by the worker's policy.
+	RefuseIfErased(key_id, key_name, "rotated");
 	Oid types[1] = {INT8OID};
 	Datum values[1] = {Int64GetDatum(key_id)};
 	CatalogExec("SELECT pg_catalog.max(version) FROM pgkm.key_versions"

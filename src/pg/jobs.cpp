@@ -5,6 +5,7 @@
 #include "pgkm/pg/admin.hpp"
 #include "pgkm/pg/boundary.hpp"
 #include "pgkm/pg/catalog.hpp"
+#include "pgkm/pg/erasure.hpp"
 #include "pgkm/pg/key_cache.hpp"
 #include "pgkm/pg/shmem.hpp"
 #include "pgkm/pg/worker.hpp"
@@ -324,6 +325,7 @@ Datum pgkm_protect_column(PG_FUNCTION_ARGS)
 
 	CatalogSession session;
 	int64 key_id = OpenOwnedKey(key_name, &session);
+	RefuseIfErased(key_id, key_name, "used to protect a column");
 	RequireSingleColumnPrimaryKey(relid);
 	Oid types[5] = {OIDOID, NAMEOID, INT8OID, NAMEOID, NAMEOID};
 	Datum values[5] = {ObjectIdGetDatum(relid), PG_GETARG_DATUM(1), Int64GetDatum(key_id),

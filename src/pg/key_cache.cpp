@@ -11,6 +11,7 @@
 #include "pgkm/pg/boundary.hpp"
 #include "pgkm/pg/key_cache.hpp"
 #include "pgkm/pg/catalog.hpp"
+#include "pgkm/pg/erasure.hpp"
 #include "pgkm/pg/guc.hpp"
 #include "pgkm/pg/redact.hpp"
 #include "pgkm/pg/shmem.hpp"
@@ -355,17 +356,25 @@ void CheckLookupRole(const VersionEntry *v)
 					   decrypt_name ? decrypt_name : "(dropped role)")));
 }
 
-// Raises the error that a key version's state forbids use.
+// Raises the error that a key version's state forbids use; a version destroyed by an erasure
+// says so in the DETAIL.
 void RefuseState(const VersionEntry *v, const char *action)
 {
+	char *erased = v->state == VersionState::Destroyed ? KeyErasure(v->key_id) : nullptr;
 	ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					errmsg("key \"%s\" version %u is %s and cannot be used to %s", v->key_name,
-						   v->version, VersionStateName(v->state), action)));
+						   v->version, VersionStateName(v->state), action),
+					erased ? errdetail("pgkm.erase_subject() destroyed every version of the key "
+									   "%s: data under it is unrecoverable.",
+									   erased)
+						   : 0));
 }
 
-// Raises the error that a key has no active version (none, or the active one disabled).
-[[noreturn]] void RefuseNoActiveVersion(const char *name)
+// Raises the error that a key has no active version (none, or the active one disabled), or
+// that it was erased.
+[[noreturn]] void RefuseNoActiveVersion(std::uint32_t key_id, const char *name)
 {
+	RefuseIfErased(key_id, name, "used to encrypt");
 	ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					errmsg("key \"%s\" has no active version to encrypt with", name),
 					errhint("If its active version was disabled, pgkm.enable_key_version() "
@@ -378,10 +387,10 @@ void RefuseState(const VersionEntry *v, const char *action)
 VersionEntry *PrepareEncrypt(const KeyEntry *key, bool lookup)
 {
 	if (key->active_version == 0)
-		RefuseNoActiveVersion(key->name);
+		RefuseNoActiveVersion(key->key_id, key->name);
 	VersionEntry *v = FindVersion(key->key_id, key->active_version);
 	if (v == nullptr || v->state != VersionState::Active)
-		RefuseNoActiveVersion(key->name);
+		RefuseNoActiveVersion(key->key_id, key->name);
 	if (lookup)
 		CheckLookupRole(v);
 	else
@@ -625,7 +634,7 @@ int KeyLookupVersions(text *key_name, core::Algorithm want, std::uint32_t *key_i
 	KeyEntry *key = KeyByName(key_name);
 	RequireKeyAlgorithm(key->name, key->algorithm, want, LookupFunction(want));
 	if (key->lookup_count == 0)
-		RefuseNoActiveVersion(key->name);
+		RefuseNoActiveVersion(key->key_id, key->name);
 	if (key->lookup_count > kMaxLookupVersions)
 		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 						errmsg("key \"%s\" has %d usable versions; lookups try at most %d",

@@ -144,6 +144,21 @@ void NextMasterKey(const char *base_label, std::uint64_t catalog_version, Master
 	out->generated = true;
 }
 
+bool DestroyMasterKey(const char *label)
+{
+	try
+	{
+		Token().Destroy(label);
+		return true;
+	}
+	catch (const core::Error &error)
+	{
+		if (error.kind() != core::ErrorKind::UnknownKey)
+			throw;
+		return false;
+	}
+}
+
 std::uint64_t MasterKeyLabelVersion(const char *base_label, const char *label)
 {
 	return provider::MasterKeyVersion(base_label, label).value_or(0);

@@ -62,6 +62,10 @@ void RequireMasterKey(const char *label);
 // wrapping key, or else generates "<base>.v<N+1>".
 void NextMasterKey(const char *base_label, std::uint64_t catalog_version, MasterKeyChoice *out);
 
+// Deletes a master key from the token for good. Returns false, deleting nothing, when the
+// token holds no key with this label (the HSM's officers deleted it already, say).
+bool DestroyMasterKey(const char *label);
+
 // Returns N when label is "<base>.vN", or 0.
 std::uint64_t MasterKeyLabelVersion(const char *base_label, const char *label);
 

@@ -29,6 +29,7 @@ OBJS = \
 	src/pg/data_path.o \
 	src/pg/events.o \
 	src/pg/guc.o \
+	src/pg/index_rebuild.o \
 	src/pg/jobs.o \
 	src/pg/key_cache.o \
 	src/pg/lifecycle.o \

@@ -155,16 +155,17 @@ REVOKE ALL ON FUNCTION pgkm.protect_column(regclass, name, text, name, name) FRO
 -- Data path of the worker for blind-index columns: the blind index of the value a source
 -- ciphertext encrypts, under the blind-index key's active version, never returning the
 -- plaintext. Needs the source key's decrypt role and a role of the blind-index key.
+-- PARALLEL RESTRICTED like pgkm_rewrap: it runs in the leader, which audits every use.
 CREATE FUNCTION @extschema@.pgkm_blind_index_rebuild(source bytea, source_context bytea,
 	blind_key_id bigint)
 	RETURNS bytea
 	AS 'MODULE_PATHNAME', 'pgkm_blind_index_rebuild'
-	LANGUAGE C VOLATILE PARALLEL SAFE;
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 CREATE FUNCTION @extschema@.pgkm_blind_index_rebuild(source bytea, source_context text,
 	blind_key_id bigint)
 	RETURNS bytea
 	AS 'MODULE_PATHNAME', 'pgkm_blind_index_rebuild'
-	LANGUAGE C VOLATILE PARALLEL SAFE;
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 
 -- == key cache ==
 

@@ -120,7 +120,8 @@ void Writer(const std::string &conninfo, Known &known, std::atomic<bool> &stop, 
 		Connection db(conninfo);
 		for (long long id = kRows + 1; !stop; ++id)
 		{
-			db.exec("INSERT INTO users VALUES ($1, pgkm_encrypt($2, 'user_email_enc', $1),"
+			db.exec("INSERT INTO users VALUES ($1::bigint, pgkm_encrypt($2::text, "
+					"'user_email_enc', $1::text),"
 					" pgkm_encrypt_det($2, 'user_email'), pgkm_blind_index($2, 'user_email_bidx'))",
 					{std::to_string(id), Email(id)});
 			known.add(id);

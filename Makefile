@@ -30,6 +30,7 @@ OBJS = \
 	src/pg/erasure.o \
 	src/pg/events.o \
 	src/pg/guc.o \
+	src/pg/index_rebuild.o \
 	src/pg/jobs.o \
 	src/pg/key_cache.o \
 	src/pg/lifecycle.o \

@@ -115,6 +115,59 @@ CREATE FUNCTION @extschema@.pgkm_blind_index_all(data text, key_name text)
 COMMENT ON FUNCTION @extschema@.pgkm_blind_index_all(bytea, text) IS
 	'pgkm_blind_index under every version a lookup must try during a rotation (active first)';
 
+-- == rotation of deterministic and blind-index columns ==
+
+-- A blind-index column is rebuilt from another protected column of its table (its source),
+-- which holds the same value encrypted (aes-256-gcm or aes-256-siv) under its own key and
+-- context column: the rotation worker cannot recompute a keyed hash from the hash itself.
+ALTER TABLE pgkm.protected_columns ADD COLUMN source_column name;
+
+CREATE FUNCTION pgkm.protect_column(table_name regclass, column_name name, key_name text,
+	context_column name DEFAULT NULL, source_column name DEFAULT NULL)
+	RETURNS void
+	AS 'MODULE_PATHNAME', 'pgkm_protect_column'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION pgkm.protect_column(regclass, name, text, name, name) IS
+	'registers a bytea column encrypted under a key (deterministic and randomized keys take an '
+	'optional context column; blind-index keys need source_column, the protected column '
+	'holding the value''s ciphertext), so the worker re-encrypts or rebuilds it after rotations';
+-- The new signature replaces the old one; roles that could run the old one keep that right.
+DO $$
+DECLARE
+	g record;
+BEGIN
+	FOR g IN SELECT a.grantee::pg_catalog.regrole::pg_catalog.text AS grantee, a.is_grantable
+		FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+		WHERE p.oid OPERATOR(pg_catalog.=)
+				'pgkm.protect_column(regclass, name, text, name)'::pg_catalog.regprocedure
+			AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+			AND a.grantee OPERATOR(pg_catalog.<>) 0
+			AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+	LOOP
+		EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION'
+			' pgkm.protect_column(regclass, name, text, name, name) TO %s%s', g.grantee,
+			CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+	END LOOP;
+END
+$$;
+DROP FUNCTION pgkm.protect_column(regclass, name, text, name);
+REVOKE ALL ON FUNCTION pgkm.protect_column(regclass, name, text, name, name) FROM PUBLIC;
+
+-- Data path of the worker for blind-index columns: the blind index of the value a source
+-- ciphertext encrypts, under the blind-index key's active version, never returning the
+-- plaintext. Needs the source key's decrypt role and a role of the blind-index key.
+-- PARALLEL RESTRICTED like pgkm_rewrap: it runs in the leader, which audits every use.
+CREATE FUNCTION @extschema@.pgkm_blind_index_rebuild(source bytea, source_context bytea,
+	blind_key_id bigint)
+	RETURNS bytea
+	AS 'MODULE_PATHNAME', 'pgkm_blind_index_rebuild'
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+CREATE FUNCTION @extschema@.pgkm_blind_index_rebuild(source bytea, source_context text,
+	blind_key_id bigint)
+	RETURNS bytea
+	AS 'MODULE_PATHNAME', 'pgkm_blind_index_rebuild'
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+
 -- == key cache ==
 
 -- == erasure and master-key destruction ==

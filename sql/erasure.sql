@@ -14,7 +14,7 @@ CREATE ROLE regress_er_other;  -- another key administrator
 CREATE ROLE regress_er_app;    -- neither: no USAGE on schema pgkm
 GRANT USAGE ON SCHEMA pgkm TO regress_er_admin, regress_er_other;
 GRANT EXECUTE ON FUNCTION pgkm.create_key(text, regrole, regrole, text, integer), pgkm.erase_subject(text),
-	pgkm.protect_column(regclass, name, text, name), pgkm.destroy_master_key(text)
+	pgkm.protect_column(regclass, name, text, name, name), pgkm.destroy_master_key(text)
 	TO regress_er_admin, regress_er_other;
 GRANT CREATE ON SCHEMA public TO regress_er_admin;
 

@@ -46,9 +46,10 @@ struct CallSiteCache
 	int name_len; // KeyForEncrypt: the key name's length; otherwise one of the kinds below
 	char name[NAMEDATALEN];
 };
-inline constexpr int kSiteDecrypt = -1; // KeyForDecrypt
-inline constexpr int kSiteById = -2;    // KeyForEncryptById
-inline constexpr int kSiteLookup = -3;  // KeyForLookupVersion
+inline constexpr int kSiteDecrypt = -1;    // KeyForDecrypt
+inline constexpr int kSiteById = -2;       // KeyForEncryptById
+inline constexpr int kSiteLookup = -3;     // KeyForLookupVersion
+inline constexpr int kSiteLookupById = -4; // KeyForLookupById
 
 MemoryContext cache_context = nullptr;
 HTAB *keys_by_name = nullptr;
@@ -58,9 +59,9 @@ std::uint64_t cache_generation = 0; // the shared generation the cache was built
 TimestampTz cache_expires = 0;
 bool catalog_changed_in_xact = false;
 bool initialized = false;
-bool stale_until_xact_end = false;    // read under an old snapshot: drop at transaction end
-std::uint32_t rewrap_allowed_key = 0; // KeyCacheAllowRewrap
-bool rewrapping = false;              // KeyCacheRewrapping
+bool stale_until_xact_end = false; // read under an old snapshot: drop at transaction end
+std::uint32_t rewrap_allowed_keys[2] = {0, 0}; // KeyCacheAllowRewrap
+bool rewrapping = false;                       // KeyCacheRewrapping
 bool contexts_live = false; // a cached key may hold OpenSSL contexts (set by each KeyFor*)
 bool warned_unlocked = false;
 
@@ -322,12 +323,20 @@ void EnsureMaterial(VersionEntry *v)
 		WarnUnlocked();
 }
 
+// Whether the worker's allowance covers v: inside one pgkm_rewrap or
+// pgkm_blind_index_rebuild call, for the keys of the batch being run.
+bool AllowedByWorker(const VersionEntry *v)
+{
+	return rewrapping && v->key_id != 0 &&
+		   (v->key_id == rewrap_allowed_keys[0] || v->key_id == rewrap_allowed_keys[1]);
+}
+
 // Raises insufficient_privilege unless the current user has the privileges of role.
 void CheckRole(const VersionEntry *v, Oid role, const char *action)
 {
 	if (likely(has_privs_of_role(GetUserId(), role)))
 		return;
-	if (rewrapping && rewrap_allowed_key != 0 && v->key_id == rewrap_allowed_key)
+	if (AllowedByWorker(v))
 		return;
 	const char *role_name = GetUserNameFromId(role, true);
 	ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -343,7 +352,7 @@ void CheckLookupRole(const VersionEntry *v)
 	if (likely(has_privs_of_role(GetUserId(), v->encrypt_role) ||
 			   has_privs_of_role(GetUserId(), v->decrypt_role)))
 		return;
-	if (rewrapping && rewrap_allowed_key != 0 && v->key_id == rewrap_allowed_key)
+	if (AllowedByWorker(v))
 		return;
 	const char *encrypt_name = GetUserNameFromId(v->encrypt_role, true);
 	const char *decrypt_name = GetUserNameFromId(v->decrypt_role, true);
@@ -484,9 +493,10 @@ void KeyCacheInit()
 	initialized = true;
 }
 
-void KeyCacheAllowRewrap(std::uint32_t key_id)
+void KeyCacheAllowRewrap(std::uint32_t key_id, std::uint32_t second_key_id)
 {
-	rewrap_allowed_key = key_id;
+	rewrap_allowed_keys[0] = key_id;
+	rewrap_allowed_keys[1] = second_key_id;
 }
 
 void KeyCacheRewrapping(bool on)
@@ -672,6 +682,29 @@ VersionEntry *KeyForLookupVersion(FmgrInfo *flinfo, std::uint32_t key_id, std::u
 	return v;
 }
 
+// Finds a key by its id in the cache or the catalog; raises undefined_object if there is none.
+static KeyEntry *KeyById(std::uint32_t key_id)
+{
+	HASH_SEQ_STATUS status;
+	hash_seq_init(&status, keys_by_name);
+	for (auto *k = static_cast<KeyEntry *>(hash_seq_search(&status)); k;
+		 k = static_cast<KeyEntry *>(hash_seq_search(&status)))
+	{
+		if (k->key_id == key_id)
+		{
+			hash_seq_term(&status);
+			return k;
+		}
+	}
+	KeyEntry *key = LoadKeyWhere("key_id", INT8OID, Int64GetDatum(key_id));
+	if (key == nullptr)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("key id %u does not exist", key_id),
+				 errdetail("The ciphertext was made under a key that is not in this "
+						   "database's pgkm catalog.")));
+	return key;
+}
+
 VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id)
 {
 	Validate();
@@ -683,28 +716,26 @@ VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id)
 		CheckRole(site->version, site->version->encrypt_role, "encrypt");
 		return site->version;
 	}
-	KeyEntry *key = nullptr;
-	HASH_SEQ_STATUS status;
-	hash_seq_init(&status, keys_by_name);
-	for (auto *k = static_cast<KeyEntry *>(hash_seq_search(&status)); k;
-		 k = static_cast<KeyEntry *>(hash_seq_search(&status)))
-	{
-		if (k->key_id == key_id)
-		{
-			key = k;
-			hash_seq_term(&status);
-			break;
-		}
-	}
-	if (key == nullptr)
-		key = LoadKeyWhere("key_id", INT8OID, Int64GetDatum(key_id));
-	if (key == nullptr)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("key id %u does not exist", key_id),
-				 errdetail("The ciphertext was made under a key that is not in this "
-						   "database's pgkm catalog.")));
-	VersionEntry *v = PrepareEncrypt(key, false);
+	VersionEntry *v = PrepareEncrypt(KeyById(key_id), false);
 	RememberSite(flinfo, v, kSiteById, nullptr);
+	return v;
+}
+
+VersionEntry *KeyForLookupById(FmgrInfo *flinfo, std::uint32_t key_id, core::Algorithm want)
+{
+	Validate();
+	contexts_live = true;
+	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
+	if (likely(site && site->epoch == cache_epoch && site->name_len == kSiteLookupById &&
+			   site->version->key_id == key_id))
+	{
+		CheckLookupRole(site->version);
+		return site->version;
+	}
+	KeyEntry *key = KeyById(key_id);
+	RequireKeyAlgorithm(key->name, key->algorithm, want, LookupFunction(want));
+	VersionEntry *v = PrepareEncrypt(key, true);
+	RememberSite(flinfo, v, kSiteLookupById, nullptr);
 	return v;
 }
 

@@ -73,6 +73,10 @@ VersionEntry *KeyForLookupVersion(FmgrInfo *flinfo, std::uint32_t key_id, std::u
 // for re-encrypting a ciphertext under its key's newest version.
 VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id);
 
+// Returns the active version of the deterministic or blind-index key with this id (of
+// algorithm want), checked and ready like KeyForLookup: for rebuilding a blind index.
+VersionEntry *KeyForLookupById(FmgrInfo *flinfo, std::uint32_t key_id, core::Algorithm want);
+
 // Returns a version for decrypting, with its key material ready, after checking its
 // state and that the caller may decrypt with it.
 VersionEntry *KeyForDecrypt(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_t version);
@@ -90,13 +94,15 @@ char *KeyNameForId(std::uint32_t key_id);
 // while an error is being handled), or nullptr.
 const char *CachedKeyName(std::uint32_t key_id, std::uint32_t version);
 
-// Lets pgkm_rewrap re-encrypt values of key_id without the caller holding the key's roles
-// (0: no key). Only the worker calls it, around a batch that runs as the table's owner; the
-// plaintext never leaves pgkm_rewrap, and pgkm_decrypt and pgkm_encrypt still check roles.
-void KeyCacheAllowRewrap(std::uint32_t key_id);
+// Lets pgkm_rewrap and pgkm_blind_index_rebuild use key_id and second_key_id (0: none)
+// without the caller holding the keys' roles. Only the worker calls it, around a batch that
+// runs as the table's owner: a re-encryption job allows its key; a blind-index job allows
+// the blind-index key and its source column's key. The plaintext never leaves those two
+// functions, and pgkm_decrypt, pgkm_encrypt and the lookup functions still check roles.
+void KeyCacheAllowRewrap(std::uint32_t key_id, std::uint32_t second_key_id = 0);
 
-// Marks the key lookups of one pgkm_rewrap call (true before them, false after or on error):
-// only they may use the worker's allowance.
+// Marks the key lookups of one pgkm_rewrap or pgkm_blind_index_rebuild call (true before them,
+// false after or on error): only they may use the worker's allowance.
 void KeyCacheRewrapping(bool on);
 
 // Notes that this transaction changed the key catalog: at commit every backend's cache

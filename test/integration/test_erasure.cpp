@@ -233,9 +233,9 @@ TEST(Erasure, CachedSessionsCountsAndAudit)
 	admin.exec(insert_orders, {"301", "450"});
 	admin.exec(insert_invoices, {"91", "120"});
 	admin.exec("INSERT INTO orders VALUES (100000, 0, pgkm_encrypt('shared', 'shared', '100000'))");
-	const std::string wrapped_before = admin.value(
-		"SELECT string_agg(encode(wrapped_dek, 'hex'), ' ') FROM pgkm.key_versions"
-		" WHERE key_id = (SELECT key_id FROM pgkm.keys WHERE name = 'customer:3')");
+	const std::string wrapped_before =
+		admin.value("SELECT string_agg(encode(wrapped_dek, 'hex'), ' ') FROM pgkm.key_versions"
+					" WHERE key_id = (SELECT key_id FROM pgkm.keys WHERE name = 'customer:3')");
 	// Ground truth, from what the test inserted: customer:3 is g % 3 = 2.
 	const long long orders_v1 = 100, orders_v2 = 50, invoices_v1 = 30, invoices_v2 = 10;
 	ASSERT_EQ(admin.intValue("SELECT count(*) FROM orders WHERE customer = 3"),
@@ -262,9 +262,10 @@ TEST(Erasure, CachedSessionsCountsAndAudit)
 				Connection w = cluster.connect();
 				for (long long id = 200000; !stop.load(); ++id)
 				{
-					Result r = w.query("INSERT INTO orders VALUES ($1::int, 3,"
-									   " pgkm_encrypt('late ' || $1::text, 'customer:3', $1::text))",
-									   {std::to_string(id)});
+					Result r =
+						w.query("INSERT INTO orders VALUES ($1::int, 3,"
+								" pgkm_encrypt('late ' || $1::text, 'customer:3', $1::text))",
+								{std::to_string(id)});
 					if (!r.ok())
 					{
 						writer_error = r.sqlstate() + " " + r.message();
@@ -348,8 +349,9 @@ TEST(Erasure, CachedSessionsCountsAndAudit)
 	// The report's counts: what was inserted before the erasure, by version. The racing
 	// writer's rows count if they committed before the scan: at least the ones committed
 	// before the erasure began, at most all of them.
-	auto field = [&](const std::string &path)
-	{ return admin.value("SELECT $1::jsonb #>> $2::text[]", {report, path}); };
+	auto field = [&](const std::string &path) {
+		return admin.value("SELECT $1::jsonb #>> $2::text[]", {report, path});
+	};
 	EXPECT_EQ(field("{key_name}"), "customer:3");
 	EXPECT_EQ(field("{versions_destroyed}"), "2");
 	EXPECT_EQ(field("{erased_by,session_user}"), "postgres");

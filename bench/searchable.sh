@@ -92,12 +92,17 @@ index_of[det_all]=users_email_det
 index_of[det_rot]=users_email_det_rot
 index_of[bidx]=users_email_bidx
 
-echo "== plans (generic plan of the prepared statement, as pgbench runs it after 5 executions)"
+echo "== plans: the generic plan of each prepared statement, and the plans the plan cache chose"
+echo "   in 10 executions with the default plan_cache_mode = auto (custom plans are planned anew at"
+echo "   each execution)"
+executions=()
+for i in $(seq 10); do executions+=(-c "EXECUTE q($((i * 4711 % ROWS + 1)))"); done
 for v in "${variants[@]}"; do
 	echo "-- $v: SELECT id FROM users WHERE ${where_of[$v]}"
-	psql_q -c "SET plan_cache_mode = force_generic_plan" \
-		-c "PREPARE q(bigint) AS SELECT id FROM users WHERE ${where_of[$v]}" \
-		-c "EXPLAIN (COSTS OFF) EXECUTE q(4711)" | sed 's/^/   /'
+	psql_q -c "PREPARE q(bigint) AS SELECT id FROM users WHERE ${where_of[$v]}" "${executions[@]}" \
+		-c "SELECT 'auto: ' || generic_plans || ' generic, ' || custom_plans || ' custom' FROM pg_prepared_statements" \
+		-c "SET plan_cache_mode = force_generic_plan" \
+		-c "EXPLAIN (COSTS OFF) EXECUTE q(4711)" | grep -v '^[0-9]*$' | sed 's/^/   /'
 done
 
 # Every variant finds exactly its row, for a sample of rows (the lookups measure real work).
@@ -128,12 +133,12 @@ done
 psql_q -c "SELECT sum(pg_prewarm(c.oid)) > 0 FROM pg_class c WHERE c.relname IN ('users',
 	'users_email', 'users_email_det', 'users_email_det_rot', 'users_email_bidx')" >/dev/null
 
-# Runs pgbench on variant $1 for $2 seconds, logging each transaction under prefix $3; sets
-# tps and lat (median latency in us).
+# Runs pgbench on variant $1 for $2 seconds with plan_cache_mode $4, logging each transaction
+# under prefix $3; sets tps and lat (median latency in us).
 run_pgbench() {
 	local out
 	rm -f "$PGKM_WORK/$3".*
-	out=$(as_pg "$PG_BINDIR/pgbench" -h "$PGKM_WORK" -p "$PGKM_PORT" -U postgres -n -M prepared \
+	out=$(as_pg env PGOPTIONS="-c plan_cache_mode=$4" "$PG_BINDIR/pgbench" -h "$PGKM_WORK" -p "$PGKM_PORT" -U postgres -n -M prepared \
 		-c 1 -j 1 -T "$2" -l --log-prefix="$PGKM_WORK/$3" -f "$PGKM_WORK/$1.sql" postgres 2>&1) ||
 		{ echo "pgbench failed: $out" >&2; return 1; }
 	tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
@@ -142,31 +147,34 @@ run_pgbench() {
 idx_scans() { psql_q -c "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = '$1'"; }
 cpu_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat; }
 
+modes=(auto force_generic_plan)
 echo "== warm-up, ${WARMUP_SECONDS}s per variant"
-for v in "${variants[@]}"; do run_pgbench "$v" "$WARMUP_SECONDS" warm; done
+for v in "${variants[@]}"; do run_pgbench "$v" "$WARMUP_SECONDS" warm auto; done
 
-echo "== lookups: pgbench -M prepared, 1 client, ${LOOKUP_SECONDS}s per run, $ROUNDS round(s), interleaved"
+echo "== lookups: pgbench -M prepared, 1 client, ${LOOKUP_SECONDS}s per run, $ROUNDS round(s), interleaved;"
+echo "   plan_cache_mode = auto (the default) and force_generic_plan"
 echo "   (load average before: $(cut -d' ' -f1-3 /proc/loadavg))"
 declare -A lat_of tps_of
 for round in $(seq "$ROUNDS"); do
-	for v in "${variants[@]}"; do
+	for m in "${modes[@]}"; do for v in "${variants[@]}"; do
 		scans0=$(idx_scans "${index_of[$v]}")
 		read -r busy0 idle0 <<<"$(cpu_ticks)"
-		run_pgbench "$v" "$LOOKUP_SECONDS" "lk"
+		run_pgbench "$v" "$LOOKUP_SECONDS" "lk" "$m"
 		read -r busy1 idle1 <<<"$(cpu_ticks)"
 		sleep 0.6 # the statistics are flushed at most every 500 ms
 		scans=$(($(idx_scans "${index_of[$v]}") - scans0))
 		txns=$(cat "$PGKM_WORK"/lk.* | wc -l)
-		lat_of[$v]+=" $lat" tps_of[$v]+=" $tps"
-		printf 'round %d/%d  %-9s  median %7.1f us  tps %8.1f  %7d lookups, %7d scans of %s  machine busy %.0f%%\n' \
-			"$round" "$ROUNDS" "$v" "$lat" "$tps" "$txns" "$scans" "${index_of[$v]}" \
+		lat_of[$v.$m]+=" $lat" tps_of[$v.$m]+=" $tps"
+		printf 'round %d/%d  %-7s %-9s  median %7.1f us  tps %8.1f  %7d lookups, %7d scans of %s  machine busy %.0f%%\n' \
+			"$round" "$ROUNDS" "${m%%_*}" "$v" "$lat" "$tps" "$txns" "$scans" "${index_of[$v]}" \
 			"$(awk -v b="$((busy1 - busy0))" -v i="$((idle1 - idle0))" 'BEGIN { print 100 * b / (b + i) }')"
-	done
+	done; done
 done
-echo "   (load average after: $(cut -d' ' -f1-3 /proc/loadavg); 'machine busy' counts this run's pgbench and server, up to 50% on 2 CPUs, and anything else)"
+echo "   (load average after: $(cut -d' ' -f1-3 /proc/loadavg); 'machine busy': the share of both CPUs in use,"
+echo "   this run's pgbench and server included; they take turns, so about 50% when nothing else runs)"
 
 echo "== throughput: SELECT count(f(v)) over $ROWS e-mail addresses (bytea, $(psql_q -c "SELECT round(avg(length(v)), 1) FROM tv") bytes on average), median of 3, scan subtracted"
-psql_q <<'SQL'
+pgkm_psql -X -q -v ON_ERROR_STOP=1 <<'SQL'
 \pset footer off
 CREATE FUNCTION bench_ms(q text) RETURNS float8 LANGUAGE plpgsql AS $$
 DECLARE
@@ -200,14 +208,18 @@ SELECT what, round(ms::numeric, 1) AS ms, round((ms * 1e6 / rows)::numeric) AS "
 	FROM r, p, n ORDER BY ord;
 SQL
 
-echo "== lookup results (median of $ROUNDS runs' medians)"
-base=$(printf '%s\n' ${lat_of[plaintext]} | median)
-printf '%-10s %12s %10s %10s   %s\n' variant "median us" TPS "/plaintext" target
+echo "== lookup results (median of $ROUNDS runs' medians; ratios to plaintext in the same plan_cache_mode)"
+printf '%-10s %11s %9s %7s   %11s %9s %7s   %s\n' "" "auto: us" TPS ratio "generic: us" TPS ratio target
 for v in "${variants[@]}"; do
-	# shellcheck disable=SC2086 # the lists are split on purpose
-	awk -v v="$v" -v lat="$(printf '%s\n' ${lat_of[$v]} | median)" -v tps="$(printf '%s\n' ${tps_of[$v]} | median)" \
-		-v base="$base" 'BEGIN {
-		printf "%-10s %12.1f %10.1f %10s   %s\n", v, lat, tps, (v == "plaintext") ? "-" : sprintf("%.2f", lat / base),
-			(v == "plaintext") ? "" : "<= 2"
-	}'
+	line=$(printf '%-10s' "$v")
+	for m in "${modes[@]}"; do
+		# shellcheck disable=SC2086 # the lists are split on purpose
+		line+=$(awk -v v="$v" -v lat="$(printf '%s\n' ${lat_of[$v.$m]} | median)" \
+			-v tps="$(printf '%s\n' ${tps_of[$v.$m]} | median)" \
+			-v base="$(printf '%s\n' ${lat_of[plaintext.$m]} | median)" 'BEGIN {
+			printf " %11.1f %9.1f %7s  ", lat, tps, (v == "plaintext") ? "-" : sprintf("%.2f", lat / base)
+		}')
+	done
+	[ "$v" = plaintext ] || line+=" <= 2"
+	echo "$line"
 done

@@ -152,11 +152,11 @@ echo "== warm-up, ${WARMUP_SECONDS}s per variant"
 for v in "${variants[@]}"; do run_pgbench "$v" "$WARMUP_SECONDS" warm auto; done
 
 echo "== lookups: pgbench -M prepared, 1 client, ${LOOKUP_SECONDS}s per run, $ROUNDS round(s), interleaved;"
-echo "   plan_cache_mode = auto (the default) and force_generic_plan"
+echo "   each variant under plan_cache_mode = auto (the default), then force_generic_plan"
 echo "   (load average before: $(cut -d' ' -f1-3 /proc/loadavg))"
 declare -A lat_of tps_of
 for round in $(seq "$ROUNDS"); do
-	for m in "${modes[@]}"; do for v in "${variants[@]}"; do
+	for v in "${variants[@]}"; do for m in "${modes[@]}"; do
 		scans0=$(idx_scans "${index_of[$v]}")
 		read -r busy0 idle0 <<<"$(cpu_ticks)"
 		run_pgbench "$v" "$LOOKUP_SECONDS" "lk" "$m"

@@ -132,7 +132,7 @@ SELECT pgkm_test_error($$SELECT pgkm.start_reencryption('accounts', 'iban')$$);
 -- only the table's owner may protect it
 CREATE ROLE regress_pgkm_jobs_owner;
 GRANT USAGE ON SCHEMA pgkm TO regress_pgkm_jobs_owner;
-GRANT EXECUTE ON FUNCTION pgkm.protect_column(regclass, name, text, name) TO regress_pgkm_jobs_owner;
+GRANT EXECUTE ON FUNCTION pgkm.protect_column(regclass, name, text, name, name) TO regress_pgkm_jobs_owner;
 SET ROLE regress_pgkm_jobs_owner;
 SELECT pgkm_test_error($$SELECT pgkm.protect_column('accounts', 'iban', 'jobs_key')$$);
 RESET ROLE;

@@ -13,12 +13,12 @@ SELECT capacity, cached_versions, cached_keys, hits, misses, unwraps, evictions
 	FROM pgkm.key_cache_stats();
 
 -- three keys (a subject's name may hold ':' and '/'), used in turn through a cache of two
-SELECT count(pgkm.create_key(k)) FROM unnest(ARRAY['cache_a', 'customer:4711', 'tenant/42']) k;
+SELECT count(pgkm.create_key(k)) FROM unnest(ARRAY['cache_a', 'cache:4711', 'cache/42']) k;
 SET pgkm.key_cache_size = 2;
 CREATE TEMP TABLE cache_rows AS
 	SELECT g, k, pgkm_encrypt('value-' || g, k, g::text) AS c
 	FROM generate_series(1, 12) g,
-	LATERAL (SELECT (ARRAY['cache_a', 'customer:4711', 'tenant/42'])[1 + g % 3] AS k) n;
+	LATERAL (SELECT (ARRAY['cache_a', 'cache:4711', 'cache/42'])[1 + g % 3] AS k) n;
 SELECT count(*) FILTER (WHERE pgkm_decrypt_text(c, g::text) = 'value-' || g) AS right_values
 	FROM cache_rows;
 -- every value decrypted; never more than two versions or key names: three keys in turn
@@ -35,7 +35,7 @@ SELECT count(*) AS rows, count(*) FILTER (WHERE
 		pgkm_decrypt_text(b.c, b.g::text) = 'value-' || b.g AND
 		pgkm_decrypt_text(t.c, t.g::text) = 'value-' || t.g) AS right_rows
 	FROM cache_rows a, cache_rows b, cache_rows t
-	WHERE a.k = 'cache_a' AND b.k = 'customer:4711' AND t.k = 'tenant/42';
+	WHERE a.k = 'cache_a' AND b.k = 'cache:4711' AND t.k = 'cache/42';
 SELECT cached_versions, hits, misses, unwraps, evictions FROM pgkm.key_cache_stats();
 
 -- a larger cache: the key evicted last is unwrapped again, then all are hits

@@ -6,7 +6,7 @@ CREATE ROLE regress_pgkm_app;
 CREATE ROLE regress_pgkm_clerk;
 CREATE ROLE regress_pgkm_keyadmin;
 GRANT USAGE ON SCHEMA pgkm TO regress_pgkm_keyadmin;
-GRANT EXECUTE ON FUNCTION pgkm.create_key(text, regrole, regrole),
+GRANT EXECUTE ON FUNCTION pgkm.create_key(text, regrole, regrole, text, integer),
 	pgkm.rotate_key(text), pgkm.alter_key_roles(text, regrole, regrole) TO regress_pgkm_keyadmin;
 
 SELECT pgkm.create_key('hr_key', 'regress_pgkm_writer', 'regress_pgkm_reader') > 0 AS created;

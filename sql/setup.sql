@@ -2,8 +2,16 @@
 -- 1.0 first, then the upgrade script, as an installed 1.0 would be upgraded
 CREATE EXTENSION pgkm VERSION '1.0';
 SELECT extversion FROM pg_extension WHERE extname = 'pgkm';
+-- A grant on an administration function survives the update (1.4 replaces create_key).
+CREATE ROLE regress_pgkm_upgrade_admin;
+GRANT EXECUTE ON FUNCTION pgkm.create_key(text, regrole, regrole) TO regress_pgkm_upgrade_admin;
 ALTER EXTENSION pgkm UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'pgkm';
+SELECT has_function_privilege('regress_pgkm_upgrade_admin',
+	'pgkm.create_key(text, regrole, regrole, text, integer)', 'EXECUTE') AS kept;
+REVOKE EXECUTE ON FUNCTION pgkm.create_key(text, regrole, regrole, text, integer)
+	FROM regress_pgkm_upgrade_admin;
+DROP ROLE regress_pgkm_upgrade_admin;
 
 -- Helper for the error tests: runs a statement and shows SQLSTATE and message.
 CREATE FUNCTION pgkm_test_error(statement text) RETURNS text

@@ -53,6 +53,8 @@ const char *AlgorithmName(Algorithm algorithm) noexcept
 		return "aes-256-gcm";
 	case Algorithm::Aes256Siv:
 		return "aes-256-siv";
+	case Algorithm::BlindIndex:
+		return "blind-index";
 	}
 	return "unknown";
 }
@@ -66,6 +68,8 @@ std::size_t Overhead(Algorithm algorithm) noexcept
 		return kGcmOverhead;
 	case Algorithm::Aes256Siv:
 		return kSivOverhead;
+	case Algorithm::BlindIndex:
+		return kHeaderSize + 1;
 	}
 	return 0;
 }
@@ -96,6 +100,9 @@ Header ParseHeader(ByteView ciphertext)
 	case static_cast<std::uint8_t>(Algorithm::Aes256Siv):
 		header.algorithm = Algorithm::Aes256Siv;
 		break;
+	case static_cast<std::uint8_t>(Algorithm::BlindIndex):
+		header.algorithm = Algorithm::BlindIndex;
+		break;
 	default:
 		throw Error(ErrorKind::MalformedCiphertext, "unknown ciphertext algorithm",
 					"This value was not produced by pgkm, or by a newer version of it.");
@@ -104,6 +111,10 @@ Header ParseHeader(ByteView ciphertext)
 	const std::size_t needed = Overhead(header.algorithm);
 	if (ciphertext.size() < needed)
 		ThrowTooShort(ciphertext.size(), needed, AlgorithmName(header.algorithm));
+	if (header.algorithm == Algorithm::BlindIndex &&
+		ciphertext.size() > kHeaderSize + kBlindIndexMaxBytes)
+		throw Error(ErrorKind::MalformedCiphertext, "blind index value is too long",
+					"A blind index value is a 10-byte header and at most 32 bytes.");
 
 	header.key_id = LoadBe32(p + 2);
 	header.key_version = LoadBe32(p + 6);

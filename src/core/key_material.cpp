@@ -108,16 +108,79 @@ bool VerifyKeyCheckValue(ByteView dek, std::uint32_t key_id, std::uint32_t key_v
 	return CRYPTO_memcmp(expected.data(), stored.data(), kCheckValueSize) == 0;
 }
 
-// Derives the GCM working key into locked memory and builds the cipher; the DEK is not kept.
-KeyMaterial::KeyMaterial(std::uint32_t key_id, std::uint32_t key_version, ByteView dek)
-	: key_id_(key_id), key_version_(key_version)
+// Derives the working key of the algorithm into locked memory and builds its cipher; the DEK
+// is not kept.
+KeyMaterial::KeyMaterial(std::uint32_t key_id, std::uint32_t key_version, Algorithm algorithm,
+						 ByteView dek)
+	: key_id_(key_id), key_version_(key_version), algorithm_(algorithm)
 {
 	if (dek.size() != kDekSize)
 		throw Error(ErrorKind::InvalidArgument, "a data encryption key must be 32 bytes (key " +
 													std::to_string(key_id) + " version " +
 													std::to_string(key_version) + ")");
-	const SecureBuffer gcm_key = DeriveKey(dek, kLabelGcm, kGcmKeySize);
-	gcm_ = std::make_unique<GcmCipher>(gcm_key.view());
+	switch (algorithm)
+	{
+	case Algorithm::Aes256Gcm:
+		gcm_ = std::make_unique<GcmCipher>(DeriveKey(dek, kLabelGcm, kGcmKeySize).view());
+		return;
+	case Algorithm::Aes256Siv:
+		siv_ = std::make_unique<SivCipher>(DeriveKey(dek, kLabelSiv, kSivKeySize).view());
+		return;
+	case Algorithm::BlindIndex:
+		blind_index_ = std::make_unique<BlindIndexKey>(
+			DeriveKey(dek, kLabelBlindIndex, kBlindIndexKeySize).view());
+		return;
+	}
+	throw Error(ErrorKind::InvalidArgument, "unknown key algorithm");
+}
+
+// Reports a request for a cipher of another algorithm than the key's.
+[[noreturn]] static void ThrowWrongAlgorithm(Algorithm have, Algorithm want)
+{
+	throw Error(ErrorKind::Internal, std::string("key material of a ") + AlgorithmName(have) +
+										 " key was asked for " + AlgorithmName(want));
+}
+
+GcmCipher &KeyMaterial::gcm()
+{
+	if (!gcm_)
+		ThrowWrongAlgorithm(algorithm_, Algorithm::Aes256Gcm);
+	return *gcm_;
+}
+
+SivCipher &KeyMaterial::siv()
+{
+	if (!siv_)
+		ThrowWrongAlgorithm(algorithm_, Algorithm::Aes256Siv);
+	return *siv_;
+}
+
+BlindIndexKey &KeyMaterial::blind_index()
+{
+	if (!blind_index_)
+		ThrowWrongAlgorithm(algorithm_, Algorithm::BlindIndex);
+	return *blind_index_;
+}
+
+// Frees whichever cipher's OpenSSL contexts exist.
+void KeyMaterial::ReleaseContexts() noexcept
+{
+	if (gcm_)
+		gcm_->ReleaseContexts();
+	if (siv_)
+		siv_->ReleaseContexts();
+	if (blind_index_)
+		blind_index_->ReleaseContexts();
+}
+
+// Whether the one working key is locked.
+bool KeyMaterial::locked() const noexcept
+{
+	if (gcm_)
+		return gcm_->locked();
+	if (siv_)
+		return siv_->locked();
+	return blind_index_ && blind_index_->locked();
 }
 
 } // namespace pgkm::core

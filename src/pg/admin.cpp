@@ -7,6 +7,7 @@
 #include "pgkm/pg/audit.hpp"
 #include "pgkm/pg/boundary.hpp"
 #include "pgkm/pg/catalog.hpp"
+#include "pgkm/pg/erasure.hpp"
 #include "pgkm/pg/guc.hpp"
 #include "pgkm/pg/key_cache.hpp"
 #include "pgkm/pg/shmem.hpp"
@@ -215,6 +216,8 @@ int64 FlushEncryptionCounts()
 
 int32 RotateKeyLocked(int64 key_id, const char *key_name, const char *actor, const char *why)
 {
+	// An erased key gets no new version, neither by hand nor by the worker's policy.
+	RefuseIfErased(key_id, key_name, "rotated");
 	Oid types[1] = {INT8OID};
 	Datum values[1] = {Int64GetDatum(key_id)};
 	CatalogExec("SELECT pg_catalog.max(version) FROM pgkm.key_versions"
@@ -255,13 +258,52 @@ extern "C"
 	Datum pgkm_catalog_changed(PG_FUNCTION_ARGS);
 }
 
-// pgkm.create_key(name, encrypt_role, decrypt_role): a new key with version 1 active.
+// The blind-index length of a new key when none is given: 8 bytes (64 bits) give no false
+// positive in practice below billions of rows; shorter ones leak less (README).
+static constexpr int kDefaultBlindIndexBytes = 8;
+
+// Reads create_key's algorithm and blind_index_bytes arguments (absent before 1.4) and checks
+// them; *bytes is the stored length, or 0 (NULL) for keys that are not blind-index keys.
+static const char *KeyAlgorithmArguments(FunctionCallInfo fcinfo, int *bytes)
+{
+	const char *algorithm =
+		PG_NARGS() > 3 && !PG_ARGISNULL(3) ? text_to_cstring(PG_GETARG_TEXT_PP(3)) : "aes-256-gcm";
+	bool given = PG_NARGS() > 4 && !PG_ARGISNULL(4);
+	*bytes = given ? PG_GETARG_INT32(4) : 0;
+	if (strcmp(algorithm, "aes-256-gcm") != 0 && strcmp(algorithm, "aes-256-siv") != 0 &&
+		strcmp(algorithm, "blind-index") != 0)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("unknown key algorithm \"%s\"", algorithm),
+						errdetail("A key's algorithm is aes-256-gcm (randomized: pgkm_encrypt), "
+								  "aes-256-siv (deterministic: pgkm_encrypt_det) or blind-index "
+								  "(pgkm_blind_index).")));
+	if (strcmp(algorithm, "blind-index") != 0)
+	{
+		if (given)
+			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							errmsg("blind_index_bytes applies only to blind-index keys")));
+		return algorithm;
+	}
+	if (!given)
+		*bytes = kDefaultBlindIndexBytes;
+	if (*bytes < 1 || *bytes > (int)pgkm::core::kBlindIndexMaxBytes)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("blind_index_bytes must be between 1 and %zu, not %d",
+							   pgkm::core::kBlindIndexMaxBytes, *bytes),
+						errdetail("A blind index keeps that many bytes of an HMAC-SHA-256.")));
+	return algorithm;
+}
+
+// pgkm.create_key(name, encrypt_role, decrypt_role, algorithm, blind_index_bytes): a new key
+// with version 1 active.
 Datum pgkm_create_key(PG_FUNCTION_ARGS)
 {
 	RequireSharedMemory();
 	KeyCacheInit();
 	char *name = RequiredText(fcinfo, 0, "key name");
 	ValidateKeyName(name);
+	int blind_index_bytes;
+	const char *algorithm = KeyAlgorithmArguments(fcinfo, &blind_index_bytes);
 	Oid caller = GetUserId();
 	Oid encrypt_role = PG_ARGISNULL(1) ? caller : PG_GETARG_OID(1);
 	Oid decrypt_role = PG_ARGISNULL(2) ? caller : PG_GETARG_OID(2);
@@ -283,17 +325,29 @@ Datum pgkm_create_key(PG_FUNCTION_ARGS)
 		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED), errmsg("no key ids are left")));
 
 	NewVersion first = WrapNewVersion(key_id, 1, caller_name);
-	Oid types[6] = {INT8OID, TEXTOID, OIDOID, OIDOID, OIDOID, NAMEOID};
-	Datum values[6] = {Int64GetDatum(key_id),          CStringGetTextDatum(name),
+	Oid types[8] = {INT8OID, TEXTOID, OIDOID, OIDOID, OIDOID, NAMEOID, TEXTOID, INT4OID};
+	Datum values[8] = {Int64GetDatum(key_id),          CStringGetTextDatum(name),
 					   ObjectIdGetDatum(caller),       ObjectIdGetDatum(encrypt_role),
-					   ObjectIdGetDatum(decrypt_role), CatalogName(caller_name)};
-	CatalogExec(
-		"INSERT INTO pgkm.keys (key_id, name, owner, encrypt_role, decrypt_role, created_by)"
-		" VALUES ($1, $2, $3::pg_catalog.regrole, $4::pg_catalog.regrole,"
-		" $5::pg_catalog.regrole, $6)",
-		6, types, values, nullptr, SPI_OK_INSERT);
+					   ObjectIdGetDatum(decrypt_role), CatalogName(caller_name),
+					   CStringGetTextDatum(algorithm), Int32GetDatum(blind_index_bytes)};
+	char nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', blind_index_bytes ? ' ' : 'n'};
+	// Before 1.4 the columns algorithm (one value) and blind_index_bytes do not all exist.
+	bool v14 = PG_NARGS() > 3;
+	CatalogExec(v14 ? "INSERT INTO pgkm.keys (key_id, name, owner, encrypt_role, decrypt_role,"
+					  " created_by, algorithm, blind_index_bytes)"
+					  " VALUES ($1, $2, $3::pg_catalog.regrole, $4::pg_catalog.regrole,"
+					  " $5::pg_catalog.regrole, $6, $7, $8)"
+					: "INSERT INTO pgkm.keys (key_id, name, owner, encrypt_role, decrypt_role,"
+					  " created_by)"
+					  " VALUES ($1, $2, $3::pg_catalog.regrole, $4::pg_catalog.regrole,"
+					  " $5::pg_catalog.regrole, $6)",
+				v14 ? 8 : 6, types, values, nulls, SPI_OK_INSERT);
 	StoreVersion(key_id, 1, first, caller_name);
-	RecordKeyEvent(caller_name, "key_create", key_id, 1, nullptr);
+	char *detail = strcmp(algorithm, "aes-256-gcm") == 0 ? nullptr
+				   : blind_index_bytes
+					   ? psprintf("algorithm %s, %d bytes", algorithm, blind_index_bytes)
+					   : psprintf("algorithm %s", algorithm);
+	RecordKeyEvent(caller_name, "key_create", key_id, 1, detail);
 	CatalogClose(&session);
 	PG_RETURN_INT64(key_id);
 }

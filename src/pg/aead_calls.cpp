@@ -47,13 +47,15 @@ core::Header ParseOrReport(core::ByteView ciphertext)
 
 core::Header HeaderOfArgument(FunctionCallInfo fcinfo)
 {
-	static_assert(core::kGcmOverhead >= core::kSivOverhead);
+	// Enough to reach every minimum length and to see that a blind index is too long.
+	constexpr std::size_t prefix = core::kHeaderSize + core::kBlindIndexMaxBytes + 1;
+	static_assert(prefix >= core::kGcmOverhead && prefix >= core::kSivOverhead);
 	Datum raw = PG_GETARG_DATUM(0);
 	auto *value = reinterpret_cast<struct varlena *>(DatumGetPointer(raw));
 	bytea *bytes;
 	if ((VARATT_IS_EXTERNAL(value) || VARATT_IS_COMPRESSED(value)) &&
-		toast_raw_datum_size(raw) - VARHDRSZ >= core::kGcmOverhead)
-		bytes = DatumGetByteaPSlice(raw, 0, core::kGcmOverhead);
+		toast_raw_datum_size(raw) - VARHDRSZ >= prefix)
+		bytes = DatumGetByteaPSlice(raw, 0, prefix);
 	else
 		bytes = PG_GETARG_BYTEA_PP(0);
 	core::Header header = ParseOrReport(Bytes(bytes));
@@ -62,17 +64,37 @@ core::Header HeaderOfArgument(FunctionCallInfo fcinfo)
 	return header;
 }
 
-void RequireGcm(const core::Header &header)
+void RequireDecryptable(const core::Header &header)
 {
-	if (header.algorithm != core::Algorithm::Aes256Gcm)
-		ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						errmsg("ciphertext algorithm %s is not supported by this version of pgkm",
-							   core::AlgorithmName(header.algorithm))));
+	if (header.algorithm == core::Algorithm::BlindIndex)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("value is a blind index and cannot be decrypted"),
+				 errdetail("A blind index is a keyed hash of a value, kept for equality lookups."),
+				 errhint("Decrypt the column that holds the value's ciphertext instead.")));
 }
 
-std::size_t CiphertextSize(std::size_t plain_len)
+void RequireKeyOfHeader(const core::Header &header, const VersionEntry *v)
 {
-	constexpr std::size_t largest = MaxAllocSize - VARHDRSZ - core::kGcmOverhead;
+	if (header.algorithm != v->algorithm)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION), errmsg("ciphertext authentication failed"),
+				 errdetail("The value's header names algorithm %s, but key \"%s\" has algorithm "
+						   "%s: the header was altered, or the value was not made by pgkm.",
+						   core::AlgorithmName(header.algorithm), v->key_name,
+						   core::AlgorithmName(v->algorithm))));
+}
+
+std::size_t BodyOffset(core::Algorithm algorithm)
+{
+	return algorithm == core::Algorithm::Aes256Siv ? core::kSivOverhead
+												   : core::kHeaderSize + core::kGcmNonceSize;
+}
+
+std::size_t CiphertextSize(std::size_t plain_len, core::Algorithm algorithm)
+{
+	const std::size_t overhead = core::Overhead(algorithm);
+	const std::size_t largest = MaxAllocSize - VARHDRSZ - overhead;
 	if (plain_len > largest)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -80,18 +102,24 @@ std::size_t CiphertextSize(std::size_t plain_len)
 				 errdetail("A ciphertext is %zu bytes longer than its plaintext and PostgreSQL "
 						   "holds at most %zu bytes in one value, so the largest plaintext is "
 						   "%zu bytes.",
-						   core::kGcmOverhead, (std::size_t)(MaxAllocSize - VARHDRSZ), largest),
+						   overhead, (std::size_t)(MaxAllocSize - VARHDRSZ), largest),
 				 errhint("Split the value, or store it outside the database.")));
-	return plain_len + core::kGcmOverhead;
+	return plain_len + overhead;
 }
 
 void SealTo(VersionEntry *v, core::ByteView plain, core::ByteView context,
 			std::span<std::uint8_t> out)
 {
 	core::Header header;
-	header.algorithm = core::Algorithm::Aes256Gcm;
+	header.algorithm = v->algorithm;
 	header.key_id = v->key_id;
 	header.key_version = v->version;
+	if (v->algorithm == core::Algorithm::Aes256Siv)
+	{
+		// Deterministic: no nonce to wear out, so nothing is counted.
+		PGKM_CORE(v->material->siv().Seal(header, plain, context, out));
+		return;
+	}
 	PGKM_CORE({
 		std::array<std::uint8_t, core::kGcmNonceSize> nonce;
 		nonce_pool.Next(nonce);
@@ -103,7 +131,7 @@ void SealTo(VersionEntry *v, core::ByteView plain, core::ByteView context,
 
 bytea *SealInto(VersionEntry *v, core::ByteView plain, core::ByteView context)
 {
-	std::size_t total = CiphertextSize(plain.size());
+	std::size_t total = CiphertextSize(plain.size(), v->algorithm);
 	auto *result = static_cast<bytea *>(palloc(VARHDRSZ + total));
 	SET_VARSIZE(result, VARHDRSZ + total);
 	SealTo(v, plain, context,
@@ -115,7 +143,14 @@ void OpenInto(VersionEntry *v, core::ByteView ciphertext, core::ByteView context
 			  std::span<std::uint8_t> out)
 {
 	Failure failure;
-	if (!RunCore(failure, [&]() { v->material->gcm().Open(ciphertext, context, out); }))
+	if (!RunCore(failure,
+				 [&]()
+				 {
+					 if (v->algorithm == core::Algorithm::Aes256Siv)
+						 v->material->siv().Open(ciphertext, context, out);
+					 else
+						 v->material->gcm().Open(ciphertext, context, out);
+				 }))
 	{
 		char message[sizeof(failure.message)];
 		snprintf(message, sizeof(message), "%s (key \"%s\" version %u)", failure.message,
@@ -123,6 +158,21 @@ void OpenInto(VersionEntry *v, core::ByteView ciphertext, core::ByteView context
 		snprintf(failure.message, sizeof(failure.message), "%s", message);
 		ReportFailure(failure);
 	}
+}
+
+bytea *BlindIndexInto(VersionEntry *v, core::ByteView plain)
+{
+	core::Header header;
+	header.algorithm = core::Algorithm::BlindIndex;
+	header.key_id = v->key_id;
+	header.key_version = v->version;
+	std::size_t total = core::kHeaderSize + v->blind_index_bytes;
+	auto *result = static_cast<bytea *>(palloc(VARHDRSZ + total));
+	SET_VARSIZE(result, VARHDRSZ + total);
+	PGKM_CORE(v->material->blind_index().Compute(
+		header, plain,
+		std::span<std::uint8_t>(reinterpret_cast<std::uint8_t *>(VARDATA(result)), total)));
+	return result;
 }
 
 } // namespace pgkm::pg

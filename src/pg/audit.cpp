@@ -179,7 +179,9 @@ void StartEntry(AuditEntry *e, const char *action)
 	e->pid = MyProcPid;
 	e->success = true;
 	Put(e->session_user, RoleNameOf(GetSessionUserId()));
-	Put(e->current_user, RoleNameOf(GetUserId()));
+	// Key administration records from inside a catalog session (which runs as the catalog's
+	// owner) name the role that called the function.
+	Put(e->current_user, RoleNameOf(CatalogCaller()));
 	Put(e->application_name, application_name);
 	Put(e->client_addr, ClientAddr());
 	Put(e->action, action);
@@ -836,6 +838,10 @@ const char *AuditOpName(AuditOp op)
 		return "decrypt";
 	case AuditOp::Rewrap:
 		return "rewrap";
+	case AuditOp::EncryptDeterministic:
+		return "encrypt_det";
+	case AuditOp::BlindIndex:
+		return "blind_index";
 	}
 	return "unknown";
 }

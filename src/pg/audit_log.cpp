@@ -339,6 +339,23 @@ void WriteState(const State &s)
 				5, types, values, nulls, SPI_OK_UPDATE);
 }
 
+// Takes a partition out of the extension if it is a member (as the worker makes them since
+// 1.4), so that it can be dropped.
+void LeaveExtension(const char *partition)
+{
+	char *qualified = psprintf("pgkm.%s", quote_identifier(partition));
+	Oid types[1] = {TEXTOID};
+	Datum values[1] = {CStringGetTextDatum(qualified)};
+	if (CatalogExec(
+			"SELECT 1 FROM pg_catalog.pg_depend"
+			" WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass"
+			" AND objid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
+			" AND deptype OPERATOR(pg_catalog.=) 'e'",
+			1, types, values, nullptr, SPI_OK_SELECT) > 0)
+		CatalogExec(psprintf("ALTER EXTENSION pgkm DROP TABLE %s", qualified), 0, nullptr, nullptr,
+					nullptr, SPI_OK_UTILITY);
+}
+
 // Makes sure a partition holds written_at: the newest partition, or a new one from its upper
 // bound (or the interval's start) to the end of the interval.
 void EnsurePartition(TimestampTz written_at)
@@ -384,6 +401,10 @@ void EnsurePartition(TimestampTz written_at)
 						 " FOR EACH STATEMENT EXECUTE FUNCTION pgkm.audit_guard()",
 						 quote_identifier(name)),
 				0, nullptr, nullptr, nullptr, SPI_OK_UTILITY);
+	// A member of the extension, like pgkm.audit_log itself: pg_dump leaves it out (a restored
+	// database starts a new chain; see pgkm--1.3--1.4.sql) and DROP EXTENSION drops it.
+	CatalogExec(psprintf("ALTER EXTENSION pgkm ADD TABLE pgkm.%s", quote_identifier(name)), 0,
+				nullptr, nullptr, nullptr, SPI_OK_UTILITY);
 	CatalogExec("INSERT INTO pgkm.audit_partitions (name, lower_bound, upper_bound)"
 				" VALUES ($1, $2, $3)",
 				3, ntypes, nvalues, nullptr, SPI_OK_INSERT);
@@ -532,6 +553,7 @@ int ApplyRetention(State *state)
 	AppendSealed("anchor", "anchor", first_seq, first_prev, detail.data, state);
 	for (uint64 i = 0; i < n; i++)
 	{
+		LeaveExtension(names[i]);
 		CatalogExec(psprintf("DROP TABLE pgkm.%s", quote_identifier(names[i])), 0, nullptr, nullptr,
 					nullptr, SPI_OK_UTILITY);
 		Oid ntypes[1] = {TEXTOID};

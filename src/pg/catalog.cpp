@@ -53,10 +53,19 @@ int EnterRestricted(Oid role, Oid *saved_user, int *saved_sec_context)
 
 int catalog_session_depth = 0;
 
+namespace
+{
+
+Oid catalog_caller = InvalidOid; // who opened the outermost catalog session
+
+} // namespace
+
 void CatalogOpen(CatalogSession *session)
 {
 	session->guc_nest_level =
 		EnterRestricted(CatalogOwner(), &session->saved_user, &session->saved_sec_context);
+	if (catalog_session_depth == 0)
+		catalog_caller = session->saved_user;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	catalog_session_depth++;
@@ -122,6 +131,11 @@ char *CatalogText(uint64 row, int col)
 	bool isnull;
 	Datum d = CatalogValue(row, col, &isnull);
 	return isnull ? nullptr : text_to_cstring(DatumGetTextPP(d));
+}
+
+Oid CatalogCaller()
+{
+	return catalog_session_depth > 0 ? catalog_caller : GetUserId();
 }
 
 Oid CatalogKeysRelid()

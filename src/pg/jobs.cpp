@@ -5,6 +5,7 @@
 #include "pgkm/pg/admin.hpp"
 #include "pgkm/pg/boundary.hpp"
 #include "pgkm/pg/catalog.hpp"
+#include "pgkm/pg/erasure.hpp"
 #include "pgkm/pg/key_cache.hpp"
 #include "pgkm/pg/shmem.hpp"
 #include "pgkm/pg/worker.hpp"
@@ -138,6 +139,87 @@ int64 QueueJob(Oid relid, const char *column, int64 key_id, int32 target, const 
 			 column);
 	RecordKeyEvent(actor, "job_queue", key_id, target, detail);
 	return job_id;
+}
+
+// Reads the algorithm of the key with this id (1.4 and later).
+char *KeyAlgorithm(int64 key_id)
+{
+	Oid types[1] = {INT8OID};
+	Datum values[1] = {Int64GetDatum(key_id)};
+	CatalogExec("SELECT algorithm FROM pgkm.keys WHERE key_id OPERATOR(pg_catalog.=) $1", 1, types,
+				values, nullptr, SPI_OK_SELECT);
+	return CatalogText(0, 1);
+}
+
+// Checks protect_column's context and source columns against the key's algorithm: a
+// blind-index column names its source (another protected column of the table, holding the
+// value's ciphertext under a deterministic or randomized key) and no context; other columns
+// name no source.
+void CheckSourceColumn(Oid relid, const char *column, int64 key_id, const char *key_name,
+					   const char *context, const char *source)
+{
+	bool blind = strcmp(KeyAlgorithm(key_id), "blind-index") == 0;
+	if (!blind)
+	{
+		if (source)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("source_column applies only to blind-index columns"),
+					 errdetail("Key \"%s\" is not a blind-index key: the worker re-encrypts the "
+							   "column's own values.",
+							   key_name)));
+		return;
+	}
+	if (source == nullptr)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("blind-index column \"%s\" needs a source column", column),
+				 errdetail("A blind index cannot be decrypted; after a rotation the worker "
+						   "rebuilds it from the column that holds the value encrypted."),
+				 errhint("Protect that column first, then pass source_column => its name.")));
+	if (context)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("blind-index column \"%s\" takes no context column", column),
+				 errdetail("A blind index is computed from the value alone; the source column's "
+						   "own registration gives the context its ciphertext needs.")));
+	if (strcmp(source, column) == 0)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("blind-index column \"%s\" cannot be its own source", column)));
+	(void)ColumnType(relid, source);
+	Oid types[2] = {OIDOID, NAMEOID};
+	Datum values[2] = {ObjectIdGetDatum(relid), CatalogName(source)};
+	if (CatalogExec("SELECT k.algorithm FROM pgkm.protected_columns p JOIN pgkm.keys k"
+					" USING (key_id) WHERE p.table_name OPERATOR(pg_catalog.=)"
+					" $1::pg_catalog.regclass AND p.column_name OPERATOR(pg_catalog.=) $2",
+					2, types, values, nullptr, SPI_OK_SELECT) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("source column \"%s\" of %s is not protected", source, get_rel_name(relid)),
+				 errhint("Protect it with pgkm.protect_column() first, under its own key.")));
+	if (strcmp(CatalogText(0, 1), "blind-index") == 0)
+		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
+						errmsg("source column \"%s\" holds blind indexes, not ciphertexts", source),
+						errdetail("A blind index is rebuilt from a value that can be decrypted "
+								  "(aes-256-gcm or aes-256-siv).")));
+}
+
+// Raises dependent_objects_still_exist if a blind-index column of the table names column as
+// its source (1.4 and later; before, no column has a source).
+void RequireNoDependentIndex(Oid relid, const char *column)
+{
+	Oid types[2] = {OIDOID, NAMEOID};
+	Datum values[2] = {ObjectIdGetDatum(relid), CatalogName(column)};
+	if (CatalogExec("SELECT p.column_name::pg_catalog.text FROM pgkm.protected_columns p"
+					" WHERE p.table_name OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
+					" AND (pg_catalog.to_jsonb(p) OPERATOR(pg_catalog.->>) 'source_column')"
+					"  OPERATOR(pg_catalog.=) $2::pg_catalog.text LIMIT 1",
+					2, types, values, nullptr, SPI_OK_SELECT) == 0)
+		return;
+	ereport(ERROR, (errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+					errmsg("column \"%s\" of %s is the source of blind-index column \"%s\"", column,
+						   get_rel_name(relid), CatalogText(0, 1)),
+					errhint("Unprotect the blind-index column first.")));
 }
 
 } // namespace
@@ -294,9 +376,11 @@ extern "C"
 	Datum pgkm_cancel_job(PG_FUNCTION_ARGS);
 }
 
-// pgkm.protect_column(table, column, key_name, context_column): registers a bytea column
-// as encrypted under a key, so the worker re-encrypts it after rotations. The caller must
-// own both the table and the key.
+// pgkm.protect_column(table, column, key_name, context_column, source_column): registers a
+// bytea column as encrypted under a key, so the worker re-encrypts it after rotations; a
+// blind-index column names its source column instead of a context, and the worker rebuilds
+// it from that. The caller must own both the table and the key. (Before 1.4 the function
+// has no source_column argument.)
 Datum pgkm_protect_column(PG_FUNCTION_ARGS)
 {
 	RequireSharedMemory();
@@ -308,6 +392,8 @@ Datum pgkm_protect_column(PG_FUNCTION_ARGS)
 	char *column = NameStr(*PG_GETARG_NAME(1));
 	char *key_name = text_to_cstring(PG_GETARG_TEXT_PP(2));
 	char *context = PG_ARGISNULL(3) ? nullptr : NameStr(*PG_GETARG_NAME(3));
+	bool has_source_arg = PG_NARGS() > 4;
+	char *source = !has_source_arg || PG_ARGISNULL(4) ? nullptr : NameStr(*PG_GETARG_NAME(4));
 	char *caller_name = GetUserNameFromId(GetUserId(), false);
 
 	if (get_rel_relkind(relid) != RELKIND_RELATION &&
@@ -324,19 +410,34 @@ Datum pgkm_protect_column(PG_FUNCTION_ARGS)
 
 	CatalogSession session;
 	int64 key_id = OpenOwnedKey(key_name, &session);
+	RefuseIfErased(key_id, key_name, "used to protect a column");
 	RequireSingleColumnPrimaryKey(relid);
-	Oid types[5] = {OIDOID, NAMEOID, INT8OID, NAMEOID, NAMEOID};
-	Datum values[5] = {ObjectIdGetDatum(relid), PG_GETARG_DATUM(1), Int64GetDatum(key_id),
-					   context ? PG_GETARG_DATUM(3) : (Datum)0, CatalogName(caller_name)};
-	char nulls[5] = {' ', ' ', ' ', context ? ' ' : 'n', ' '};
-	CatalogExec("INSERT INTO pgkm.protected_columns (table_name, column_name, key_id,"
-				" context_column, created_by) VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5)"
-				" ON CONFLICT (table_name, column_name) DO UPDATE SET key_id = EXCLUDED.key_id,"
-				" context_column = EXCLUDED.context_column",
-				5, types, values, nulls, SPI_OK_INSERT);
-	char detail[NAMEDATALEN * 3 + 32];
-	snprintf(detail, sizeof(detail), "%s.%s%s%s", get_rel_name(relid), column,
-			 context ? ", context " : "", context ? context : "");
+	if (has_source_arg)
+	{
+		CheckSourceColumn(relid, column, key_id, key_name, context, source);
+	}
+	Oid types[6] = {OIDOID, NAMEOID, INT8OID, NAMEOID, NAMEOID, NAMEOID};
+	Datum values[6] = {ObjectIdGetDatum(relid),  PG_GETARG_DATUM(1),
+					   Int64GetDatum(key_id),    context ? PG_GETARG_DATUM(3) : (Datum)0,
+					   CatalogName(caller_name), source ? PG_GETARG_DATUM(4) : (Datum)0};
+	char nulls[6] = {' ', ' ', ' ', context ? ' ' : 'n', ' ', source ? ' ' : 'n'};
+	CatalogExec(
+		has_source_arg
+			? "INSERT INTO pgkm.protected_columns (table_name, column_name, key_id,"
+			  " context_column, created_by, source_column)"
+			  " VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5, $6)"
+			  " ON CONFLICT (table_name, column_name) DO UPDATE SET key_id = EXCLUDED.key_id,"
+			  " context_column = EXCLUDED.context_column,"
+			  " source_column = EXCLUDED.source_column"
+			: "INSERT INTO pgkm.protected_columns (table_name, column_name, key_id,"
+			  " context_column, created_by) VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5)"
+			  " ON CONFLICT (table_name, column_name) DO UPDATE SET key_id = EXCLUDED.key_id,"
+			  " context_column = EXCLUDED.context_column",
+		has_source_arg ? 6 : 5, types, values, nulls, SPI_OK_INSERT);
+	char detail[NAMEDATALEN * 4 + 48];
+	snprintf(detail, sizeof(detail), "%s.%s%s%s%s%s", get_rel_name(relid), column,
+			 context ? ", context " : "", context ? context : "", source ? ", source " : "",
+			 source ? source : "");
 	RecordKeyEvent(caller_name, "column_protect", key_id, 0, detail);
 	CatalogClose(&session);
 	PG_RETURN_VOID();
@@ -354,6 +455,7 @@ Datum pgkm_unprotect_column(PG_FUNCTION_ARGS)
 	CheckTableOwner(relid);
 	CatalogSession session;
 	CatalogOpen(&session);
+	RequireNoDependentIndex(relid, column);
 	Oid types[2] = {OIDOID, NAMEOID};
 	Datum values[2] = {ObjectIdGetDatum(relid), PG_GETARG_DATUM(1)};
 	if (CatalogExec("DELETE FROM pgkm.protected_columns"

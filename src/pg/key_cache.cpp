@@ -1,9 +1,9 @@
 // The backend's key cache: key names to active versions, (key id, version) to unwrapped
 // key material. Entries are read from the catalog on first use and unwrapped through the
 // token at most once per DEK while cached. At most pgkm.key_cache_size versions, and as many
-// key names, are kept: beyond that the least recently used is evicted and its key wiped. A
-// change of the shared generation counter, the TTL, a catalog change in an aborted
-// transaction or a relation-cache reset drops them all.
+// key names, are kept (key_cache_store.cpp): beyond that the least recently used is evicted
+// and its key wiped. A change of the shared generation counter, the TTL, a catalog change in
+// an aborted transaction or a relation-cache reset drops them all.
 #include "pgkm/pg/token.hpp"
 
 #include <sys/resource.h>
@@ -13,9 +13,15 @@
 #include "pgkm/pg/key_cache.hpp"
 #include "pgkm/pg/key_cache_store.hpp"
 #include "pgkm/pg/catalog.hpp"
+#include "pgkm/pg/erasure.hpp"
 #include "pgkm/pg/guc.hpp"
 #include "pgkm/pg/redact.hpp"
 #include "pgkm/pg/shmem.hpp"
+
+extern "C"
+{
+#include "utils/array.h"
+}
 
 namespace pgkm::pg
 {
@@ -33,17 +39,19 @@ struct CallSiteCache
 	int name_len; // KeyForEncrypt: the key name's length; otherwise one of the kinds below
 	char name[NAMEDATALEN];
 };
-inline constexpr int kSiteDecrypt = -1; // KeyForDecrypt
-inline constexpr int kSiteById = -2;    // KeyForEncryptById
+inline constexpr int kSiteDecrypt = -1;    // KeyForDecrypt
+inline constexpr int kSiteById = -2;       // KeyForEncryptById
+inline constexpr int kSiteLookup = -3;     // KeyForLookupVersion
+inline constexpr int kSiteLookupById = -4; // KeyForLookupById
 
 bool lookup_missed = false;         // the current KeyFor* call read the catalog or the token
 std::uint64_t cache_generation = 0; // the shared generation the cache was built under
 TimestampTz cache_expires = 0;
 bool catalog_changed_in_xact = false;
 bool initialized = false;
-bool stale_until_xact_end = false;    // read under an old snapshot: drop at transaction end
-std::uint32_t rewrap_allowed_key = 0; // KeyCacheAllowRewrap
-bool rewrapping = false;              // KeyCacheRewrapping
+bool stale_until_xact_end = false; // read under an old snapshot: drop at transaction end
+std::uint32_t rewrap_allowed_keys[2] = {0, 0}; // KeyCacheAllowRewrap
+bool rewrapping = false;                       // KeyCacheRewrapping
 bool warned_unlocked = false;
 
 // Warns, once per backend, that key memory could not be locked (RLIMIT_MEMLOCK too low).
@@ -94,6 +102,19 @@ inline void Validate()
 		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), (int64)guc_key_cache_ttl * 1000);
 }
 
+// Parses a key algorithm name from the catalog (pgkm.keys.algorithm).
+core::Algorithm ParseAlgorithm(const char *name)
+{
+	if (strcmp(name, "aes-256-gcm") == 0)
+		return core::Algorithm::Aes256Gcm;
+	if (strcmp(name, "aes-256-siv") == 0)
+		return core::Algorithm::Aes256Siv;
+	if (strcmp(name, "blind-index") == 0)
+		return core::Algorithm::BlindIndex;
+	elog(ERROR, "pgkm: unknown key algorithm \"%s\"", name);
+	pg_unreachable();
+}
+
 // Parses a version state name from the catalog.
 VersionState ParseState(const char *name)
 {
@@ -116,7 +137,7 @@ VersionEntry *LoadVersion(std::uint32_t key_id, std::uint32_t version)
 {
 	static const char *sql =
 		"SELECT k.name, k.encrypt_role::oid, k.decrypt_role::oid, v.state, v.wrapped_dek,"
-		" v.key_check, m.label"
+		" v.key_check, m.label, k.algorithm, k.blind_index_bytes"
 		" FROM pgkm.key_versions v"
 		" JOIN pgkm.keys k ON k.key_id OPERATOR(pg_catalog.=) v.key_id"
 		" LEFT JOIN pgkm.master_keys m ON m.master_key_id OPERATOR(pg_catalog.=) v.master_key_id"
@@ -154,6 +175,9 @@ VersionEntry *LoadVersion(std::uint32_t key_id, std::uint32_t version)
 			loaded.check = DatumGetByteaPCopy(d);
 		char *label = CatalogText(0, 7);
 		strlcpy(loaded.master_label, label ? label : "", sizeof(loaded.master_label));
+		loaded.algorithm = ParseAlgorithm(CatalogText(0, 8));
+		d = CatalogValue(0, 9, &isnull);
+		loaded.blind_index_bytes = isnull ? 0 : (std::uint8_t)DatumGetInt32(d);
 		MemoryContextSwitchTo(old);
 		entry = CacheAddVersion(loaded);
 	}
@@ -163,16 +187,26 @@ VersionEntry *LoadVersion(std::uint32_t key_id, std::uint32_t version)
 }
 
 // Reads the key whose name (by_name) or key_id equals value into a new cache entry under its
-// name, with its active version; NULL if there is none.
+// name, with its active version and the versions lookups try; NULL if there is none.
 KeyEntry *LoadKeyWhere(bool by_name, Oid type, Datum value)
 {
 	static const char *sql_by_name =
-		"SELECT k.key_id, k.name, v.version FROM pgkm.keys k"
+		"SELECT k.key_id, k.name, v.version, k.algorithm,"
+		" ARRAY(SELECT l.version FROM pgkm.key_versions l"
+		"  WHERE l.key_id OPERATOR(pg_catalog.=) k.key_id"
+		"  AND l.state OPERATOR(pg_catalog.=) ANY ('{active,decrypt_only}')"
+		"  ORDER BY l.state OPERATOR(pg_catalog.=) 'active' DESC, l.version DESC)"
+		" FROM pgkm.keys k"
 		" LEFT JOIN pgkm.key_versions v ON v.key_id OPERATOR(pg_catalog.=) k.key_id"
 		"  AND v.state OPERATOR(pg_catalog.=) 'active'"
 		" WHERE k.name OPERATOR(pg_catalog.=) $1";
 	static const char *sql_by_id =
-		"SELECT k.key_id, k.name, v.version FROM pgkm.keys k"
+		"SELECT k.key_id, k.name, v.version, k.algorithm,"
+		" ARRAY(SELECT l.version FROM pgkm.key_versions l"
+		"  WHERE l.key_id OPERATOR(pg_catalog.=) k.key_id"
+		"  AND l.state OPERATOR(pg_catalog.=) ANY ('{active,decrypt_only}')"
+		"  ORDER BY l.state OPERATOR(pg_catalog.=) 'active' DESC, l.version DESC)"
+		" FROM pgkm.keys k"
 		" LEFT JOIN pgkm.key_versions v ON v.key_id OPERATOR(pg_catalog.=) k.key_id"
 		"  AND v.state OPERATOR(pg_catalog.=) 'active'"
 		" WHERE k.key_id OPERATOR(pg_catalog.=) $1";
@@ -187,13 +221,24 @@ KeyEntry *LoadKeyWhere(bool by_name, Oid type, Datum value)
 	stale_until_xact_end |= stale;
 	if (rows == 1)
 	{
+		// Everything is read before the entry is entered, so an error leaves no half entry.
+		KeyEntry loaded;
+		memset(&loaded, 0, sizeof(loaded));
 		bool isnull;
-		auto key_id = (std::uint32_t)DatumGetInt64(CatalogValue(0, 1, &isnull));
-		char name[NAMEDATALEN];
-		strlcpy(name, CatalogText(0, 2), sizeof(name));
+		loaded.key_id = (std::uint32_t)DatumGetInt64(CatalogValue(0, 1, &isnull));
+		strlcpy(loaded.name, CatalogText(0, 2), sizeof(loaded.name));
 		Datum v = CatalogValue(0, 3, &isnull);
-		std::uint32_t active = isnull ? 0 : (std::uint32_t)DatumGetInt32(v);
-		entry = CacheAddKey(name, key_id, active);
+		loaded.active_version = isnull ? 0 : (std::uint32_t)DatumGetInt32(v);
+		loaded.algorithm = ParseAlgorithm(CatalogText(0, 4));
+		Datum *elems;
+		int nelems;
+		deconstruct_array(DatumGetArrayTypeP(CatalogValue(0, 5, &isnull)), INT4OID, 4, true,
+						  TYPALIGN_INT, &elems, nullptr, &nelems);
+		// A key with more usable versions than this is refused by lookups (KeyLookupVersions).
+		loaded.lookup_count = nelems;
+		for (int i = 0; i < nelems && i < kMaxLookupVersions; i++)
+			loaded.lookup_versions[i] = (std::uint32_t)DatumGetInt32(elems[i]);
+		entry = CacheAddKey(loaded);
 	}
 	CatalogClose(&session);
 	lookup_missed = true;
@@ -225,7 +270,7 @@ void EnsureMaterial(VersionEntry *v)
 	instr_time start;
 	INSTR_TIME_SET_CURRENT(start);
 	PGKM_TOKEN_CALL(material = UnwrapKeyMaterial(v->master_label, v->key_name, v->key_id,
-												 v->version, wrapped, check));
+												 v->version, v->algorithm, wrapped, check));
 	instr_time elapsed;
 	INSTR_TIME_SET_CURRENT(elapsed);
 	INSTR_TIME_SUBTRACT(elapsed, start);
@@ -237,12 +282,20 @@ void EnsureMaterial(VersionEntry *v)
 		WarnUnlocked();
 }
 
+// Whether the worker's allowance covers v: inside one pgkm_rewrap or
+// pgkm_blind_index_rebuild call, for the keys of the batch being run.
+bool AllowedByWorker(const VersionEntry *v)
+{
+	return rewrapping && v->key_id != 0 &&
+		   (v->key_id == rewrap_allowed_keys[0] || v->key_id == rewrap_allowed_keys[1]);
+}
+
 // Raises insufficient_privilege unless the current user has the privileges of role.
 void CheckRole(const VersionEntry *v, Oid role, const char *action)
 {
 	if (likely(has_privs_of_role(GetUserId(), role)))
 		return;
-	if (rewrapping && rewrap_allowed_key != 0 && v->key_id == rewrap_allowed_key)
+	if (AllowedByWorker(v))
 		return;
 	const char *role_name = GetUserNameFromId(role, true);
 	ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -251,17 +304,45 @@ void CheckRole(const VersionEntry *v, Oid role, const char *action)
 							  role_name ? role_name : "(dropped role)", action)));
 }
 
-// Raises the error that a key version's state forbids use.
-void RefuseState(const VersionEntry *v, const char *action)
+// Raises insufficient_privilege unless the current user has the privileges of the key's
+// encrypt or decrypt role: either may compute deterministic and blind-index values.
+void CheckLookupRole(const VersionEntry *v)
 {
-	ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					errmsg("key \"%s\" version %u is %s and cannot be used to %s", v->key_name,
-						   v->version, VersionStateName(v->state), action)));
+	if (likely(has_privs_of_role(GetUserId(), v->encrypt_role) ||
+			   has_privs_of_role(GetUserId(), v->decrypt_role)))
+		return;
+	if (AllowedByWorker(v))
+		return;
+	const char *encrypt_name = GetUserNameFromId(v->encrypt_role, true);
+	const char *decrypt_name = GetUserNameFromId(v->decrypt_role, true);
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied to compute lookup values with key \"%s\"", v->key_name),
+			 errdetail("Only roles with the privileges of role \"%s\" or \"%s\" may compute "
+					   "deterministic or blind-index values with this key.",
+					   encrypt_name ? encrypt_name : "(dropped role)",
+					   decrypt_name ? decrypt_name : "(dropped role)")));
 }
 
-// Raises the error that a key has no active version (none, or the active one disabled).
-[[noreturn]] void RefuseNoActiveVersion(const char *name)
+// Raises the error that a key version's state forbids use; a version destroyed by an erasure
+// says so in the DETAIL.
+void RefuseState(const VersionEntry *v, const char *action)
 {
+	char *erased = v->state == VersionState::Destroyed ? KeyErasure(v->key_id) : nullptr;
+	ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					errmsg("key \"%s\" version %u is %s and cannot be used to %s", v->key_name,
+						   v->version, VersionStateName(v->state), action),
+					erased ? errdetail("pgkm.erase_subject() destroyed every version of the key "
+									   "%s: data under it is unrecoverable.",
+									   erased)
+						   : 0));
+}
+
+// Raises the error that a key has no active version (none, or the active one disabled), or
+// that it was erased.
+[[noreturn]] void RefuseNoActiveVersion(std::uint32_t key_id, const char *name)
+{
+	RefuseIfErased(key_id, name, "used to encrypt");
 	ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					errmsg("key \"%s\" has no active version to encrypt with", name),
 					errhint("If its active version was disabled, pgkm.enable_key_version() "
@@ -271,14 +352,17 @@ void RefuseState(const VersionEntry *v, const char *action)
 
 // Returns the active version of a key ready to encrypt, after checking the caller's role:
 // the slow path of KeyForEncrypt and KeyForEncryptById, once per call site and cache epoch.
-VersionEntry *PrepareEncrypt(const KeyEntry *key)
+VersionEntry *PrepareEncrypt(const KeyEntry *key, bool lookup)
 {
 	if (key->active_version == 0)
-		RefuseNoActiveVersion(key->name);
+		RefuseNoActiveVersion(key->key_id, key->name);
 	VersionEntry *v = FindVersion(key->key_id, key->active_version);
 	if (v == nullptr || v->state != VersionState::Active)
-		RefuseNoActiveVersion(key->name);
-	CheckRole(v, v->encrypt_role, "encrypt");
+		RefuseNoActiveVersion(key->key_id, key->name);
+	if (lookup)
+		CheckLookupRole(v);
+	else
+		CheckRole(v, v->encrypt_role, "encrypt");
 	EnsureMaterial(v);
 	if (v->counter == nullptr)
 		v->counter = CounterFor(v->key_id, v->version);
@@ -370,9 +454,10 @@ void KeyCacheInit()
 	initialized = true;
 }
 
-void KeyCacheAllowRewrap(std::uint32_t key_id)
+void KeyCacheAllowRewrap(std::uint32_t key_id, std::uint32_t second_key_id)
 {
-	rewrap_allowed_key = key_id;
+	rewrap_allowed_keys[0] = key_id;
+	rewrap_allowed_keys[1] = second_key_id;
 }
 
 void KeyCacheRewrapping(bool on)
@@ -442,12 +527,132 @@ VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name)
 			key = LoadKeyWhere(true, TEXTOID, CStringGetTextDatum(cname));
 		if (key == nullptr)
 			ReportUnknownKeyName(name_len);
-		v = PrepareEncrypt(key);
+		RequireKeyAlgorithm(key->name, key->algorithm, core::Algorithm::Aes256Gcm, "pgkm_encrypt");
+		v = PrepareEncrypt(key, false);
 		RememberSite(flinfo, v, name_len, name);
 		return CacheReturned(v, lookup_missed);
 	}
 	CheckRole(v, v->encrypt_role, "encrypt");
 	return CacheReturned(v, lookup_missed);
+}
+
+// Finds a key by its name (text argument) in the cache or the catalog; raises the unknown-key
+// error (without the name) when there is none.
+static KeyEntry *KeyByName(text *key_name)
+{
+	int name_len = VARSIZE_ANY_EXHDR(key_name);
+	if (name_len == 0 || name_len >= NAMEDATALEN)
+		ReportUnknownKeyName(name_len);
+	char cname[NAMEDATALEN];
+	memcpy(cname, VARDATA_ANY(key_name), name_len);
+	cname[name_len] = '\0';
+	KeyEntry *key = CacheFindKeyByName(cname);
+	if (key == nullptr)
+		key = LoadKeyWhere(true, TEXTOID, CStringGetTextDatum(cname));
+	if (key == nullptr)
+		ReportUnknownKeyName(name_len);
+	return key;
+}
+
+// Names the SQL function that computes values of an algorithm, for messages.
+static const char *LookupFunction(core::Algorithm want)
+{
+	return want == core::Algorithm::BlindIndex ? "pgkm_blind_index" : "pgkm_encrypt_det";
+}
+
+void RequireKeyAlgorithm(const char *key_name, core::Algorithm have, core::Algorithm want,
+						 const char *function)
+{
+	if (have == want)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+			 errmsg("key \"%s\" (algorithm %s) cannot be used by %s", key_name,
+					core::AlgorithmName(have), function),
+			 errdetail("%s needs a key created with algorithm => '%s'. A key serves one "
+					   "algorithm only, so that randomized, deterministic and blind-index values "
+					   "never share a key.",
+					   function, core::AlgorithmName(want)),
+			 errhint("Create a key for this use: pgkm.create_key(name, algorithm => '%s').",
+					 core::AlgorithmName(want))));
+}
+
+VersionEntry *KeyForLookup(FmgrInfo *flinfo, text *key_name, core::Algorithm want)
+{
+	Validate();
+	int name_len = VARSIZE_ANY_EXHDR(key_name);
+	const char *name = VARDATA_ANY(key_name);
+	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
+	if (likely(site && site->epoch == cache_epoch && site->serial == site->version->serial &&
+			   site->name_len == name_len && memcmp(site->name, name, name_len) == 0))
+	{
+		CheckLookupRole(site->version);
+		return CacheReturned(site->version, lookup_missed);
+	}
+	KeyEntry *key = KeyByName(key_name);
+	RequireKeyAlgorithm(key->name, key->algorithm, want, LookupFunction(want));
+	VersionEntry *v = PrepareEncrypt(key, true);
+	RememberSite(flinfo, v, name_len, name);
+	return CacheReturned(v, lookup_missed);
+}
+
+int KeyLookupVersions(text *key_name, core::Algorithm want, std::uint32_t *key_id,
+					  std::uint32_t versions[kMaxLookupVersions])
+{
+	Validate();
+	KeyEntry *key = KeyByName(key_name);
+	RequireKeyAlgorithm(key->name, key->algorithm, want, LookupFunction(want));
+	if (key->lookup_count == 0)
+		RefuseNoActiveVersion(key->key_id, key->name);
+	if (key->lookup_count > kMaxLookupVersions)
+		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						errmsg("key \"%s\" has %d usable versions; lookups try at most %d",
+							   key->name, key->lookup_count, kMaxLookupVersions),
+						errhint("Let the re-encryption jobs finish and retire the old versions "
+								"(pgkm.rotation_progress shows them).")));
+	*key_id = key->key_id;
+	for (int i = 0; i < key->lookup_count; i++)
+		versions[i] = key->lookup_versions[i];
+	return key->lookup_count;
+}
+
+VersionEntry *KeyForLookupVersion(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_t version,
+								  core::Algorithm want)
+{
+	Validate();
+	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
+	if (likely(site && site->epoch == cache_epoch && site->serial == site->version->serial &&
+			   site->name_len == kSiteLookup && site->version->key_id == key_id &&
+			   site->version->version == version))
+	{
+		CheckLookupRole(site->version);
+		return CacheReturned(site->version, lookup_missed);
+	}
+	VersionEntry *v = FindVersion(key_id, version);
+	if (v == nullptr)
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
+						errmsg("key version %u of key id %u does not exist", version, key_id)));
+	RequireKeyAlgorithm(v->key_name, v->algorithm, want, LookupFunction(want));
+	if (v->state != VersionState::Active && v->state != VersionState::DecryptOnly)
+		RefuseState(v, "look up values");
+	CheckLookupRole(v);
+	EnsureMaterial(v);
+	RememberSite(flinfo, v, kSiteLookup, nullptr);
+	return CacheReturned(v, lookup_missed);
+}
+
+// Finds a key by its id in the cache or the catalog; raises undefined_object if there is none.
+static KeyEntry *KeyById(std::uint32_t key_id)
+{
+	KeyEntry *key = CacheFindKeyById(key_id);
+	if (key == nullptr)
+		key = LoadKeyWhere(false, INT8OID, Int64GetDatum(key_id));
+	if (key == nullptr)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("key id %u does not exist", key_id),
+				 errdetail("The ciphertext was made under a key that is not in this "
+						   "database's pgkm catalog.")));
+	return key;
 }
 
 VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id)
@@ -460,16 +665,25 @@ VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id)
 		CheckRole(site->version, site->version->encrypt_role, "encrypt");
 		return CacheReturned(site->version, lookup_missed);
 	}
-	KeyEntry *key = CacheFindKeyById(key_id);
-	if (key == nullptr)
-		key = LoadKeyWhere(false, INT8OID, Int64GetDatum(key_id));
-	if (key == nullptr)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("key id %u does not exist", key_id),
-				 errdetail("The ciphertext was made under a key that is not in this "
-						   "database's pgkm catalog.")));
-	VersionEntry *v = PrepareEncrypt(key);
+	VersionEntry *v = PrepareEncrypt(KeyById(key_id), false);
 	RememberSite(flinfo, v, kSiteById, nullptr);
+	return CacheReturned(v, lookup_missed);
+}
+
+VersionEntry *KeyForLookupById(FmgrInfo *flinfo, std::uint32_t key_id, core::Algorithm want)
+{
+	Validate();
+	auto *site = static_cast<CallSiteCache *>(flinfo->fn_extra);
+	if (likely(site && site->epoch == cache_epoch && site->serial == site->version->serial &&
+			   site->name_len == kSiteLookupById && site->version->key_id == key_id))
+	{
+		CheckLookupRole(site->version);
+		return CacheReturned(site->version, lookup_missed);
+	}
+	KeyEntry *key = KeyById(key_id);
+	RequireKeyAlgorithm(key->name, key->algorithm, want, LookupFunction(want));
+	VersionEntry *v = PrepareEncrypt(key, true);
+	RememberSite(flinfo, v, kSiteLookupById, nullptr);
 	return CacheReturned(v, lookup_missed);
 }
 

@@ -234,14 +234,17 @@ KeyEntry *CacheFindKeyById(std::uint32_t key_id)
 	return by_id->key;
 }
 
-KeyEntry *CacheAddKey(const char *name, std::uint32_t key_id, std::uint32_t active_version)
+KeyEntry *CacheAddKey(const KeyEntry &loaded)
 {
 	bool found;
-	auto *key = static_cast<KeyEntry *>(hash_search(keys_by_name, name, HASH_ENTER, &found));
+	auto *key = static_cast<KeyEntry *>(hash_search(keys_by_name, loaded.name, HASH_ENTER, &found));
+	if (found && key->key_id != loaded.key_id)
+		hash_search(keys_by_id, &key->key_id, HASH_REMOVE, nullptr);
+	dlist_node lru = key->lru;
+	*key = loaded;
 	if (found)
 	{
-		if (key->key_id != key_id)
-			hash_search(keys_by_id, &key->key_id, HASH_REMOVE, nullptr);
+		key->lru = lru; // its neighbours point at this node, which has not moved
 		dlist_move_head(&keys_lru, &key->lru);
 	}
 	else
@@ -249,9 +252,8 @@ KeyEntry *CacheAddKey(const char *name, std::uint32_t key_id, std::uint32_t acti
 		dlist_push_head(&keys_lru, &key->lru);
 		cache_key_count++;
 	}
-	key->key_id = key_id;
-	key->active_version = active_version;
-	auto *by_id = static_cast<KeyIdEntry *>(hash_search(keys_by_id, &key_id, HASH_ENTER, nullptr));
+	auto *by_id =
+		static_cast<KeyIdEntry *>(hash_search(keys_by_id, &key->key_id, HASH_ENTER, nullptr));
 	by_id->key = key;
 	TrimKeys(key);
 	return key;

@@ -257,13 +257,14 @@ namespace
 // when the value is already under the active version and is returned as it is, unread. The
 // ciphertext is detoasted once; the plaintext is opened into the new value's own buffer and
 // sealed there in place, in a context that wipes it if anything fails in between. The old
-// nonce goes to nonce, for the audit.
+// nonce of a GCM value goes to nonce, for the audit. A deterministic value stays
+// deterministic: the same plaintext gives the same new value in every row.
 bytea *Rewrap(FunctionCallInfo fcinfo, VersionEntry **source_out, std::uint8_t *nonce)
 {
 	pgkm::core::Header header = HeaderOfArgument(fcinfo);
 	audit_failing.key_id = header.key_id;
 	audit_failing.key_version = header.key_version;
-	RequireGcm(header);
+	RequireDecryptable(header);
 	RewrapSites *sites = SitesOf(fcinfo->flinfo);
 	VersionEntry *source;
 	VersionEntry *target;
@@ -279,6 +280,7 @@ bytea *Rewrap(FunctionCallInfo fcinfo, VersionEntry **source_out, std::uint8_t *
 			break;
 	}
 	KeyCacheRewrapping(false);
+	RequireKeyOfHeader(header, source);
 	if (target->version == header.key_version)
 		return reinterpret_cast<bytea *>(PG_GETARG_POINTER(0));
 	*source_out = source;
@@ -287,7 +289,7 @@ bytea *Rewrap(FunctionCallInfo fcinfo, VersionEntry **source_out, std::uint8_t *
 	ByteView in = Bytes(ciphertext);
 	ByteView context = OptionalBytes(fcinfo, 1);
 	std::size_t total = in.size();
-	std::size_t len = total - pgkm::core::kGcmOverhead;
+	std::size_t len = total - pgkm::core::Overhead(header.algorithm);
 	MemoryContext value_context =
 		AllocSetContextCreate(CurrentMemoryContext, "pgkm rewrap value", ALLOCSET_SMALL_SIZES);
 	auto *plain =
@@ -300,12 +302,12 @@ bytea *Rewrap(FunctionCallInfo fcinfo, VersionEntry **source_out, std::uint8_t *
 	auto *result = static_cast<bytea *>(MemoryContextAlloc(value_context, VARHDRSZ + total));
 	SET_VARSIZE(result, VARHDRSZ + total);
 	std::span<std::uint8_t> out(reinterpret_cast<std::uint8_t *>(VARDATA(result)), total);
-	std::span<std::uint8_t> body =
-		out.subspan(pgkm::core::kHeaderSize + pgkm::core::kGcmNonceSize, len);
+	std::span<std::uint8_t> body = out.subspan(BodyOffset(header.algorithm), len);
 	plain->data = body.data();
 	plain->len = len;
 	OpenInto(source, in, context, body);
-	memcpy(nonce, in.data() + pgkm::core::kHeaderSize, pgkm::core::kGcmNonceSize);
+	if (header.algorithm == pgkm::core::Algorithm::Aes256Gcm)
+		memcpy(nonce, in.data() + pgkm::core::kHeaderSize, pgkm::core::kGcmNonceSize);
 	PG_FREE_IF_COPY(ciphertext, 0);
 	SealTo(target, body, context, out);
 	plain->data = nullptr; // sealed: nothing left to wipe
@@ -373,7 +375,7 @@ Datum pgkm_rewrap(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 	if (used)
-		AuditUse(AuditOp::Rewrap, used, nonce);
+		AuditUse(AuditOp::Rewrap, used, NonceOf(used, nonce));
 	PG_RETURN_BYTEA_P(result);
 }
 

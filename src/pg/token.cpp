@@ -144,6 +144,21 @@ void NextMasterKey(const char *base_label, std::uint64_t catalog_version, Master
 	out->generated = true;
 }
 
+bool DestroyMasterKey(const char *label)
+{
+	try
+	{
+		Token().Destroy(label);
+		return true;
+	}
+	catch (const core::Error &error)
+	{
+		if (error.kind() != core::ErrorKind::UnknownKey)
+			throw;
+		return false;
+	}
+}
+
 std::uint64_t MasterKeyLabelVersion(const char *base_label, const char *label)
 {
 	return provider::MasterKeyVersion(base_label, label).value_or(0);
@@ -209,11 +224,12 @@ core::SecureBuffer UnwrapVerified(const char *master_label, const char *key_name
 
 core::KeyMaterial *UnwrapKeyMaterial(const char *master_label, const char *key_name,
 									 std::uint32_t key_id, std::uint32_t version,
-									 core::ByteView wrapped, core::ByteView check)
+									 core::Algorithm algorithm, core::ByteView wrapped,
+									 core::ByteView check)
 {
 	core::SecureBuffer dek =
 		UnwrapVerified(master_label, key_name, key_id, version, wrapped, check);
-	return new core::KeyMaterial(key_id, version, dek.view());
+	return new core::KeyMaterial(key_id, version, algorithm, dek.view());
 }
 
 void RewrapDek(const char *old_label, const char *new_label, const char *key_name,

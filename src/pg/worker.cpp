@@ -242,7 +242,23 @@ struct Target
 	char *context;   // expression over alias t, or NULL::bytea
 	const char *ext; // schema of pgkm_rewrap, quoted
 	const char *why; // set when the job cannot run
+	// A blind-index column: its source column (quoted; NULL otherwise), the source's context
+	// expression and key. The worker rebuilds the index from the source, decrypted inside
+	// pgkm_blind_index_rebuild.
+	char *source;
+	char *source_context;
+	int64 source_key_id;
 };
+
+// Returns the context expression of a context column over alias t (NULL::bytea if none).
+char *ContextExpression(const char *context, bool is_bytea)
+{
+	if (context == nullptr)
+		return pstrdup("NULL::pg_catalog.bytea");
+	if (is_bytea)
+		return psprintf("t.%s", quote_identifier(context));
+	return psprintf("t.%s::pg_catalog.text", quote_identifier(context));
+}
 
 // Resolves what a job needs to build its statements.
 Target ResolveTarget(const Job *job)
@@ -266,11 +282,22 @@ Target ResolveTarget(const Job *job)
 	}
 	Oid types[2] = {OIDOID, NAMEOID};
 	Datum values[2] = {ObjectIdGetDatum(job->relid), CatalogName(job->column)};
+	// source_column exists from 1.4 on: read through to_jsonb, it is NULL before.
 	if (CatalogExec("SELECT p.context_column::text, a.atttypid OPERATOR(pg_catalog.=)"
+					" 'pg_catalog.bytea'::pg_catalog.regtype,"
+					" pg_catalog.to_jsonb(p) OPERATOR(pg_catalog.->>) 'source_column',"
+					" s.key_id, s.context_column::text, sa.atttypid OPERATOR(pg_catalog.=)"
 					" 'pg_catalog.bytea'::pg_catalog.regtype"
 					" FROM pgkm.protected_columns p LEFT JOIN pg_catalog.pg_attribute a"
 					"  ON a.attrelid OPERATOR(pg_catalog.=) p.table_name"
 					"  AND a.attname OPERATOR(pg_catalog.=) p.context_column"
+					" LEFT JOIN pgkm.protected_columns s"
+					"  ON s.table_name OPERATOR(pg_catalog.=) p.table_name"
+					"  AND s.column_name::pg_catalog.text OPERATOR(pg_catalog.=)"
+					"  (pg_catalog.to_jsonb(p) OPERATOR(pg_catalog.->>) 'source_column')"
+					" LEFT JOIN pg_catalog.pg_attribute sa"
+					"  ON sa.attrelid OPERATOR(pg_catalog.=) s.table_name"
+					"  AND sa.attname OPERATOR(pg_catalog.=) s.context_column"
 					" WHERE p.table_name OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
 					" AND p.column_name OPERATOR(pg_catalog.=) $2",
 					2, types, values, nullptr, SPI_OK_SELECT) != 1)
@@ -278,15 +305,23 @@ Target ResolveTarget(const Job *job)
 		t.why = "the column is no longer protected";
 		return t;
 	}
-	char *context = CatalogText(0, 1);
 	bool isnull;
-	bool is_bytea = DatumGetBool(CatalogValue(0, 2, &isnull));
-	if (context == nullptr)
-		t.context = pstrdup("NULL::pg_catalog.bytea");
-	else if (is_bytea)
-		t.context = psprintf("t.%s", quote_identifier(context));
-	else
-		t.context = psprintf("t.%s::pg_catalog.text", quote_identifier(context));
+	t.context = ContextExpression(CatalogText(0, 1), DatumGetBool(CatalogValue(0, 2, &isnull)));
+	char *source = CatalogText(0, 3);
+	if (source == nullptr)
+		return t;
+	bool unprotected;
+	Datum source_key = CatalogValue(0, 4, &unprotected);
+	if (unprotected)
+	{
+		t.why = "the source column of the blind index is no longer protected";
+		return t;
+	}
+	t.source_key_id = DatumGetInt64(source_key);
+	t.source_context =
+		ContextExpression(CatalogText(0, 5), DatumGetBool(CatalogValue(0, 6, &isnull)));
+	RequireByteaColumn(job->relid, source);
+	t.source = pstrdup(quote_identifier(source));
 	return t;
 }
 
@@ -386,26 +421,33 @@ Step RunBatch()
 	// makes the statement idempotent and leaves rows that others locked to a later pass.
 	// It runs as the table's owner, so the table's own code (triggers that fire in replica
 	// mode, index expressions, constraints, domains) never runs with the worker's rights;
-	// pgkm_rewrap may use the job's key without the owner holding its roles.
+	// pgkm_rewrap may use the job's key without the owner holding its roles. A blind-index
+	// column is set from its source column instead ($5: the blind-index key), by
+	// pgkm_blind_index_rebuild, which may use both keys likewise.
+	char *new_value =
+		t.source
+			? psprintf("%s.pgkm_blind_index_rebuild(t.%s::pg_catalog.bytea, %s, $5)", t.ext,
+					   t.source, t.source_context)
+			: psprintf("%s.pgkm_rewrap(t.%s::pg_catalog.bytea, %s)", t.ext, t.column, t.context);
 	char *sql = psprintf(
 		"WITH batch AS (SELECT %s AS k FROM %s WHERE %s %s ORDER BY %s LIMIT $4"
 		" FOR UPDATE SKIP LOCKED),"
-		" done AS (UPDATE %s t SET %s = %s.pgkm_rewrap(t.%s::pg_catalog.bytea, %s) FROM batch"
+		" done AS (UPDATE %s t SET %s = %s FROM batch"
 		" WHERE t.%s OPERATOR(pg_catalog.=) batch.k AND %s RETURNING t.%s AS k)"
 		" SELECT pg_catalog.count(*), pg_catalog.max(k)::pg_catalog.text FROM done",
 		t.pk, t.table, OldPredicate(t, ""),
 		job.last_key ? psprintf("AND %s OPERATOR(pg_catalog.>) $1::%s", t.pk, t.pk_type) : "", t.pk,
-		t.table, t.column, t.ext, t.column, t.context, t.pk, OldPredicate(t, "t."), t.pk);
-	Oid types[4] = {TEXTOID, BYTEAOID, BYTEAOID, INT4OID};
-	Datum values[4] = {job.last_key ? CStringGetTextDatum(job.last_key) : (Datum)0,
+		t.table, t.column, new_value, t.pk, OldPredicate(t, "t."), t.pk);
+	Oid types[5] = {TEXTOID, BYTEAOID, BYTEAOID, INT4OID, INT8OID};
+	Datum values[5] = {job.last_key ? CStringGetTextDatum(job.last_key) : (Datum)0,
 					   HeaderFieldDatum((std::uint32_t)job.key_id),
 					   HeaderFieldDatum((std::uint32_t)job.target),
-					   Int32GetDatum(guc_rotation_batch_size)};
-	char nulls[4] = {job.last_key ? ' ' : 'n', ' ', ' ', ' '};
+					   Int32GetDatum(guc_rotation_batch_size), Int64GetDatum(job.key_id)};
+	char nulls[5] = {job.last_key ? ' ' : 'n', ' ', ' ', ' ', ' '};
 	OwnerSession owner;
 	OwnerOpen(job.relid, &owner);
-	KeyCacheAllowRewrap((std::uint32_t)job.key_id);
-	CatalogExec(sql, 4, types, values, nulls, SPI_OK_SELECT);
+	KeyCacheAllowRewrap((std::uint32_t)job.key_id, (std::uint32_t)t.source_key_id);
+	CatalogExec(sql, 5, types, values, nulls, SPI_OK_SELECT);
 	KeyCacheAllowRewrap(0);
 	OwnerClose(&owner);
 	bool isnull;
@@ -446,6 +488,20 @@ Step RunBatch()
 	return nothing_this_pass ? Step::Blocked : Step::Worked;
 }
 
+// Returns what a failed job records: the error's message, explained for a unique violation
+// (a deterministic or blind-index column under a unique index: a row written under the new
+// version during the rotation already holds the value an old row is being rewritten to).
+char *FailureMessage(const ErrorData *error)
+{
+	if (error->sqlerrcode != ERRCODE_UNIQUE_VIOLATION)
+		return error->message;
+	return psprintf("%s: another row already holds this value under the new key version (a "
+					"duplicate written while the rotation ran, which the unique index could not "
+					"see across versions); remove the duplicate, then queue the job again with "
+					"pgkm.start_reencryption()",
+					error->message);
+}
+
 // Runs one batch in its own transaction; a failure marks the job failed, except a lock or
 // statement timeout, or the token being unusable (58000, F0000: a row is not at fault), which
 // is retried after the naptime.
@@ -483,7 +539,7 @@ Step RunBatchStep()
 		if (!retry && batch_job_id != 0)
 		{
 			BeginStep();
-			FailJob(batch_job_id, error->message);
+			FailJob(batch_job_id, FailureMessage(error));
 			EndStep();
 		}
 		FreeErrorData(error);

@@ -71,6 +71,7 @@ class MemoryProvider final : public Provider
 	std::vector<std::uint8_t> Wrap(const std::string &master_label, ByteView dek) override;
 	core::SecureBuffer Unwrap(const std::string &master_label, ByteView wrapped) override;
 	MasterKeyInfo Describe(const std::string &master_label) override;
+	void Destroy(const std::string &master_label) override;
 	bool EnsureMacKey(const std::string &label) override;
 	std::array<std::uint8_t, kMacSize> Mac(const std::string &label, ByteView data) override;
 	bool VerifyMac(const std::string &label, ByteView data, ByteView mac) override;
@@ -165,6 +166,13 @@ MasterKeyInfo MemoryProvider::Describe(const std::string &master_label)
 	info.can_sign = key.usage == Usage::Mac;
 	info.can_verify = key.usage == Usage::Mac;
 	return info;
+}
+
+// Forgets the key; its value is wiped by its secure buffer.
+void MemoryProvider::Destroy(const std::string &master_label)
+{
+	(void)Find(master_label, "master key");
+	keys_.erase(master_label);
 }
 
 // Draws a fresh random MAC key unless one already has this label.

@@ -130,6 +130,7 @@ class Pkcs11Provider final : public Provider
 	std::vector<std::uint8_t> Wrap(const std::string &master_label, ByteView dek) override;
 	core::SecureBuffer Unwrap(const std::string &master_label, ByteView wrapped) override;
 	MasterKeyInfo Describe(const std::string &master_label) override;
+	void Destroy(const std::string &master_label) override;
 	bool EnsureMacKey(const std::string &label) override;
 	std::array<std::uint8_t, kMacSize> Mac(const std::string &label, ByteView data) override;
 	bool VerifyMac(const std::string &label, ByteView data, ByteView mac) override;
@@ -713,6 +714,23 @@ MasterKeyInfo Pkcs11Provider::Describe(const std::string &master_label)
 			info.can_sign = available(6) && sign == CK_TRUE;
 			info.can_verify = available(7) && verify == CK_TRUE;
 			return info;
+		});
+}
+
+// Deletes the master key object from the token and forgets its handle. A stale cached handle
+// (the key deleted meanwhile by another process) is a session loss: the retry looks the label
+// up afresh and finds nothing (Error(UnknownKey)).
+void Pkcs11Provider::Destroy(const std::string &master_label)
+{
+	WithSession(
+		[&]
+		{
+			const CK_OBJECT_HANDLE key = RequireKey(master_label);
+			Check(functions_->C_DestroyObject(session_, key), "C_DestroyObject",
+				  ErrorKind::TokenUnavailable,
+				  "could not destroy master key \"" + master_label + "\" in PKCS#11 token " +
+					  Token());
+			keys_.erase(master_label);
 		});
 }
 

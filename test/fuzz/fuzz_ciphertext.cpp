@@ -58,7 +58,7 @@ void Check(bool ok, const char *what)
 // The key material of the fixed DEK, derived once for the whole run.
 KeyMaterial &Material()
 {
-	static KeyMaterial material(1, 1, ByteView(kDek.data(), kDek.size()));
+	static KeyMaterial material(1, 1, Algorithm::Aes256Gcm, ByteView(kDek.data(), kDek.size()));
 	return material;
 }
 
@@ -132,7 +132,9 @@ void CheckParser(ByteView data)
 	{
 		const Header header = ParseHeader(data);
 		Check(data.size() >= kHeaderSize && data[0] == kFormatV1, "parsed a bad format byte");
-		Check(data[1] == 0x01 || data[1] == 0x02, "parsed an unknown algorithm");
+		Check(data[1] == 0x01 || data[1] == 0x02 || data[1] == 0x03, "parsed an unknown algorithm");
+		Check(data[1] != 0x03 || data.size() <= kHeaderSize + kBlindIndexMaxBytes,
+			  "parsed a blind index value longer than 32 bytes of HMAC");
 		Check(static_cast<std::uint8_t>(header.algorithm) == data[1], "algorithm misread");
 		Check(data.size() >= Overhead(header.algorithm), "parsed a ciphertext below its overhead");
 		Check(header.key_id == LoadBe32(data.data() + 2), "key id misread");

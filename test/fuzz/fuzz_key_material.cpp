@@ -68,7 +68,8 @@ template <typename Fn> bool Throws(ErrorKind kind, Fn &&fn)
 // A DEK of the wrong length is refused everywhere it can enter.
 void CheckWrongLength(ByteView dek, std::uint32_t key_id, std::uint32_t version, ByteView stored)
 {
-	Check(Throws(ErrorKind::InvalidArgument, [&] { KeyMaterial material(key_id, version, dek); }),
+	Check(Throws(ErrorKind::InvalidArgument,
+				 [&] { KeyMaterial material(key_id, version, Algorithm::Aes256Gcm, dek); }),
 		  "key material accepted a DEK that is not 32 bytes");
 	Check(Throws(ErrorKind::InvalidArgument, [&] { KeyCheckValue(dek, key_id, version); }),
 		  "a key check value was computed for a DEK that is not 32 bytes");
@@ -94,7 +95,7 @@ void CheckDek(ByteView dek, std::uint32_t key_id, std::uint32_t version, ByteVie
 	flipped[key_id % flipped.size()] ^= 0x01;
 	Check(!VerifyKeyCheckValue(dek, key_id, version, flipped), "a flipped check value passed");
 
-	KeyMaterial material(key_id, version, dek);
+	KeyMaterial material(key_id, version, Algorithm::Aes256Gcm, dek);
 	Check(material.key_id() == key_id && material.key_version() == version, "identity not kept");
 	Header header;
 	header.key_id = key_id;
@@ -110,7 +111,7 @@ void CheckDek(ByteView dek, std::uint32_t key_id, std::uint32_t version, ByteVie
 
 	Bytes other_dek(dek.begin(), dek.end());
 	other_dek[version % other_dek.size()] ^= 0x40;
-	KeyMaterial other(key_id, version, other_dek);
+	KeyMaterial other(key_id, version, Algorithm::Aes256Gcm, other_dek);
 	Check(!VerifyKeyCheckValue(other_dek, key_id, version, own),
 		  "another DEK passed this DEK's key check");
 	Check(Throws(ErrorKind::AuthenticationFailed, [&] { other.gcm().Open(sealed, {}, opened); }),

@@ -1,20 +1,25 @@
 // HostileInput: every byte string handed to the data path (pgkm_decrypt in both signatures,
-// pgkm_decrypt_text, pgkm_ciphertext_info, pgkm_rewrap) gets exactly the right answer or an
-// error with exactly the SQLSTATE that its bytes call for, through binary bind parameters:
-// every truncation of valid ciphertexts, every single-bit flip of short ones, inserted and
-// deleted bytes, each header field altered, fields swapped between ciphertexts, random bytes
-// (bare and behind a plausible header), ciphertexts of another database, disabled versions,
-// empty values, NULLs, wrong contexts and megabyte inputs. The expected outcome of each call
-// is computed here from the bytes and the catalog (an oracle independent of pgkm's parser),
-// so a crash, a wrong SQLSTATE, a wrong plaintext or a plaintext in a message all fail. The
-// server must never restart: the postmaster keeps its pid and a second, idle session stays
-// connected to the same backend throughout.
+// pgkm_decrypt_text, pgkm_ciphertext_info, pgkm_rewrap, the header readers) gets exactly the
+// right answer or an error with exactly the SQLSTATE that its bytes call for, through binary
+// bind parameters. The seeds are randomized (AES-256-GCM) and deterministic (AES-256-SIV)
+// ciphertexts and blind index values (never decryptable); they get every truncation, every
+// single-bit flip, inserted and deleted bytes, each header field altered, fields swapped
+// between values and algorithms, random bytes (bare and behind a plausible header),
+// ciphertexts of another database, disabled versions, empty values, NULLs, wrong contexts and
+// megabyte inputs. The expected outcome of each call is computed here from the bytes and the
+// catalog (an oracle independent of pgkm's parser), so a crash, a wrong SQLSTATE, a wrong
+// plaintext or a plaintext in a message all fail. The lookup functions (pgkm_encrypt_det[_all],
+// pgkm_blind_index[_all]) get NULLs, empty and 1 MiB values, unknown names, keys of another
+// algorithm, unusable versions, a denied role and swapped arguments. The server must never
+// restart: the postmaster keeps its pid and a second, idle session stays connected to the
+// same backend throughout.
 #include "helpers.hpp"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -38,6 +43,9 @@ constexpr unsigned kTextOid = 25;
 constexpr std::size_t kHeaderSize = 10;
 constexpr std::size_t kGcmOverhead = 38;
 constexpr std::size_t kSivOverhead = 26;
+constexpr std::size_t kBlindIndexMin = 11; // header + 1 byte of HMAC
+constexpr std::size_t kBlindIndexMax = 42; // header + 32 bytes of HMAC
+constexpr std::uint8_t kGcm = 0x01, kSiv = 0x02, kBlindIndex = 0x03;
 
 // What the header of some bytes says, by the format's rules.
 struct Header
@@ -64,14 +72,18 @@ Bytes WithBe32(Bytes b, std::size_t at, std::uint32_t value)
 	return b;
 }
 
-// Parses a header the way DESIGN.md's format table says.
+// Parses a header the way DESIGN.md's format table says: algorithm 0x01 (GCM, at least 38
+// bytes), 0x02 (SIV, at least 26) or 0x03 (blind index, 11 to 42 bytes).
 Header ParseHeader(const Bytes &b)
 {
 	Header h;
-	if (b.size() < kHeaderSize || b[0] != 0x01 || (b[1] != 0x01 && b[1] != 0x02))
+	if (b.size() < kHeaderSize || b[0] != 0x01 || b[1] < kGcm || b[1] > kBlindIndex)
 		return h;
 	h.algorithm = static_cast<std::uint8_t>(b[1]);
-	if (b.size() < (h.algorithm == 0x01 ? kGcmOverhead : kSivOverhead))
+	const std::size_t min = h.algorithm == kGcm   ? kGcmOverhead
+							: h.algorithm == kSiv ? kSivOverhead
+												  : kBlindIndexMin;
+	if (b.size() < min || (h.algorithm == kBlindIndex && b.size() > kBlindIndexMax))
 		return h;
 	h.parses = true;
 	h.key_id = LoadBe32(b, 2);
@@ -92,13 +104,22 @@ std::string Hex(const Bytes &b, std::size_t max = 48)
 	return b.size() > max ? out + "...(" + std::to_string(b.size()) + " bytes)" : out;
 }
 
-// A genuine ciphertext made by pgkm_encrypt, with what it must decrypt to.
+// The name pgkm_ciphertext_info gives an algorithm byte.
+std::string AlgorithmName(std::uint8_t algorithm)
+{
+	return algorithm == kGcm ? "aes-256-gcm" : algorithm == kSiv ? "aes-256-siv" : "blind-index";
+}
+
+// A genuine ciphertext made by pgkm_encrypt or pgkm_encrypt_det, with what it must decrypt to.
 struct Genuine
 {
 	std::string name;
 	Bytes ciphertext;
 	Bytes plaintext;
 	std::optional<Bytes> context; // nullopt: encrypted without one
+	// A deterministic value's rewrap: pgkm_encrypt_det under the key's active version, if that
+	// is another version than the value's (a SIV rewrap must give exactly these bytes).
+	std::optional<Bytes> rewrapped = std::nullopt;
 };
 
 // One input of the run: ciphertext and context (nullopt: SQL NULL), and what it was made from.
@@ -162,6 +183,7 @@ struct Catalog
 	std::map<std::pair<std::uint32_t, std::uint32_t>, std::string> state;
 	std::map<std::uint32_t, std::string> name;
 	std::map<std::uint32_t, std::uint32_t> active;
+	std::map<std::uint32_t, std::uint8_t> algorithm; // the algorithm byte of each key's values
 };
 
 // Runs the prepared statements with binary parameters and checks every answer.
@@ -231,6 +253,9 @@ class Prober
 		return n;
 	}
 	long long mismatches() const { return mismatches_; }
+	// Deterministic values that decrypted to their plaintext, and that rewrapped correctly.
+	long long sivDecrypts() const { return siv_decrypts_; }
+	long long sivRewraps() const { return siv_rewraps_; }
 	bool broken() const { return broken_; }
 	const std::set<std::string> &sqlstates() const { return seen_; }
 	long long okCount(const std::string &statement) const
@@ -324,18 +349,22 @@ class Prober
 		return a.value_or("") == b.value_or("");
 	}
 
-	// The SQLSTATE the header and catalog call for before any decryption, or "" if none.
+	// The SQLSTATE the header and catalog call for before any decryption, or "" if none: a
+	// blind index is refused before the catalog is read, a header whose algorithm is not its
+	// key's fails like an altered value once the version is found usable.
 	std::string HeaderFailure(const Header &h) const
 	{
 		if (!h.parses)
 			return "22P03";
-		if (h.algorithm != 0x01)
-			return "0A000";
+		if (h.algorithm == kBlindIndex)
+			return "22023";
 		auto it = catalog_.state.find({h.key_id, h.version});
 		if (it == catalog_.state.end())
 			return "42704";
 		if (it->second != "active" && it->second != "decrypt_only")
 			return "55000";
+		if (catalog_.algorithm.at(h.key_id) != h.algorithm)
+			return "22000";
 		return "";
 	}
 
@@ -395,7 +424,7 @@ class Prober
 		}
 		auto name = catalog_.name.find(h.key_id);
 		std::vector<std::optional<std::string>> want = {
-			"1", h.algorithm == 0x01 ? "aes-256-gcm" : "aes-256-siv", std::to_string(h.key_id),
+			"1", AlgorithmName(h.algorithm), std::to_string(h.key_id),
 			name == catalog_.name.end() ? std::nullopt : std::optional<std::string>(name->second),
 			std::to_string(h.version)};
 		if (!o.ok || o.row != want)
@@ -450,6 +479,8 @@ class Prober
 		}
 		if (!o.ok || o.null || o.row.size() != 1 || *o.row[0] != g->plaintext)
 			Mismatch(s, in, o, "the plaintext of " + g->name);
+		else if (g->ciphertext[1] == kSiv)
+			siv_decrypts_++;
 	}
 
 	// rewrap: unchanged when the header names the key's active version, a new ciphertext under
@@ -494,8 +525,11 @@ class Prober
 		}
 		const Bytes &out = *o.row[0];
 		const Header nh = ParseHeader(out);
-		bool good =
-			nh.parses && nh.key_id == h.key_id && nh.version == catalog_.active.at(h.key_id);
+		bool good = nh.parses && nh.algorithm == h.algorithm && nh.key_id == h.key_id &&
+					nh.version == catalog_.active.at(h.key_id);
+		// A deterministic value stays deterministic: exactly pgkm_encrypt_det's bytes.
+		if (h.algorithm == kSiv && (!g->rewrapped || out != *g->rewrapped))
+			good = false;
 		for (const auto &secret : secrets_)
 			if (out.find(secret) != std::string::npos)
 				good = false;
@@ -513,6 +547,8 @@ class Prober
 		}
 		if (!good)
 			Mismatch(s, in, o, "a new ciphertext under the active version of " + g->name);
+		else if (h.algorithm == kSiv)
+			siv_rewraps_++;
 	}
 
 	// Whether bytes are valid UTF-8 (the test database's encoding).
@@ -543,6 +579,8 @@ class Prober
 	std::map<std::string, Counts> counts_;
 	std::set<std::string> seen_;
 	long long mismatches_ = 0;
+	long long siv_decrypts_ = 0;
+	long long siv_rewraps_ = 0;
 	bool broken_ = false;
 };
 
@@ -563,18 +601,58 @@ Bytes Encrypt(Connection &db, const Bytes &plain, const std::string &key,
 	return Bytes(PQgetvalue(res, 0, 0), PQgetlength(res, 0, 0));
 }
 
+// Runs a one-row, one-column statement with binary parameters (nullopt: NULL) and a binary
+// result; throws with the server's message if it fails.
+Bytes BinaryValue(Connection &db, const std::string &sql,
+				  const std::vector<std::optional<Bytes>> &params)
+{
+	std::vector<const char *> values;
+	std::vector<int> lengths, formats;
+	for (const auto &p : params)
+	{
+		values.push_back(p ? p->data() : nullptr);
+		lengths.push_back(p ? static_cast<int>(p->size()) : 0);
+		formats.push_back(1);
+	}
+	PGresult *res = PQexecParams(db.raw(), sql.c_str(), static_cast<int>(params.size()), nullptr,
+								 values.data(), lengths.data(), formats.data(), 1);
+	Result r(res);
+	if (!r.ok() || r.rows() != 1 || r.isNull(0, 0))
+		throw std::runtime_error(sql + " failed: " + r.message());
+	return Bytes(PQgetvalue(res, 0, 0), PQgetlength(res, 0, 0));
+}
+
+// pgkm_encrypt_det of a plaintext under a key, with a context or none (binary parameters).
+Bytes EncryptDet(Connection &db, const Bytes &plain, const std::string &key,
+				 const std::optional<Bytes> &context)
+{
+	return BinaryValue(db, "SELECT pgkm_encrypt_det($1::bytea, $2::text, $3::bytea)",
+					   {plain, key, context});
+}
+
+// pgkm_blind_index of a value under a blind-index key (binary parameters).
+Bytes BlindIndex(Connection &db, const Bytes &plain, const std::string &key)
+{
+	return BinaryValue(db, "SELECT pgkm_blind_index($1::bytea, $2::text)", {plain, key});
+}
+
 // Reads the key versions of the database.
 Catalog ReadCatalog(Connection &db)
 {
 	Catalog c;
-	Result r = db.exec("SELECT v.key_id, v.version, v.state, k.name FROM pgkm.key_versions v "
-					   "JOIN pgkm.keys k USING (key_id)");
+	Result r = db.exec("SELECT v.key_id, v.version, v.state, k.name, k.algorithm "
+					   "FROM pgkm.key_versions v JOIN pgkm.keys k USING (key_id)");
 	for (int i = 0; i < r.rows(); i++)
 	{
 		auto id = static_cast<std::uint32_t>(r.getInt(i, 0));
 		auto version = static_cast<std::uint32_t>(r.getInt(i, 1));
 		c.state[{id, version}] = r.get(i, 2);
 		c.name[id] = r.get(i, 3);
+		const std::string algorithm = r.get(i, 4);
+		c.algorithm[id] = algorithm == "aes-256-gcm"   ? kGcm
+						  : algorithm == "aes-256-siv" ? kSiv
+						  : algorithm == "blind-index" ? kBlindIndex
+													   : 0;
 		if (r.get(i, 2) == "active")
 			c.active[id] = version;
 	}
@@ -605,16 +683,25 @@ TEST(HostileInput, EveryByteStringGetsItsPlaintextOrItsSqlstate)
 	const std::string start_time = watcher.value("SELECT pg_postmaster_start_time()::text");
 	ASSERT_GT(postmaster_pid, 0);
 
-	// Another database with keys of the same names: the same ids name other DEKs there.
+	// Another database with keys of the same names and algorithms: the same ids name other
+	// DEKs there (key id 4 is a SIV key in both), and its last key's id is unknown here.
 	db.exec("CREATE DATABASE foreign_db");
 	Connection foreign = cluster.connect("foreign_db");
 	foreign.exec("CREATE EXTENSION pgkm");
-	for (const char *k : {"hostile", "f2", "f3", "f4", "f5"})
+	for (const char *k : {"hostile", "f2", "f3"})
 		foreign.exec("SELECT pgkm.create_key($1)", {k});
+	foreign.exec("SELECT pgkm.create_key('det', algorithm => 'aes-256-siv')");
+	for (int i = 5; i <= 12; i++)
+		foreign.exec("SELECT pgkm.create_key($1)", {"f" + std::to_string(i)});
 
 	SetUpExtension(db, "hostile");
 	db.exec("SELECT pgkm.create_key('other')");
 	db.exec("SELECT pgkm.create_key('disabled_key')");
+	db.exec("SELECT pgkm.create_key('det', algorithm => 'aes-256-siv')");
+	db.exec("SELECT pgkm.create_key('bidx', algorithm => 'blind-index')");
+	db.exec("SELECT pgkm.create_key('bidx32', algorithm => 'blind-index', "
+			"blind_index_bytes => 32)");
+	db.exec("SELECT pgkm.create_key('bidx1', algorithm => 'blind-index', blind_index_bytes => 1)");
 	db.exec("SET pgkm.audit_level = row");
 
 	const Bytes p1 = "HOSTILE-PLAINTEXT-one-7f3a9c51";
@@ -622,6 +709,10 @@ TEST(HostileInput, EveryByteStringGetsItsPlaintextOrItsSqlstate)
 	const Bytes p3 = "HOSTILE-PLAINTEXT-three-93c1aa07";
 	const Bytes p4 = "HOSTILE-PLAINTEXT-foreign-55e01b";
 	const Bytes p5 = "HOSTILE-PLAINTEXT-disabled-c3d2e1";
+	const Bytes p6 = "HOSTILE-PLAINTEXT-det-one-2b9f41";
+	const Bytes p7 = "HOSTILE-PLAINTEXT-det-two-e8a035";
+	const Bytes p8 = "HOSTILE-PLAINTEXT-blind-77c10d";
+	const Bytes p_swapped = "HOSTILE-PLAINTEXT-swapped-6d2e90";
 	Bytes p_big;
 	for (int i = 0; p_big.size() < 1000; i++)
 		p_big += "HOSTILE-PLAINTEXT-big-" + std::to_string(i) + ";";
@@ -639,22 +730,52 @@ TEST(HostileInput, EveryByteStringGetsItsPlaintextOrItsSqlstate)
 		 std::nullopt},
 		{"gother (other key)", Encrypt(db, p3, "other", std::nullopt), p3, std::nullopt},
 		{"gdis (disabled version)", Encrypt(db, p5, "disabled_key", ctx1), p5, ctx1},
+		{"d1 (siv v1, context)", EncryptDet(db, p6, "det", ctx1), p6, ctx1},
+		{"d0 (siv v1, empty plaintext)", EncryptDet(db, "", "det", std::nullopt), "", std::nullopt},
+		{"dbin (siv v1, not text, binary context)", EncryptDet(db, p_binary + p6, "det", ctx_bin),
+		 p_binary + p6, ctx_bin},
 	};
 	db.exec("SELECT pgkm.rotate_key('hostile')");
+	db.exec("SELECT pgkm.rotate_key('det')");
 	genuine.push_back({"g2 (v2 active, context)", Encrypt(db, p2, "hostile", ctx1), p2, ctx1});
+	genuine.push_back({"d2 (siv v2 active, context)", EncryptDet(db, p7, "det", ctx1), p7, ctx1});
+	// The rewrap of a deterministic v1 value: the deterministic value under v2.
+	for (auto &g : genuine)
+		if (g.ciphertext[1] == kSiv && ParseHeader(g.ciphertext).version == 1)
+			g.rewrapped = EncryptDet(db, g.plaintext, "det", g.context);
 	db.exec("SELECT pgkm.disable_key_version('disabled_key', 1)");
-	const Bytes g1 = genuine[0].ciphertext, g0 = genuine[1].ciphertext,
-				gbig = genuine[2].ciphertext, gother = genuine[4].ciphertext,
-				g2 = genuine.back().ciphertext;
+	const auto genuine_named = [&](const std::string &prefix) -> const Bytes &
+	{
+		for (const auto &g : genuine)
+			if (g.name.rfind(prefix + " ", 0) == 0)
+				return g.ciphertext;
+		throw std::runtime_error("no genuine value " + prefix);
+	};
+	const Bytes g1 = genuine_named("g1"), g0 = genuine_named("g0"), gbig = genuine_named("gbig"),
+				gother = genuine_named("gother"), g2 = genuine_named("g2"),
+				d1 = genuine_named("d1"), d0 = genuine_named("d0"), d2 = genuine_named("d2");
+	// Blind index values of 8, 32 and 1 bytes: parsed, never decrypted.
+	const Bytes bi8 = BlindIndex(db, p8, "bidx"), bi32 = BlindIndex(db, p8, "bidx32"),
+				bi1 = BlindIndex(db, p8, "bidx1");
+	ASSERT_EQ(bi8.size(), 18u);
+	ASSERT_EQ(bi32.size(), 42u);
+	ASSERT_EQ(bi1.size(), 11u);
+	ASSERT_EQ(d1.size(), kSivOverhead + p6.size());
+	ASSERT_EQ(EncryptDet(db, p7, "det", ctx1), d2)
+		<< "deterministic encryption should repeat itself";
 	const Bytes foreign1 = Encrypt(foreign, p4, "hostile", ctx1);
-	const Bytes foreign5 = Encrypt(foreign, p4, "f5", std::nullopt);
+	const Bytes foreign12 = Encrypt(foreign, p4, "f12", std::nullopt);
+	const Bytes foreign_det = EncryptDet(foreign, p4, "det", ctx1);
 	const Catalog catalog = ReadCatalog(db);
-	ASSERT_EQ(catalog.state.size(), 4u);
+	ASSERT_EQ(catalog.state.size(), 9u);
 	ASSERT_EQ(ParseHeader(foreign1).key_id, ParseHeader(g1).key_id)
 		<< "the foreign ciphertext should name a key id that exists here too";
-	ASSERT_EQ(catalog.name.count(ParseHeader(foreign5).key_id), 0u);
+	ASSERT_EQ(ParseHeader(foreign_det).key_id, ParseHeader(d1).key_id)
+		<< "the foreign SIV ciphertext should name the SIV key's id here";
+	ASSERT_EQ(catalog.name.count(ParseHeader(foreign12).key_id), 0u);
 
-	std::vector<std::string> secrets = {p1, p2, p3, p4, p5, p_big.substr(0, 40), "not text"};
+	std::vector<std::string> secrets = {
+		p1, p2, p3, p4, p5, p6, p7, p8, p_swapped, p_big.substr(0, 40), "not text"};
 	Prober prober(db, catalog, genuine, secrets);
 	std::mt19937 rng(20240605);
 	long long inputs = 0;
@@ -687,65 +808,98 @@ TEST(HostileInput, EveryByteStringGetsItsPlaintextOrItsSqlstate)
 	probe("NULL with context", std::nullopt, ctx1);
 	probe("empty", Bytes(), std::nullopt);
 	probe("empty with context", Bytes(), ctx1);
+	// The blind index values as they are: parsed by the readers, refused by the rest.
+	for (const Bytes *b : {&bi8, &bi32, &bi1})
+	{
+		probe("blind index of " + std::to_string(b->size()) + " bytes", *b, std::nullopt);
+		probe("blind index of " + std::to_string(b->size()) + " bytes, context", *b, ctx1);
+	}
+
+	// The context each seed was made with (ctx1 for the blind index values).
+	const auto ctx_of = [&](const Bytes &b) -> std::optional<Bytes>
+	{
+		for (const auto &g : genuine)
+			if (g.ciphertext == b)
+				return g.context;
+		return ctx1;
+	};
+	// Short seeds of each kind: GCM, SIV and blind index, under each version.
+	const std::vector<std::pair<std::string, const Bytes *>> short_seeds = {
+		{"g1", &g1}, {"g0", &g0}, {"g2", &g2},   {"gother", &gother}, {"d1", &d1},
+		{"d0", &d0}, {"d2", &d2}, {"bi8", &bi8}, {"bi32", &bi32},     {"bi1", &bi1},
+	};
 
 	// Every truncation.
-	for (const Bytes *g : {&g1, &g0, &g2, &gother, &gbig})
+	for (const auto &[name, g] : short_seeds)
 		for (std::size_t n = 0; n < g->size(); n++)
-			probe("truncated to " + std::to_string(n), g->substr(0, n),
-				  *g == gbig ? ctx_bin : ctx1);
+			probe(name + " truncated to " + std::to_string(n), g->substr(0, n), ctx_of(*g));
+	for (std::size_t n = 0; n < gbig.size(); n++)
+		probe("gbig truncated to " + std::to_string(n), gbig.substr(0, n), ctx_bin);
 
 	// Every single-bit flip of the short ones.
-	for (const Bytes *g : {&g1, &g0, &g2, &gother})
+	for (const auto &[name, g] : short_seeds)
 		for (std::size_t bit = 0; bit < 8 * g->size(); bit++)
 		{
 			Bytes m = *g;
 			m[bit / 8] = static_cast<char>(m[bit / 8] ^ (1 << (bit % 8)));
-			probe("bit " + std::to_string(bit) + " flipped", m,
-				  *g == g0 || *g == gother ? std::nullopt : std::optional<Bytes>(ctx1));
+			probe(name + " bit " + std::to_string(bit) + " flipped", m, ctx_of(*g));
 		}
 
-	// A byte inserted or deleted at each position; bytes appended.
-	for (std::size_t i = 0; i <= g1.size(); i++)
+	// A byte inserted or deleted at each position; bytes appended (a blind index past 42 bytes
+	// is malformed).
+	for (const auto &[name, g] : std::vector<std::pair<std::string, const Bytes *>>{
+			 {"g1", &g1}, {"d1", &d1}, {"bi8", &bi8}, {"bi32", &bi32}})
 	{
-		Bytes ins = g1;
-		ins.insert(ins.begin() + static_cast<long>(i), static_cast<char>(rng()));
-		probe("byte inserted at " + std::to_string(i), ins, ctx1);
-		if (i < g1.size())
+		for (std::size_t i = 0; i <= g->size(); i++)
 		{
-			Bytes del = g1;
-			del.erase(del.begin() + static_cast<long>(i));
-			probe("byte deleted at " + std::to_string(i), del, ctx1);
+			Bytes ins = *g;
+			ins.insert(ins.begin() + static_cast<long>(i), static_cast<char>(rng()));
+			probe(name + " byte inserted at " + std::to_string(i), ins, ctx_of(*g));
+			if (i < g->size())
+			{
+				Bytes del = *g;
+				del.erase(del.begin() + static_cast<long>(i));
+				probe(name + " byte deleted at " + std::to_string(i), del, ctx_of(*g));
+			}
+		}
+		for (std::size_t n = 1; n <= 40; n++)
+		{
+			probe(name + " " + std::to_string(n) + " zero bytes appended", *g + Bytes(n, '\0'),
+				  ctx_of(*g));
+			probe(name + " " + std::to_string(n) + " random bytes appended",
+				  *g + RandomBytes(rng, n), ctx_of(*g));
 		}
 	}
-	for (std::size_t n = 1; n <= 40; n++)
-	{
-		probe(std::to_string(n) + " zero bytes appended", g1 + Bytes(n, '\0'), ctx1);
-		probe(std::to_string(n) + " random bytes appended", g1 + RandomBytes(rng, n), ctx1);
-	}
 
-	// Each header field altered: format and algorithm bytes (all values), key id, version.
-	for (int v = 0; v < 256; v++)
-	{
-		Bytes f = g1, a = g1;
-		f[0] = static_cast<char>(v);
-		a[1] = static_cast<char>(v);
-		probe("format byte " + std::to_string(v), f, ctx1);
-		probe("algorithm byte " + std::to_string(v), a, ctx1);
-	}
-	const std::uint32_t ids[] = {0, 1, 2, 3, 4, 5, 6, 0x7fffffff, 0x80000000, 0xffffffff};
+	// Each header field altered: format and algorithm bytes (all values), key id (every key of
+	// the catalog and beyond), version. A GCM header on a SIV value or the reverse fails as
+	// altered; a blind index header fails as one, whatever follows.
+	for (const auto &[name, g] : std::vector<std::pair<std::string, const Bytes *>>{
+			 {"g1", &g1}, {"d1", &d1}, {"d0", &d0}, {"bi8", &bi8}, {"bi32", &bi32}})
+		for (int v = 0; v < 256; v++)
+		{
+			Bytes f = *g, a = *g;
+			f[0] = static_cast<char>(v);
+			a[1] = static_cast<char>(v);
+			probe(name + " format byte " + std::to_string(v), f, ctx_of(*g));
+			probe(name + " algorithm byte " + std::to_string(v), a, ctx_of(*g));
+		}
+	const std::uint32_t ids[] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 0x7fffffff, 0x80000000, 0xffffffff};
 	for (std::uint32_t id : ids)
+		for (const auto &[name, g] : std::vector<std::pair<std::string, const Bytes *>>{
+				 {"g1", &g1}, {"g2", &g2}, {"d1", &d1}, {"d2", &d2}, {"bi8", &bi8}})
+		{
+			probe(name + " key id " + std::to_string(id), WithBe32(*g, 2, id), ctx_of(*g));
+			probe(name + " version " + std::to_string(id), WithBe32(*g, 6, id), ctx_of(*g));
+		}
+	// A real SIV header over random bytes of every length around its minimum, and a blind
+	// index header over every length around its bounds.
+	for (std::size_t n = 10; n < 60; n++)
 	{
-		probe("key id " + std::to_string(id), WithBe32(g1, 2, id), ctx1);
-		probe("version " + std::to_string(id), WithBe32(g1, 6, id), ctx1);
-		probe("v2 key id " + std::to_string(id), WithBe32(g2, 2, id), ctx1);
-		probe("v2 version " + std::to_string(id), WithBe32(g2, 6, id), ctx1);
-	}
-	// SIV-shaped values (this version cannot decrypt them): every length around the minimum.
-	for (std::size_t n = 20; n < 60; n++)
-	{
-		Bytes siv = g1.substr(0, 10) + RandomBytes(rng, n - 10);
-		siv[1] = 0x02;
-		probe("siv " + std::to_string(n) + " bytes", siv, ctx1);
+		probe("siv header + " + std::to_string(n - 10) + " random bytes",
+			  d1.substr(0, 10) + RandomBytes(rng, n - 10), ctx1);
+		probe("blind index header + " + std::to_string(n - 10) + " random bytes",
+			  bi8.substr(0, 10) + RandomBytes(rng, n - 10), std::nullopt);
 	}
 
 	// Fields swapped between ciphertexts: header, nonce, body and tag of another value.
@@ -758,21 +912,40 @@ TEST(HostileInput, EveryByteStringGetsItsPlaintextOrItsSqlstate)
 	probe("gother under g1's header", part(g1, 0, 10) + gother.substr(10), std::nullopt);
 	probe("g1 twice", g1 + g1, ctx1);
 	probe("g1 with tag zeroed", g1.substr(0, g1.size() - 16) + Bytes(16, '\0'), ctx1);
+	probe("d1 under d2's header", part(d2, 0, 10) + d1.substr(10), ctx1);
+	probe("d2 under d1's header", part(d1, 0, 10) + d2.substr(10), ctx1);
+	probe("d1 with d2's IV", d1.substr(0, 10) + part(d2, 10, 16) + d1.substr(26), ctx1);
+	probe("d1 with IV zeroed", d1.substr(0, 10) + Bytes(16, '\0') + d1.substr(26), ctx1);
+	probe("d1 with d2's body", d1.substr(0, 26) + d2.substr(26), ctx1);
+	probe("g1's nonce, body and tag under d1's header", part(d1, 0, 10) + g1.substr(10), ctx1);
+	probe("d1's IV and body under g1's header", part(g1, 0, 10) + d1.substr(10), ctx1);
+	probe("d0 under g1's header (too short for GCM)", part(g1, 0, 10) + d0.substr(10), ctx1);
+	probe("d1 twice", d1 + d1, ctx1);
+	probe("bi8 under bi32's header", part(bi32, 0, 10) + bi8.substr(10), std::nullopt);
+	probe("bi8 naming the SIV key", WithBe32(bi8, 2, ParseHeader(d1).key_id), std::nullopt);
+	probe("bi8 naming no key", WithBe32(bi8, 2, 0x7fffffff), std::nullopt);
+	probe("bi8 twice", bi8 + bi8, std::nullopt);
+	probe("bi32 then bi8", bi32 + bi8, std::nullopt);
+	probe("bi32's HMAC under d1's header", part(d1, 0, 10) + bi32.substr(10), ctx1);
+	probe("d1's first 32 bytes under bi32's header", part(bi32, 0, 10) + d1.substr(10, 32), ctx1);
 
 	// Ciphertexts of another database: the same key id names another DEK here, or none.
 	probe("foreign (same key id, other DEK)", foreign1, ctx1);
 	probe("foreign (same key id, other DEK), no context", foreign1, std::nullopt);
-	probe("foreign (key id unknown here)", foreign5, std::nullopt);
+	probe("foreign (key id unknown here)", foreign12, std::nullopt);
 	probe("foreign body under g1's header", g1.substr(0, 10) + foreign1.substr(10), ctx1);
+	probe("foreign SIV (same key id, other DEK)", foreign_det, ctx1);
+	probe("foreign SIV body under d1's header", d1.substr(0, 10) + foreign_det.substr(10), ctx1);
 
 	// Random bytes: bare, and behind a plausible header of each version in the catalog.
 	for (int i = 0; i < 600; i++)
 		probe("random " + std::to_string(i), RandomBytes(rng, rng() % 120),
 			  i % 3 ? std::optional<Bytes>(RandomBytes(rng, rng() % 16)) : std::nullopt);
+	const Bytes *headers[] = {&g1, &g2, &gother, &d1, &d2, &bi8};
 	for (int i = 0; i < 600; i++)
 	{
-		Bytes b = RandomBytes(rng, 38 + rng() % 80);
-		const Bytes &like = (i % 3 == 0) ? g1 : (i % 3 == 1) ? g2 : gother;
+		const Bytes &like = *headers[i % 6];
+		Bytes b = RandomBytes(rng, like == bi8 ? 10 + rng() % 40 : 26 + rng() % 80);
 		std::copy(like.begin(), like.begin() + 10, b.begin());
 		probe("random behind a header " + std::to_string(i), b, ctx1);
 	}
@@ -782,6 +955,10 @@ TEST(HostileInput, EveryByteStringGetsItsPlaintextOrItsSqlstate)
 	probe("1 MiB random", mb, std::nullopt);
 	std::copy(g1.begin(), g1.begin() + 10, mb.begin());
 	probe("1 MiB behind g1's header", mb, ctx1);
+	std::copy(d1.begin(), d1.begin() + 10, mb.begin());
+	probe("1 MiB behind d1's header", mb, ctx1);
+	std::copy(bi8.begin(), bi8.begin() + 10, mb.begin());
+	probe("1 MiB behind bi8's header", mb, std::nullopt);
 	probe(
 		"1 MiB of g1 repeated",
 		[&]
@@ -821,6 +998,13 @@ TEST(HostileInput, EveryByteStringGetsItsPlaintextOrItsSqlstate)
 		  }(),
 		  ctx1}},
 		{"siv header + 100 kB zeros", {"", siv_header + Bytes(100000, '\0'), ctx1}},
+		{"d1", {"", d1, ctx1}},
+		{"d2", {"", d2, ctx1}},
+		{"bi32", {"", bi32, std::nullopt}},
+		{"d1 header + 100 kB zeros", {"", d1.substr(0, 10) + Bytes(100000, '\0'), ctx1}},
+		{"bi8 header + 100 kB zeros", {"", bi8.substr(0, 10) + Bytes(100000, '\0'), ctx1}},
+		{"bi8 header + 5 kB random", {"", bi8.substr(0, 10) + RandomBytes(rng, 5000), ctx1}},
+		{"bi32 + 1 byte", {"", bi32 + "x", std::nullopt}},
 		{"100 kB of A", {"", Bytes(100000, 'A'), std::nullopt}},
 		{"5 kB zeros", {"", Bytes(5000, '\0'), std::nullopt}},
 		{"format 2 + 100 kB zeros", {"", Bytes(1, '\x02') + Bytes(100000, '\0'), std::nullopt}},
@@ -893,11 +1077,175 @@ TEST(HostileInput, EveryByteStringGetsItsPlaintextOrItsSqlstate)
 	EXPECT_EQ(prober.mismatches(), 0);
 	// The run reached every outcome: each decrypt signature returned plaintext for the
 	// genuine values, and every SQLSTATE the inputs call for was seen.
-	EXPECT_GE(prober.okCount("decrypt(bytea,bytea)"), 6);
-	EXPECT_GE(prober.okCount("rewrap(bytea,bytea)"), 5);
-	for (const char *state : {"22P03", "22000", "42704", "55000", "0A000", "22021"})
+	EXPECT_GE(prober.okCount("decrypt(bytea,bytea)"), 10);
+	EXPECT_GE(prober.okCount("rewrap(bytea,bytea)"), 8);
+	// Each deterministic seed (d1, d0, dbin, d2) decrypted in each decrypt statement that takes
+	// its context, and the v1 ones rewrapped to pgkm_encrypt_det's bytes under v2.
+	EXPECT_GE(prober.sivDecrypts(), 8);
+	EXPECT_GE(prober.sivRewraps(), 3);
+	for (const char *state : {"22P03", "22000", "42704", "55000", "22023", "22021"})
 		EXPECT_EQ(prober.sqlstates().count(state), 1u) << state << " was never seen";
 	EXPECT_EQ(prober.sqlstates().size(), 6u);
+
+	// The lookup functions under hostile arguments: NULLs, empty and 1 MiB values, unknown
+	// names (one of 1 MiB), keys of another algorithm, versions that may not be used, a role
+	// without the key's roles, and arguments swapped so that a plaintext is the key name. Each
+	// call gets exactly its SQLSTATE or its value, and no error repeats a plaintext.
+	db.exec("SELECT pgkm.create_key('det_off', algorithm => 'aes-256-siv')");
+	db.exec("SELECT pgkm.create_key('bidx_off', algorithm => 'blind-index')");
+	db.exec("SELECT pgkm.disable_key_version('det_off', 1)");
+	db.exec("SELECT pgkm.disable_key_version('bidx_off', 1)");
+	db.exec("CREATE ROLE hostile_nobody");
+	std::map<std::string, long long> lookup_states;
+	long long lookup_calls = 0;
+	// want: a SQLSTATE, the row's columns as text joined by '|', or "" for any value.
+	const auto is_sqlstate = [](const std::string &w)
+	{
+		return w.size() == 5 &&
+			   std::all_of(w.begin(), w.end(),
+						   [](char c) { return std::isdigit(c) || std::isupper(c); });
+	};
+	const auto lookup = [&](const std::string &label, const std::string &sql,
+							std::vector<std::optional<Bytes>> params, const std::string &want)
+	{
+		lookup_calls++;
+		std::vector<const char *> values;
+		std::vector<int> lengths, formats;
+		for (const auto &v : params)
+		{
+			values.push_back(v ? v->data() : nullptr);
+			lengths.push_back(v ? static_cast<int>(v->size()) : 0);
+			formats.push_back(1);
+		}
+		PGresult *res = PQexecParams(db.raw(), sql.c_str(), static_cast<int>(params.size()),
+									 nullptr, values.data(), lengths.data(), formats.data(), 0);
+		ASSERT_EQ(PQstatus(db.raw()), CONNECTION_OK) << label << " broke the connection";
+		Result r(res);
+		std::string got;
+		if (r.ok())
+		{
+			for (int c = 0; r.rows() == 1 && c < r.cols(); c++)
+				got += (c ? "|" : "") + (r.isNull(0, c) ? std::string("<NULL>") : r.get(0, c));
+			if (is_sqlstate(want))
+				ADD_FAILURE() << label << ": expected " << want << ", got a value";
+			else if (!want.empty())
+				EXPECT_EQ(got, want) << label;
+			else
+				EXPECT_TRUE(r.rows() == 1 && !r.isNull(0, 0)) << label << ": expected a value";
+			return;
+		}
+		lookup_states[r.sqlstate()]++;
+		EXPECT_EQ(r.sqlstate(), want) << label << ": " << r.message();
+		std::string text;
+		for (int field : {PG_DIAG_MESSAGE_PRIMARY, PG_DIAG_MESSAGE_DETAIL, PG_DIAG_MESSAGE_HINT,
+						  PG_DIAG_CONTEXT})
+			if (const char *f = PQresultErrorField(res, field))
+				text += std::string(f) + "\n";
+		for (const auto &secret : secrets)
+			EXPECT_EQ(text.find(secret), std::string::npos)
+				<< label << ": the error repeats a plaintext: " << text;
+	};
+	struct LookupFunction
+	{
+		std::string sql; // $1 data, $2 key name, $3 context where there is one
+		int args;
+		std::string key;                     // a key it accepts
+		std::string key_off;                 // a key of its algorithm without a usable version
+		std::vector<std::string> wrong_keys; // keys of another algorithm
+		bool text;                           // $1 (and $3) are text
+	};
+	const std::vector<std::string> not_siv = {"hostile", "bidx", "bidx32"};
+	const std::vector<std::string> not_blind = {"hostile", "det", "disabled_key"};
+	const std::vector<LookupFunction> lookups = {
+		{"SELECT pgkm_encrypt_det($1::bytea, $2::text)", 2, "det", "det_off", not_siv, false},
+		{"SELECT pgkm_encrypt_det($1::bytea, $2::text, $3::bytea)", 3, "det", "det_off", not_siv,
+		 false},
+		{"SELECT pgkm_encrypt_det($1::text, $2::text, $3::text)", 3, "det", "det_off", not_siv,
+		 true},
+		{"SELECT pgkm_encrypt_det_all($1::bytea, $2::text, $3::bytea)", 3, "det", "det_off",
+		 not_siv, false},
+		{"SELECT pgkm_encrypt_det_all($1::text, $2::text)", 2, "det", "det_off", not_siv, true},
+		{"SELECT pgkm_blind_index($1::bytea, $2::text)", 2, "bidx", "bidx_off", not_blind, false},
+		{"SELECT pgkm_blind_index($1::text, $2::text)", 2, "bidx32", "bidx_off", not_blind, true},
+		{"SELECT pgkm_blind_index_all($1::bytea, $2::text)", 2, "bidx1", "bidx_off", not_blind,
+		 false},
+		{"SELECT pgkm_blind_index_all($1::text, $2::text)", 2, "bidx", "bidx_off", not_blind, true},
+	};
+	Bytes ascii_mb;
+	while (ascii_mb.size() < (1u << 20))
+		ascii_mb += "lookup-value-" + std::to_string(ascii_mb.size()) + ";";
+	const Bytes binary_mb = RandomBytes(rng, 1 << 20);
+	Bytes swapped_mb;
+	while (swapped_mb.size() < (1u << 20))
+		swapped_mb += p_swapped;
+	const Bytes colon_name = "customer:4711/none";
+	for (const auto &f : lookups)
+	{
+		const auto call = [&](const std::string &label, std::optional<Bytes> data,
+							  std::optional<Bytes> key, const std::string &want)
+		{
+			std::vector<std::optional<Bytes>> params = {std::move(data), std::move(key)};
+			if (f.args == 3)
+				params.push_back(ctx1);
+			lookup(f.sql + ": " + label, f.sql, params, want);
+		};
+		call("NULL value", std::nullopt, f.key, "<NULL>");
+		call("NULL value, NULL key name", std::nullopt, std::nullopt, "<NULL>");
+		call("NULL key name", p8, std::nullopt, "22004");
+		call("empty value", Bytes(), f.key, "");
+		call("1 MiB value", f.text ? ascii_mb : binary_mb, f.key, "");
+		for (const Bytes &name :
+			 {Bytes("no_such_key"), Bytes(), Bytes(100, 'k'), colon_name, Bytes(1 << 20, 'k')})
+			call("unknown key of " + std::to_string(name.size()) + " bytes", p8, name, "42704");
+		for (const auto &k : f.wrong_keys)
+			call("key " + k + " of another algorithm", p8, k, "42809");
+		call("key without a usable version", p8, f.key_off, "55000");
+		call("arguments swapped", f.key, p_swapped, "42704");
+		call("arguments swapped, 1 MiB", f.key, swapped_mb, "42704");
+		db.exec("SET ROLE hostile_nobody");
+		call("denied role", p8, f.key, "42501");
+		call("denied role, arguments swapped", f.key, p_swapped, "42704");
+		db.exec("RESET ROLE");
+	}
+	// The values are right: empty and 1 MiB values round-trip and repeat, text and bytea of the
+	// same bytes match, NULL and empty contexts match, _all lists the active version first.
+	lookup("det 1 MiB round trip (value)",
+		   "SELECT octet_length(v), pgkm_decrypt(v, $2::bytea) = $1::bytea, "
+		   "v = pgkm_encrypt_det($1::bytea, 'det', $2::bytea) "
+		   "FROM (SELECT pgkm_encrypt_det($1::bytea, 'det', $2::bytea) v) s",
+		   {binary_mb, ctx1}, std::to_string((1 << 20) + kSivOverhead) + "|t|t");
+	lookup("det of an empty value",
+		   "SELECT octet_length(v), pgkm_decrypt(v) = ''::bytea, pgkm_decrypt_text(v, NULL::text) "
+		   "= '' FROM (SELECT pgkm_encrypt_det(''::bytea, 'det') v) s",
+		   {}, std::to_string(kSivOverhead) + "|t|t");
+	lookup("det_all of 1 MiB",
+		   "SELECT array_length(a, 1), a[1] = pgkm_encrypt_det($1::bytea, 'det'), "
+		   "pgkm_decrypt(a[2]) = $1::bytea, pgkm.ciphertext_version(a[2]) "
+		   "FROM (SELECT pgkm_encrypt_det_all($1::bytea, 'det') a) s",
+		   {binary_mb}, "2|t|t|1");
+	lookup("blind index of 1 MiB",
+		   "SELECT octet_length(b), b = (pgkm_blind_index_all($1::bytea, 'bidx'))[1], "
+		   "(pgkm_ciphertext_info(b)).algorithm "
+		   "FROM (SELECT pgkm_blind_index($1::bytea, 'bidx') b) s",
+		   {binary_mb}, "18|t|blind-index");
+	lookup("text and bytea, NULL and empty context",
+		   "SELECT pgkm_encrypt_det($1::text, 'det') = pgkm_encrypt_det(convert_to($1::text, "
+		   "'UTF8'), 'det', NULL::bytea), pgkm_encrypt_det($1::text, 'det', '') = "
+		   "pgkm_encrypt_det($1::text, 'det'), pgkm_encrypt_det($1::text, 'det', 'x') <> "
+		   "pgkm_encrypt_det($1::text, 'det'), pgkm_blind_index($1::text, 'bidx') = "
+		   "pgkm_blind_index(convert_to($1::text, 'UTF8'), 'bidx')",
+		   {p8}, "t|t|t|t");
+	// pgkm_encrypt refuses the keys of the other algorithms; the blind index is never a key for
+	// decryption.
+	for (const char *k : {"det", "bidx"})
+		lookup(std::string("pgkm_encrypt with ") + k, "SELECT pgkm_encrypt($1::bytea, $2::text)",
+			   {p8, Bytes(k)}, "42809");
+	lookup("pgkm_encrypt, arguments swapped", "SELECT pgkm_encrypt($1::bytea, $2::text)",
+		   {Bytes("det"), p_swapped}, "42704");
+	Note("lookup functions: " + std::to_string(lookup_calls) + " calls");
+	for (const char *state : {"22004", "42704", "42809", "55000", "42501"})
+		EXPECT_GT(lookup_states[state], 0) << state << " was never seen";
+	EXPECT_EQ(lookup_states.count("XX000"), 0u);
 
 	// The server never restarted: same postmaster, same start time, the idle session alive
 	// in the same backend.

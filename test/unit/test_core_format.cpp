@@ -188,7 +188,7 @@ TEST_F(CoreFormat, UnknownFormatAndAlgorithm)
 	EXPECT_EQ(k2, ErrorKind::MalformedCiphertext);
 	EXPECT_EQ(m2, "unknown ciphertext algorithm");
 
-	for (int value : {0x00, 0x03, 0x7F, 0xFF})
+	for (int value : {0x00, 0x04, 0x7F, 0xFF})
 	{
 		sealed[1] = static_cast<std::uint8_t>(value);
 		EXPECT_EQ(ErrorOf([&] { ParseHeader(sealed); }).first, ErrorKind::MalformedCiphertext);

@@ -84,7 +84,7 @@ TEST(CoreKeyMaterial, KeyCheckValueBindsIdentity)
 // KeyMaterial keeps its identity and a cipher under the derived GCM key.
 TEST(CoreKeyMaterial, KeyMaterialUsesTheDerivedGcmKey)
 {
-	KeyMaterial material(7, 2, kDek);
+	KeyMaterial material(7, 2, Algorithm::Aes256Gcm, kDek);
 	EXPECT_EQ(material.key_id(), 7u);
 	EXPECT_EQ(material.key_version(), 2u);
 
@@ -111,7 +111,7 @@ TEST(CoreKeyMaterial, KeyMaterialRejectsWrongDekSize)
 	{
 		try
 		{
-			KeyMaterial material(1, 1, Bytes(size, 0x11));
+			KeyMaterial material(1, 1, Algorithm::Aes256Gcm, Bytes(size, 0x11));
 			ADD_FAILURE() << "accepted a DEK of " << size << " bytes";
 		}
 		catch (const Error &e)

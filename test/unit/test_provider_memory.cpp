@@ -116,6 +116,12 @@ TEST(ProviderMemory, KnowsItsKeys)
 	EXPECT_EQ(Thrown([&] { provider->Wrap("m.v3", dek.view()); }).kind(), ErrorKind::UnknownKey);
 	EXPECT_EQ(Thrown([&] { provider->Unwrap("m.v3", wrapped); }).kind(), ErrorKind::UnknownKey);
 	EXPECT_EQ(Thrown([&] { provider->Describe("m.v3"); }).kind(), ErrorKind::UnknownKey);
+
+	const std::vector<std::uint8_t> under_v2 = provider->Wrap("m.v2", dek.view());
+	provider->Destroy("m.v2");
+	EXPECT_EQ(Thrown([&] { provider->Unwrap("m.v2", under_v2); }).kind(), ErrorKind::UnknownKey);
+	EXPECT_EQ(Thrown([&] { provider->Destroy("m.v2"); }).kind(), ErrorKind::UnknownKey);
+	EXPECT_EQ(provider->FindNewestMasterKey("m"), "m.v10");
 }
 
 TEST(ProviderMasterLabel, ParsesOnlyCanonicalVersions)

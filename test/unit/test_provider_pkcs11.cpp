@@ -496,6 +496,86 @@ TEST_F(ProviderPkcs11, ReportsADeletedMasterKeyAndFindsItRestored)
 	EXPECT_EQ(Bytes(provider_->Unwrap(kMaster, wrapped)), Bytes(dek));
 }
 
+// Destroying a master key deletes it from the token for good: neither this provider, nor one
+// that had its handle cached, nor a fresh one can unwrap under it again; other keys stay.
+TEST_F(ProviderPkcs11, DestroysAMasterKeyForGood)
+{
+	const SecureBuffer dek = SecureBuffer::Random(32);
+	const std::vector<std::uint8_t> wrapped = WrapUnderMaster(dek);
+	provider_->Generate("pgkm-master.v2");
+	const std::vector<std::uint8_t> wrapped_v2 = provider_->Wrap("pgkm-master.v2", dek.view());
+	auto other = MakePkcs11Provider(token_.Config()); // another session, handle cached
+	ASSERT_EQ(Bytes(other->Unwrap(kMaster, wrapped)), Bytes(dek));
+
+	provider_->Destroy(kMaster);
+
+	{
+		RawPkcs11 raw(token_.label());
+		raw.OpenUserSession(token_.user_pin());
+		EXPECT_TRUE(raw.FindSecretKeys(kMaster).empty());
+		EXPECT_EQ(raw.FindSecretKeys("pgkm-master.v2").size(), 1u);
+	}
+	for (Provider *p : {provider_.get(), other.get()})
+	{
+		const Error error = Thrown([&] { p->Unwrap(kMaster, wrapped); });
+		EXPECT_EQ(error.kind(), ErrorKind::UnknownKey);
+		EXPECT_EQ(error.detail().rfind("C_FindObjects: no secret key labelled \"", 0), 0u)
+			<< error.detail();
+	}
+	EXPECT_EQ(Thrown([&] { provider_->Destroy(kMaster); }).kind(), ErrorKind::UnknownKey);
+	EXPECT_EQ(Thrown([&] { other->Destroy(kMaster); }).kind(), ErrorKind::UnknownKey);
+	EXPECT_EQ(Bytes(provider_->Unwrap("pgkm-master.v2", wrapped_v2)), Bytes(dek));
+	EXPECT_EQ(provider_->FindNewestMasterKey("pgkm-master"), "pgkm-master.v2");
+	other.reset();
+	provider_.reset();
+	auto fresh = MakePkcs11Provider(token_.Config()); // after the library was finalised
+	EXPECT_EQ(Thrown([&] { fresh->Unwrap(kMaster, wrapped); }).kind(), ErrorKind::UnknownKey);
+	EXPECT_EQ(Bytes(fresh->Unwrap("pgkm-master.v2", wrapped_v2)), Bytes(dek));
+}
+
+// A key the token will not destroy (CKA_DESTROYABLE false) stays, and the error names the call
+// and its return code.
+TEST_F(ProviderPkcs11, ReportsAKeyTheTokenWillNotDestroy)
+{
+	{
+		RawPkcs11 raw(token_.label());
+		const CK_SESSION_HANDLE session = raw.OpenUserSession(token_.user_pin());
+		CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+		CK_KEY_TYPE key_type = CKK_AES;
+		CK_ULONG value_len = 32;
+		CK_BBOOL yes = CK_TRUE;
+		CK_BBOOL no = CK_FALSE;
+		std::string label = kMaster;
+		CK_ATTRIBUTE key_template[] = {
+			{CKA_CLASS, &key_class, sizeof key_class},
+			{CKA_KEY_TYPE, &key_type, sizeof key_type},
+			{CKA_VALUE_LEN, &value_len, sizeof value_len},
+			{CKA_TOKEN, &yes, sizeof yes},
+			{CKA_PRIVATE, &yes, sizeof yes},
+			{CKA_SENSITIVE, &yes, sizeof yes},
+			{CKA_EXTRACTABLE, &no, sizeof no},
+			{CKA_WRAP, &yes, sizeof yes},
+			{CKA_UNWRAP, &yes, sizeof yes},
+			{CKA_DESTROYABLE, &no, sizeof no},
+			{CKA_LABEL, label.data(), label.size()},
+		};
+		CK_MECHANISM mechanism{CKM_AES_KEY_GEN, nullptr, 0};
+		CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+		ASSERT_EQ(raw.functions()->C_GenerateKey(session, &mechanism, key_template,
+												 sizeof key_template / sizeof key_template[0],
+												 &key),
+				  static_cast<CK_RV>(CKR_OK));
+	}
+	const SecureBuffer dek = SecureBuffer::Random(32);
+	const std::vector<std::uint8_t> wrapped = provider_->Wrap(kMaster, dek.view());
+	const Error error = Thrown([&] { provider_->Destroy(kMaster); });
+	EXPECT_EQ(error.kind(), ErrorKind::TokenUnavailable);
+	EXPECT_EQ(error.message(), "could not destroy master key \"" + std::string(kMaster) +
+								   "\" in PKCS#11 token \"" + token_.label() + "\"");
+	EXPECT_EQ(error.detail(), "C_DestroyObject: CKR_ACTION_PROHIBITED");
+	EXPECT_EQ(Bytes(provider_->Unwrap(kMaster, wrapped)), Bytes(dek));
+}
+
 TEST(ProviderCkrName, NamesStandardValues)
 {
 	EXPECT_EQ(CkrName(CKR_OK), "CKR_OK");

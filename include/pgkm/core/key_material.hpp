@@ -2,6 +2,8 @@
 #pragma once
 
 #include "pgkm/core/aead.hpp"
+#include "pgkm/core/blind_index.hpp"
+#include "pgkm/core/siv.hpp"
 #include "pgkm/core/pure.hpp"
 #include "pgkm/core/secure_buffer.hpp"
 
@@ -35,22 +37,31 @@ bool VerifyKeyCheckValue(ByteView dek, std::uint32_t key_id, std::uint32_t key_v
 class KeyMaterial
 {
   public:
-	// Derives the working keys from dek (32 bytes) once into locked buffers; the DEK itself
-	// is not kept.
-	KeyMaterial(std::uint32_t key_id, std::uint32_t key_version, ByteView dek);
+	// Derives the working key of the key's algorithm from dek (32 bytes) once into locked
+	// memory; the DEK itself is not kept, nor any other algorithm's working key (a key used
+	// for one algorithm can never be used for another).
+	KeyMaterial(std::uint32_t key_id, std::uint32_t key_version, Algorithm algorithm, ByteView dek);
 
 	std::uint32_t key_id() const noexcept { return key_id_; }
 	std::uint32_t key_version() const noexcept { return key_version_; }
-	GcmCipher &gcm() noexcept { return *gcm_; }
-	// Frees the OpenSSL contexts of the ciphers (see GcmCipher::ReleaseContexts).
-	void ReleaseContexts() noexcept { gcm_->ReleaseContexts(); }
-	// Whether every working key is locked in memory.
-	bool locked() const noexcept { return gcm_->locked(); }
+	Algorithm algorithm() const noexcept { return algorithm_; }
+	// The cipher of the key's algorithm; Error(Internal) for another algorithm (callers check
+	// the algorithm first and report the mismatch themselves).
+	GcmCipher &gcm();
+	SivCipher &siv();
+	BlindIndexKey &blind_index();
+	// Frees the OpenSSL contexts of the cipher (see GcmCipher::ReleaseContexts).
+	void ReleaseContexts() noexcept;
+	// Whether the working key is locked in memory.
+	bool locked() const noexcept;
 
   private:
 	std::uint32_t key_id_;
 	std::uint32_t key_version_;
+	Algorithm algorithm_;
 	std::unique_ptr<GcmCipher> gcm_;
+	std::unique_ptr<SivCipher> siv_;
+	std::unique_ptr<BlindIndexKey> blind_index_;
 };
 
 } // namespace pgkm::core

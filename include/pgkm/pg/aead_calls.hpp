@@ -12,6 +12,13 @@
 namespace pgkm::pg
 {
 
+// Returns nonce for the audit of a use of v when v is an AES-256-GCM key, otherwise nullptr:
+// a deterministic value's synthetic IV would show the audit log which rows hold equal values.
+inline const std::uint8_t *NonceOf(const VersionEntry *v, const std::uint8_t *nonce)
+{
+	return v->algorithm == core::Algorithm::Aes256Gcm ? nonce : nullptr;
+}
+
 // Returns the bytes of a non-null varlena.
 core::ByteView Bytes(const bytea *value);
 
@@ -22,32 +29,44 @@ core::ByteView OptionalBytes(FunctionCallInfo fcinfo, int arg);
 core::Header ParseOrReport(core::ByteView ciphertext);
 
 // Returns the header of argument 0, a non-null ciphertext. A value stored out of line or
-// compressed is read only up to the longest fixed overhead, not detoasted whole: parsing
+// compressed is read only up to the longest fixed length checked, not detoasted whole: parsing
 // those bytes gives the same answer as parsing the whole value.
 core::Header HeaderOfArgument(FunctionCallInfo fcinfo);
 
-// Raises feature_not_supported unless the ciphertext is AES-256-GCM, the one algorithm this
-// version decrypts.
-void RequireGcm(const core::Header &header);
+// Raises invalid_parameter_value when the value is a blind index, which is a keyed hash and
+// cannot be decrypted (every other algorithm ParseHeader accepts can).
+void RequireDecryptable(const core::Header &header);
 
-// Returns the length of the ciphertext of a plain_len-byte plaintext. Raises
-// program_limit_exceeded when it would not fit in one PostgreSQL value (1 GB with its
-// header), before anything is allocated for it.
-std::size_t CiphertextSize(std::size_t plain_len);
+// Raises data_exception when a ciphertext's header names another algorithm than its key's
+// (the header was altered: authentication would fail).
+void RequireKeyOfHeader(const core::Header &header, const VersionEntry *v);
 
-// Encrypts plain under v (a key's active version, from KeyForEncrypt or KeyForEncryptById)
-// with a fresh random nonce into out, exactly CiphertextSize(plain.size()) bytes, and counts
-// the encryption. plain may be out's own body (from offset kHeaderSize + kGcmNonceSize):
-// the value is then sealed in place.
+// Returns where the encrypted bytes of a ciphertext of this algorithm begin.
+std::size_t BodyOffset(core::Algorithm algorithm);
+
+// Returns the length of the ciphertext of a plain_len-byte plaintext under the algorithm
+// (AES-256-GCM or AES-256-SIV). Raises program_limit_exceeded when it would not fit in one
+// PostgreSQL value (1 GB with its header), before anything is allocated for it.
+std::size_t CiphertextSize(std::size_t plain_len,
+						   core::Algorithm algorithm = core::Algorithm::Aes256Gcm);
+
+// Encrypts plain under v (a key's active version, from KeyForEncrypt, KeyForEncryptById or
+// KeyForLookup) into out, exactly CiphertextSize(plain.size(), v->algorithm) bytes: AES-256-GCM
+// with a fresh random nonce (the encryption is counted), or AES-256-SIV, deterministic. plain
+// may be out's own body (from BodyOffset): the value is then sealed in place.
 void SealTo(VersionEntry *v, core::ByteView plain, core::ByteView context,
 			std::span<std::uint8_t> out);
+
+// Computes the blind index of plain under v (a blind-index key version) into a new palloc'd
+// value: the header and the key's number of HMAC bytes.
+bytea *BlindIndexInto(VersionEntry *v, core::ByteView plain);
 
 // Encrypts plain like SealTo into a new palloc'd ciphertext.
 bytea *SealInto(VersionEntry *v, core::ByteView plain, core::ByteView context);
 
-// Decrypts a ciphertext of version v (its header parsed) into out, which must hold exactly
-// ciphertext.size() - kGcmOverhead bytes. Raises data_exception naming the key and version
-// when authentication fails; out is wiped then.
+// Decrypts a ciphertext of version v (its header parsed and matching v's algorithm) into out,
+// which must hold exactly ciphertext.size() - Overhead(algorithm) bytes. Raises data_exception
+// naming the key and version when authentication fails; out is wiped then.
 void OpenInto(VersionEntry *v, core::ByteView ciphertext, core::ByteView context,
 			  std::span<std::uint8_t> out);
 

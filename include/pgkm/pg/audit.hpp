@@ -16,6 +16,8 @@ enum class AuditOp : std::uint8_t
 	Encrypt,
 	Decrypt,
 	Rewrap,
+	EncryptDeterministic, // pgkm_encrypt_det, pgkm_encrypt_det_all
+	BlindIndex,           // pgkm_blind_index, pgkm_blind_index_all
 };
 
 // What a data-path call knows about its key when it succeeds or fails.

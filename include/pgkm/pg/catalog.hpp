@@ -49,6 +49,11 @@ char *CatalogText(uint64 row, int col);
 // queries. Reset at the end of every (sub)transaction, since an error skips CatalogClose.
 extern int catalog_session_depth;
 
+// The role the caller acted as: inside a catalog session, the user it was opened by (the
+// caller of the SQL function, not the catalog owner it runs as); otherwise the current user.
+// Audit records name this role as their current user.
+Oid CatalogCaller();
+
 // Returns the OID of pgkm.keys as last seen by CatalogOpen (InvalidOid before that).
 Oid CatalogKeysRelid();
 

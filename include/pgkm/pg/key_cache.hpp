@@ -35,6 +35,8 @@ struct VersionEntry
 	std::uint32_t key_id;
 	std::uint32_t version;
 	VersionState state;
+	core::Algorithm algorithm;      // the key's: what its material can do
+	std::uint8_t blind_index_bytes; // blind-index keys: HMAC bytes kept; otherwise 0
 	char key_name[NAMEDATALEN];
 	Oid encrypt_role;
 	Oid decrypt_role;
@@ -49,9 +51,38 @@ struct VersionEntry
 // after checking that the caller may encrypt with it. Raises the documented errors.
 VersionEntry *KeyForEncrypt(FmgrInfo *flinfo, text *key_name);
 
+// Raises wrong_object_type unless a key of algorithm have may be used where want is needed;
+// function names the SQL function, for the message.
+void RequireKeyAlgorithm(const char *key_name, core::Algorithm have, core::Algorithm want,
+						 const char *function);
+
+// Returns the active version of a deterministic (aes-256-siv) or blind-index key, as want
+// says, with its key material ready, for computing a value to store or to look up: the caller
+// must have the privileges of the key's encrypt or decrypt role (either may compute lookup
+// values: a writer stores them, a reader searches with them). Raises the documented errors,
+// and wrong_object_type when the key's algorithm is not want.
+VersionEntry *KeyForLookup(FmgrInfo *flinfo, text *key_name, core::Algorithm want);
+
+// The most versions KeyLookupVersions returns.
+inline constexpr int kMaxLookupVersions = 32;
+
+// Writes the key id and the versions of a named key of algorithm want that lookups must try
+// (the active one first, then decrypt-only ones, newest first) and returns how many; each is
+// then prepared with KeyForLookupVersion. Raises like KeyForLookup.
+int KeyLookupVersions(text *key_name, core::Algorithm want, std::uint32_t *key_id,
+					  std::uint32_t versions[kMaxLookupVersions]);
+
+// Returns one version listed by KeyLookupVersions, checked and ready like KeyForLookup.
+VersionEntry *KeyForLookupVersion(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_t version,
+								  core::Algorithm want);
+
 // Returns the active version of the key with this id for encrypting, like KeyForEncrypt:
 // for re-encrypting a ciphertext under its key's newest version.
 VersionEntry *KeyForEncryptById(FmgrInfo *flinfo, std::uint32_t key_id);
+
+// Returns the active version of the deterministic or blind-index key with this id (of
+// algorithm want), checked and ready like KeyForLookup: for rebuilding a blind index.
+VersionEntry *KeyForLookupById(FmgrInfo *flinfo, std::uint32_t key_id, core::Algorithm want);
 
 // Returns a version for decrypting, with its key material ready, after checking its
 // state and that the caller may decrypt with it.
@@ -91,13 +122,15 @@ char *KeyNameForId(std::uint32_t key_id);
 // while an error is being handled), or nullptr.
 const char *CachedKeyName(std::uint32_t key_id, std::uint32_t version);
 
-// Lets pgkm_rewrap re-encrypt values of key_id without the caller holding the key's roles
-// (0: no key). Only the worker calls it, around a batch that runs as the table's owner; the
-// plaintext never leaves pgkm_rewrap, and pgkm_decrypt and pgkm_encrypt still check roles.
-void KeyCacheAllowRewrap(std::uint32_t key_id);
+// Lets pgkm_rewrap and pgkm_blind_index_rebuild use key_id and second_key_id (0: none)
+// without the caller holding the keys' roles. Only the worker calls it, around a batch that
+// runs as the table's owner: a re-encryption job allows its key; a blind-index job allows
+// the blind-index key and its source column's key. The plaintext never leaves those two
+// functions, and pgkm_decrypt, pgkm_encrypt and the lookup functions still check roles.
+void KeyCacheAllowRewrap(std::uint32_t key_id, std::uint32_t second_key_id = 0);
 
-// Marks the key lookups of one pgkm_rewrap call (true before them, false after or on error):
-// only they may use the worker's allowance.
+// Marks the key lookups of one pgkm_rewrap or pgkm_blind_index_rebuild call (true before them,
+// false after or on error): only they may use the worker's allowance.
 void KeyCacheRewrapping(bool on);
 
 // Notes that this transaction changed the key catalog: at commit every backend's cache

@@ -10,13 +10,16 @@
 namespace pgkm::pg
 {
 
-// One cached key name: its id and active version.
+// One cached key name: its id, active version, algorithm and the versions lookups try.
 struct KeyEntry
 {
 	char name[NAMEDATALEN]; // hash key
 	std::uint32_t key_id;
 	std::uint32_t active_version; // 0: no active version
-	dlist_node lru;               // in the keys' recency list, most recently used first
+	core::Algorithm algorithm;
+	int lookup_count; // versions that lookups try: active first, then decrypt-only, newest first
+	std::uint32_t lookup_versions[kMaxLookupVersions];
+	dlist_node lru; // in the keys' recency list, most recently used first
 };
 
 extern std::uint64_t cache_epoch;         // bumped at every reset; call sites compare with it
@@ -55,9 +58,9 @@ VersionEntry *CacheAddVersion(const VersionEntry &loaded);
 KeyEntry *CacheFindKeyByName(const char *name);
 KeyEntry *CacheFindKeyById(std::uint32_t key_id);
 
-// Enters or updates a key read from the catalog as the most recently used, and evicts key
-// names beyond the bound, sparing it.
-KeyEntry *CacheAddKey(const char *name, std::uint32_t key_id, std::uint32_t active_version);
+// Enters or updates a key read from the catalog (its recency node aside) as the most recently
+// used, and evicts key names beyond the bound, sparing it.
+KeyEntry *CacheAddKey(const KeyEntry &loaded);
 
 // Counts one token unwrap that took ms milliseconds.
 void CacheNoteUnwrap(double ms);

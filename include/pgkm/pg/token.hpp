@@ -62,6 +62,10 @@ void RequireMasterKey(const char *label);
 // wrapping key, or else generates "<base>.v<N+1>".
 void NextMasterKey(const char *base_label, std::uint64_t catalog_version, MasterKeyChoice *out);
 
+// Deletes a master key from the token for good. Returns false, deleting nothing, when the
+// token holds no key with this label (the HSM's officers deleted it already, say).
+bool DestroyMasterKey(const char *label);
+
 // Returns N when label is "<base>.vN", or 0.
 std::uint64_t MasterKeyLabelVersion(const char *base_label, const char *label);
 
@@ -74,7 +78,8 @@ void NewWrappedDek(const char *master_label, std::uint32_t key_id, std::uint32_t
 // returns the derived key material (owned by the caller; free with DestroyKeyMaterial).
 core::KeyMaterial *UnwrapKeyMaterial(const char *master_label, const char *key_name,
 									 std::uint32_t key_id, std::uint32_t version,
-									 core::ByteView wrapped, core::ByteView check);
+									 core::Algorithm algorithm, core::ByteView wrapped,
+									 core::ByteView check);
 
 // Re-wraps the stored DEK of (key_id, version) from master key old_label to new_label:
 // unwraps it, verifies its key check value, wraps it under the new master key and checks

@@ -60,6 +60,12 @@ class Provider
 	// Describes a master key's or a MAC key's attributes. Throws Error(UnknownKey) if absent.
 	virtual MasterKeyInfo Describe(const std::string &master_label) = 0;
 
+	// Deletes a master key from the token for good (C_DestroyObject): every blob it wrapped,
+	// wherever a copy survives (backups, WAL), can then never be unwrapped again. Throws
+	// Error(UnknownKey) if no secret key has this label, Error(TokenUnavailable) with the
+	// CKR_* name if the token refuses (CKR_ACTION_PROHIBITED for a key not destroyable).
+	virtual void Destroy(const std::string &master_label) = 0;
+
 	// Finds the secret key used for audit checkpoints, or creates it inside the token:
 	// CKK_GENERIC_SECRET, 256 bits (CKM_GENERIC_SECRET_KEY_GEN with CKA_VALUE_LEN 32),
 	// CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, CKA_EXTRACTABLE false, CKA_SIGN and CKA_VERIFY

@@ -151,6 +151,8 @@ ArrayType *AuditedLookupValues(FunctionCallInfo fcinfo, pgkm::core::Algorithm wa
 		{
 			audit_failing.key_version = versions[i];
 			VersionEntry *v = KeyForLookupVersion(fcinfo->flinfo, key_id, versions[i], want);
+			if (v == nullptr)
+				continue;
 			values[count++] = PointerGetDatum(LookupValue(fcinfo, v, Bytes(data)));
 			AuditUse(op, v, nullptr);
 		}

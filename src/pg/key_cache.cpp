@@ -633,6 +633,9 @@ VersionEntry *KeyForLookupVersion(FmgrInfo *flinfo, std::uint32_t key_id, std::u
 		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
 						errmsg("key version %u of key id %u does not exist", version, key_id)));
 	RequireKeyAlgorithm(v->key_name, v->algorithm, want, LookupFunction(want));
+	// Retired since the list was read (the worker proved no value uses it): nothing to find.
+	if (v->state == VersionState::Retired)
+		return nullptr;
 	if (v->state != VersionState::Active && v->state != VersionState::DecryptOnly)
 		RefuseState(v, "look up values");
 	CheckLookupRole(v);

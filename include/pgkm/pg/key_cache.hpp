@@ -72,7 +72,8 @@ inline constexpr int kMaxLookupVersions = 32;
 int KeyLookupVersions(text *key_name, core::Algorithm want, std::uint32_t *key_id,
 					  std::uint32_t versions[kMaxLookupVersions]);
 
-// Returns one version listed by KeyLookupVersions, checked and ready like KeyForLookup.
+// Returns one version listed by KeyLookupVersions, checked and ready like KeyForLookup, or
+// nullptr when it was retired since the list was read (no value uses it: skip it).
 VersionEntry *KeyForLookupVersion(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_t version,
 								  core::Algorithm want);
 

@@ -37,17 +37,35 @@ EVP_CIPHER *SivAlgorithm()
 	return cipher;
 }
 
-// Returns header || context: RFC 5297's one associated-data component.
-std::vector<std::uint8_t> Associated(ByteView header, ByteView context)
+// header || context, RFC 5297's one associated-data component: on the stack for the usual
+// short contexts (a row id), on the heap for longer ones, so a row costs no allocation.
+class Associated
 {
-	if (context.size() > INT_MAX - kHeaderSize)
-		throw Error(ErrorKind::InvalidArgument, "context is too long for AES-256-SIV");
-	std::vector<std::uint8_t> ad(header.size() + context.size());
-	std::memcpy(ad.data(), header.data(), header.size());
-	if (!context.empty())
-		std::memcpy(ad.data() + header.size(), context.data(), context.size());
-	return ad;
-}
+  public:
+	Associated(ByteView header, ByteView context)
+	{
+		if (context.size() > INT_MAX - kHeaderSize)
+			throw Error(ErrorKind::InvalidArgument, "context is too long for AES-256-SIV");
+		size_ = header.size() + context.size();
+		std::uint8_t *p = small_;
+		if (size_ > sizeof(small_))
+		{
+			large_.resize(size_);
+			p = large_.data();
+		}
+		std::memcpy(p, header.data(), header.size());
+		if (!context.empty())
+			std::memcpy(p + header.size(), context.data(), context.size());
+	}
+	const std::uint8_t *data() const { return size_ > sizeof(small_) ? large_.data() : small_; }
+	std::size_t size() const { return size_; }
+	operator ByteView() const { return ByteView(data(), size_); }
+
+  private:
+	std::uint8_t small_[256];
+	std::vector<std::uint8_t> large_;
+	std::size_t size_ = 0;
+};
 
 // Doubling in GF(2^128) as RFC 5297 (section 2.3) defines it for S2V.
 void Double(std::uint8_t block[kSivIvSize])
@@ -162,7 +180,7 @@ void SivCipher::Seal(const Header &header, ByteView plaintext, ByteView context,
 
 	const auto header_out = out.first<kHeaderSize>();
 	WriteHeader(header, header_out);
-	const std::vector<std::uint8_t> ad = Associated(header_out, context);
+	const Associated ad(header_out, context);
 	const auto iv = out.subspan<kHeaderSize, kSivIvSize>();
 	if (plaintext.empty())
 	{
@@ -195,7 +213,7 @@ void SivCipher::Open(ByteView ciphertext, ByteView context, std::span<std::uint8
 	if (out.size() != body || body > INT_MAX)
 		throw Error(ErrorKind::Internal, "AES-256-SIV output buffer has the wrong size");
 
-	const std::vector<std::uint8_t> ad = Associated(ciphertext.first<kHeaderSize>(), context);
+	const Associated ad(ciphertext.first<kHeaderSize>(), context);
 	const auto iv = ciphertext.subspan<kHeaderSize, kSivIvSize>();
 	bool ok;
 	if (body == 0)

@@ -26,6 +26,27 @@ core::NoncePool nonce_pool;
 
 } // namespace
 
+// Memory-context callback: wipes a plaintext buffer.
+static void WipePlain(void *arg)
+{
+	auto *plain = static_cast<PlainBuffer *>(arg);
+	if (plain->data != nullptr)
+		explicit_bzero(plain->data, plain->len);
+}
+
+MemoryContext WipingContext(PlainBuffer **plain)
+{
+	MemoryContext context =
+		AllocSetContextCreate(CurrentMemoryContext, "pgkm plaintext", ALLOCSET_SMALL_SIZES);
+	*plain = static_cast<PlainBuffer *>(MemoryContextAllocZero(context, sizeof(PlainBuffer)));
+	auto *wipe = static_cast<MemoryContextCallback *>(
+		MemoryContextAlloc(context, sizeof(MemoryContextCallback)));
+	wipe->func = WipePlain;
+	wipe->arg = *plain;
+	MemoryContextRegisterResetCallback(context, wipe);
+	return context;
+}
+
 core::ByteView Bytes(const bytea *value)
 {
 	return {reinterpret_cast<const std::uint8_t *>(VARDATA_ANY(value)), VARSIZE_ANY_EXHDR(value)};

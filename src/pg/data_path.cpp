@@ -238,48 +238,46 @@ Datum pgkm_encrypt(PG_FUNCTION_ARGS)
 	PG_RETURN_BYTEA_P(AuditedEncrypt(fcinfo));
 }
 
+// The entry of the four lookup functions: NULL data gives NULL, a NULL key name is an error;
+// then the value under the active version, or (all) the array under every version to try.
+static Datum LookupEntry(FunctionCallInfo fcinfo, pgkm::core::Algorithm want, AuditOp op, bool all)
+{
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	RequireKeyName(fcinfo);
+	if (all)
+		PG_RETURN_ARRAYTYPE_P(AuditedLookupValues(fcinfo, want, op));
+	PG_RETURN_BYTEA_P(AuditedLookupValue(fcinfo, want, op));
+}
+
 // pgkm_encrypt_det(data, key_name, context): AES-256-SIV under the key's active version, the
 // same bytes for the same data, key version and context. Text is encrypted as its bytes in
 // the database encoding, unnormalised, so text and bytea of the same bytes give the same value.
 Datum pgkm_encrypt_det(PG_FUNCTION_ARGS)
 {
-	if (PG_ARGISNULL(0))
-		PG_RETURN_NULL();
-	RequireKeyName(fcinfo);
-	PG_RETURN_BYTEA_P(AuditedLookupValue(fcinfo, pgkm::core::Algorithm::Aes256Siv,
-										 AuditOp::EncryptDeterministic));
+	return LookupEntry(fcinfo, pgkm::core::Algorithm::Aes256Siv, AuditOp::EncryptDeterministic,
+					   false);
 }
 
 // pgkm_encrypt_det_all(data, key_name, context): the deterministic ciphertext under every
 // version a lookup must try (active first), for WHERE col = ANY(...) during a rotation.
 Datum pgkm_encrypt_det_all(PG_FUNCTION_ARGS)
 {
-	if (PG_ARGISNULL(0))
-		PG_RETURN_NULL();
-	RequireKeyName(fcinfo);
-	PG_RETURN_ARRAYTYPE_P(AuditedLookupValues(fcinfo, pgkm::core::Algorithm::Aes256Siv,
-											  AuditOp::EncryptDeterministic));
+	return LookupEntry(fcinfo, pgkm::core::Algorithm::Aes256Siv, AuditOp::EncryptDeterministic,
+					   true);
 }
 
 // pgkm_blind_index(data, key_name): header || truncated HMAC-SHA-256 under the key's active
 // version.
 Datum pgkm_blind_index(PG_FUNCTION_ARGS)
 {
-	if (PG_ARGISNULL(0))
-		PG_RETURN_NULL();
-	RequireKeyName(fcinfo);
-	PG_RETURN_BYTEA_P(
-		AuditedLookupValue(fcinfo, pgkm::core::Algorithm::BlindIndex, AuditOp::BlindIndex));
+	return LookupEntry(fcinfo, pgkm::core::Algorithm::BlindIndex, AuditOp::BlindIndex, false);
 }
 
 // pgkm_blind_index_all(data, key_name): the blind index under every version a lookup must try.
 Datum pgkm_blind_index_all(PG_FUNCTION_ARGS)
 {
-	if (PG_ARGISNULL(0))
-		PG_RETURN_NULL();
-	RequireKeyName(fcinfo);
-	PG_RETURN_ARRAYTYPE_P(
-		AuditedLookupValues(fcinfo, pgkm::core::Algorithm::BlindIndex, AuditOp::BlindIndex));
+	return LookupEntry(fcinfo, pgkm::core::Algorithm::BlindIndex, AuditOp::BlindIndex, true);
 }
 
 // pgkm_decrypt(ciphertext, context): the plaintext bytes.

@@ -22,21 +22,6 @@ struct RebuildSites
 	FmgrInfo lookup;
 };
 
-// A plaintext buffer, wiped by a memory-context callback before its memory is released.
-struct PlainBuffer
-{
-	std::uint8_t *data;
-	std::size_t len;
-};
-
-// Memory-context callback: wipes a plaintext buffer.
-void WipePlain(void *arg)
-{
-	auto *plain = static_cast<PlainBuffer *>(arg);
-	if (plain->data != nullptr)
-		explicit_bzero(plain->data, plain->len);
-}
-
 // Returns the call sites of flinfo, creating them on the first row.
 RebuildSites *SitesOf(FmgrInfo *flinfo)
 {
@@ -96,15 +81,8 @@ bytea *Rebuild(FunctionCallInfo fcinfo, VersionEntry **source_out, VersionEntry 
 	ByteView in = Bytes(ciphertext);
 	ByteView context = OptionalBytes(fcinfo, 1);
 	std::size_t len = in.size() - pgkm::core::Overhead(header.algorithm);
-	MemoryContext value_context = AllocSetContextCreate(
-		CurrentMemoryContext, "pgkm blind index rebuild value", ALLOCSET_SMALL_SIZES);
-	auto *plain =
-		static_cast<PlainBuffer *>(MemoryContextAllocZero(value_context, sizeof(PlainBuffer)));
-	auto *wipe = static_cast<MemoryContextCallback *>(
-		MemoryContextAlloc(value_context, sizeof(MemoryContextCallback)));
-	wipe->func = WipePlain;
-	wipe->arg = plain;
-	MemoryContextRegisterResetCallback(value_context, wipe);
+	PlainBuffer *plain;
+	MemoryContext value_context = WipingContext(&plain);
 	plain->data = static_cast<std::uint8_t *>(MemoryContextAlloc(value_context, len + 1));
 	plain->len = len;
 	OpenInto(source, in, context, std::span<std::uint8_t>(plain->data, len));

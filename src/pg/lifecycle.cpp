@@ -41,13 +41,6 @@ struct RewrapSites
 	FmgrInfo encrypt;
 };
 
-// A plaintext buffer, wiped by a memory-context callback before its memory is released.
-struct PlainBuffer
-{
-	std::uint8_t *data;
-	std::size_t len;
-};
-
 // A key version's row as read under lock.
 struct VersionRow
 {
@@ -65,14 +58,6 @@ struct WrappedRow
 	char *master_label;
 	char *key_name;
 };
-
-// Memory-context callback: wipes a plaintext buffer.
-void WipePlain(void *arg)
-{
-	auto *plain = static_cast<PlainBuffer *>(arg);
-	if (plain->data != nullptr)
-		explicit_bzero(plain->data, plain->len);
-}
 
 // Returns the rewrap call sites of flinfo, creating them on the first row.
 RewrapSites *SitesOf(FmgrInfo *flinfo)
@@ -290,15 +275,8 @@ bytea *Rewrap(FunctionCallInfo fcinfo, VersionEntry **source_out, std::uint8_t *
 	ByteView context = OptionalBytes(fcinfo, 1);
 	std::size_t total = in.size();
 	std::size_t len = total - pgkm::core::Overhead(header.algorithm);
-	MemoryContext value_context =
-		AllocSetContextCreate(CurrentMemoryContext, "pgkm rewrap value", ALLOCSET_SMALL_SIZES);
-	auto *plain =
-		static_cast<PlainBuffer *>(MemoryContextAllocZero(value_context, sizeof(PlainBuffer)));
-	auto *wipe = static_cast<MemoryContextCallback *>(
-		MemoryContextAlloc(value_context, sizeof(MemoryContextCallback)));
-	wipe->func = WipePlain;
-	wipe->arg = plain;
-	MemoryContextRegisterResetCallback(value_context, wipe);
+	PlainBuffer *plain;
+	MemoryContext value_context = WipingContext(&plain);
 	auto *result = static_cast<bytea *>(MemoryContextAlloc(value_context, VARHDRSZ + total));
 	SET_VARSIZE(result, VARHDRSZ + total);
 	std::span<std::uint8_t> out(reinterpret_cast<std::uint8_t *>(VARDATA(result)), total);

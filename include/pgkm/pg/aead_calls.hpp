@@ -19,6 +19,18 @@ inline const std::uint8_t *NonceOf(const VersionEntry *v, const std::uint8_t *no
 	return v->algorithm == core::Algorithm::Aes256Gcm ? nonce : nullptr;
 }
 
+// A plaintext buffer in a memory context that wipes it before its memory is released.
+struct PlainBuffer
+{
+	std::uint8_t *data; // set by the caller once allocated in the context; nullptr: nothing
+	std::size_t len;
+};
+
+// Creates a child of CurrentMemoryContext ("pgkm plaintext") with an empty PlainBuffer (*plain)
+// whose bytes are wiped when the context is reset or deleted, on success and on error alike
+// (pgkm_rewrap, pgkm_blind_index_rebuild).
+MemoryContext WipingContext(PlainBuffer **plain);
+
 // Returns the bytes of a non-null varlena.
 core::ByteView Bytes(const bytea *value);
 

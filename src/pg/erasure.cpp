@@ -631,21 +631,7 @@ Datum pgkm_destroy_master_key(PG_FUNCTION_ARGS)
 						 "is wrapped under it.",
 						 label)));
 	// Retirement proved that nothing is wrapped under it; a hand edit since then is refused.
-	CatalogExec("LOCK TABLE pgkm.key_versions IN SHARE MODE", 0, nullptr, nullptr, nullptr,
-				SPI_OK_UTILITY);
-	Oid id_type[1] = {INT4OID};
-	Datum id_value[1] = {Int32GetDatum(master_key_id)};
-	CatalogExec("SELECT pg_catalog.count(*) FROM pgkm.key_versions"
-				" WHERE master_key_id OPERATOR(pg_catalog.=) $1",
-				1, id_type, id_value, nullptr, SPI_OK_SELECT);
-	int64 wrapped = DatumGetInt64(CatalogValue(0, 1, &isnull));
-	if (wrapped > 0)
-		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						errmsg_plural("master key \"%s\" still wraps %lld key version",
-									  "master key \"%s\" still wraps %lld key versions", wrapped,
-									  label, (long long)wrapped),
-						errhint("pgkm.rotate_master_key() re-wraps every key version under a new "
-								"master key.")));
+	RequireNothingWrappedUnder(master_key_id, label);
 	Oid update_types[2] = {INT4OID, NAMEOID};
 	Datum update_values[2] = {Int32GetDatum(master_key_id), CatalogName(caller_name)};
 	CatalogExec("UPDATE pgkm.master_keys SET state = 'destroyed',"

@@ -294,6 +294,28 @@ bytea *Rewrap(FunctionCallInfo fcinfo, VersionEntry **source_out, std::uint8_t *
 
 } // namespace
 
+void pgkm::pg::RequireNothingWrappedUnder(int32 master_key_id, const char *label)
+{
+	// Waits for writers of key versions and holds new ones off until commit, so the count
+	// stays true.
+	CatalogExec("LOCK TABLE pgkm.key_versions IN SHARE MODE", 0, nullptr, nullptr, nullptr,
+				SPI_OK_UTILITY);
+	Oid id_type[1] = {INT4OID};
+	Datum id_value[1] = {Int32GetDatum(master_key_id)};
+	CatalogExec("SELECT pg_catalog.count(*) FROM pgkm.key_versions"
+				" WHERE master_key_id OPERATOR(pg_catalog.=) $1",
+				1, id_type, id_value, nullptr, SPI_OK_SELECT);
+	bool isnull;
+	int64 wrapped = DatumGetInt64(CatalogValue(0, 1, &isnull));
+	if (wrapped > 0)
+		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						errmsg_plural("master key \"%s\" still wraps %lld key version",
+									  "master key \"%s\" still wraps %lld key versions", wrapped,
+									  label, (long long)wrapped),
+						errhint("pgkm.rotate_master_key() re-wraps every key version under a new "
+								"master key.")));
+}
+
 extern "C"
 {
 	PG_FUNCTION_INFO_V1(pgkm_ciphertext_key_id);
@@ -637,23 +659,9 @@ Datum pgkm_retire_master_key(PG_FUNCTION_ARGS)
 	if (strcmp(state, "retired") == 0)
 		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						errmsg("master key \"%s\" is already retired", label)));
-	// Waits for writers of key versions and holds new ones off until commit, so the count
-	// below stays true.
-	CatalogExec("LOCK TABLE pgkm.key_versions IN SHARE MODE", 0, nullptr, nullptr, nullptr,
-				SPI_OK_UTILITY);
+	RequireNothingWrappedUnder(master_key_id, label);
 	Oid id_type[1] = {INT4OID};
 	Datum id_value[1] = {Int32GetDatum(master_key_id)};
-	CatalogExec("SELECT pg_catalog.count(*) FROM pgkm.key_versions"
-				" WHERE master_key_id OPERATOR(pg_catalog.=) $1",
-				1, id_type, id_value, nullptr, SPI_OK_SELECT);
-	int64 wrapped = DatumGetInt64(CatalogValue(0, 1, &isnull));
-	if (wrapped > 0)
-		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						errmsg_plural("master key \"%s\" still wraps %lld key version",
-									  "master key \"%s\" still wraps %lld key versions", wrapped,
-									  label, (long long)wrapped),
-						errhint("pgkm.rotate_master_key() re-wraps every key version under a new "
-								"master key.")));
 	CatalogExec("UPDATE pgkm.master_keys SET state = 'retired', retired_at = pg_catalog.now()"
 				" WHERE master_key_id OPERATOR(pg_catalog.=) $1",
 				1, id_type, id_value, nullptr, SPI_OK_UPDATE);

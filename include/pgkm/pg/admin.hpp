@@ -56,6 +56,11 @@ void QueueReencryption(int64 key_id, int32 target_version, const char *actor);
 // memory forgets them only if the transaction commits. Returns the total added.
 int64 FlushEncryptionCounts();
 
+// Locks pgkm.key_versions against writers until commit and raises
+// object_not_in_prerequisite_state if any key version is still wrapped under the master key
+// (pgkm.retire_master_key, pgkm.destroy_master_key).
+void RequireNothingWrappedUnder(int32 master_key_id, const char *label);
+
 // Finds a table's single-column primary key: its name (quoted) and type (format_type), in
 // memory of the current context. False if the table has none, or a composite one.
 bool SingleColumnPrimaryKey(Oid relid, char **quoted_name, char **type);

@@ -24,9 +24,13 @@ namespace
 {
 
 // Encryption counts added to the catalog in this transaction, subtracted from shared
-// memory only if it commits.
-CounterEntry pending_flush[kCounterSlots];
+// memory only if it commits (in TopTransactionContext); then the counters of versions that
+// can no longer encrypt are freed.
+CounterEntry *pending_flush = nullptr;
 int pending_flush_count = 0;
+bool flushed_this_transaction = false;
+CounterEntry *pending_release = nullptr;
+int pending_release_count = 0;
 bool flush_callback_registered = false;
 // Set while a flush updates pgkm.key_versions: a count is not cached by any backend, so that
 // update must not empty every key cache (and reach for the token again) at commit.
@@ -64,11 +68,14 @@ void FlushXactCallback(XactEvent event, void *)
 		for (int i = 0; i < pending_flush_count; i++)
 			CounterSubtract(pending_flush[i].key_id, pending_flush[i].version,
 							pending_flush[i].unflushed);
-		pending_flush_count = 0;
+		for (int i = 0; i < pending_release_count; i++)
+			CounterRelease(pending_release[i].key_id, pending_release[i].version);
 	}
-	else if (event == XACT_EVENT_ABORT)
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
 	{
-		pending_flush_count = 0;
+		pending_flush = pending_release = nullptr;
+		pending_flush_count = pending_release_count = 0;
+		flushed_this_transaction = false;
 		flushing_counts = false;
 	}
 }
@@ -187,29 +194,75 @@ int64 FlushEncryptionCounts()
 		RegisterXactCallback(FlushXactCallback, nullptr);
 		flush_callback_registered = true;
 	}
+	// Counts taken by a flush leave shared memory only at commit: a second flush in the same
+	// transaction would add them again.
+	if (flushed_this_transaction)
+		return 0;
 	// Serialises flushes, so no count is added to the catalog twice.
 	CatalogExec("LOCK TABLE pgkm.key_versions IN SHARE UPDATE EXCLUSIVE MODE", 0, nullptr, nullptr,
 				nullptr, SPI_OK_UTILITY);
-	auto *entries = static_cast<CounterEntry *>(palloc(sizeof(CounterEntry) * kCounterSlots));
-	int n = CounterSnapshot(entries, kCounterSlots);
+	int n;
+	CounterEntry *entries = CounterSnapshot(&n);
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+	pending_flush = static_cast<CounterEntry *>(palloc(sizeof(CounterEntry) * (n + 1)));
+	pending_release = static_cast<CounterEntry *>(palloc(sizeof(CounterEntry) * (n + 1)));
+	MemoryContextSwitchTo(old);
+	flushed_this_transaction = true;
+
+	// One statement for every count: thousands of keys are normal.
+	Datum *ids = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
+	Datum *versions = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
+	Datum *counts = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
 	int64 total = 0;
-	pending_flush_count = 0;
+	int m = 0;
 	for (int i = 0; i < n; i++)
 	{
-		if (entries[i].unflushed == 0 || entries[i].version > PG_INT32_MAX)
+		if (entries[i].version > PG_INT32_MAX)
 			continue;
-		Oid types[3] = {INT8OID, INT4OID, INT8OID};
-		Datum values[3] = {Int64GetDatum(entries[i].key_id),
-						   Int32GetDatum((int32)entries[i].version),
-						   Int64GetDatum((int64)entries[i].unflushed)};
-		flushing_counts = true;
-		CatalogExec(
-			"UPDATE pgkm.key_versions SET encryptions = encryptions OPERATOR(pg_catalog.+) $3"
-			" WHERE key_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2",
-			3, types, values, nullptr, SPI_OK_UPDATE);
-		flushing_counts = false;
-		pending_flush[pending_flush_count++] = entries[i];
-		total += (int64)entries[i].unflushed;
+		ids[m] = Int64GetDatum(entries[i].key_id);
+		versions[m] = Int32GetDatum((int32)entries[i].version);
+		counts[m] = Int64GetDatum((int64)entries[i].unflushed);
+		entries[m++] = entries[i];
+	}
+	if (m == 0)
+		return 0;
+	Oid types[3] = {INT8ARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
+	Datum values[3] = {
+		PointerGetDatum(construct_array(ids, m, INT8OID, 8, true, TYPALIGN_DOUBLE)),
+		PointerGetDatum(construct_array(versions, m, INT4OID, 4, true, TYPALIGN_INT)),
+		PointerGetDatum(construct_array(counts, m, INT8OID, 8, true, TYPALIGN_DOUBLE))};
+	flushing_counts = true;
+	CatalogExec(
+		"UPDATE pgkm.key_versions kv"
+		" SET encryptions = kv.encryptions OPERATOR(pg_catalog.+) s.n"
+		" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))"
+		" AS s(k, v, n)"
+		" WHERE s.n OPERATOR(pg_catalog.>) 0 AND kv.key_id OPERATOR(pg_catalog.=) s.k"
+		" AND kv.version OPERATOR(pg_catalog.=) s.v",
+		3, types, values, nullptr, SPI_OK_UPDATE);
+	flushing_counts = false;
+	for (int i = 0; i < m; i++)
+		if (entries[i].unflushed > 0)
+		{
+			pending_flush[pending_flush_count++] = entries[i];
+			total += (int64)entries[i].unflushed;
+		}
+
+	// Versions that can no longer encrypt: retired, destroyed, or gone with their key.
+	uint64 rows = CatalogExec(
+		"SELECT s.k, s.v FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS s(k, v)"
+		" WHERE NOT EXISTS ("
+		"SELECT FROM pgkm.key_versions kv WHERE kv.key_id OPERATOR(pg_catalog.=) s.k"
+		" AND kv.version OPERATOR(pg_catalog.=) s.v"
+		" AND kv.state OPERATOR(pg_catalog.<>) ALL ('{retired,destroyed}'))",
+		2, types, values, nullptr, SPI_OK_SELECT);
+	for (uint64 r = 0; r < rows; r++)
+	{
+		bool isnull;
+		CounterEntry &e = pending_release[pending_release_count++];
+		e.key_id = (std::uint32_t)DatumGetInt64(CatalogValue(r, 1, &isnull));
+		e.version = (std::uint32_t)DatumGetInt32(CatalogValue(r, 2, &isnull));
+		e.unflushed = 0;
 	}
 	return total;
 }
@@ -398,8 +451,8 @@ Datum pgkm_encryption_counts(PG_FUNCTION_ARGS)
 	RequireSharedMemory();
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *)fcinfo->resultinfo;
 	InitMaterializedSRF(fcinfo, 0);
-	auto *entries = static_cast<CounterEntry *>(palloc(sizeof(CounterEntry) * kCounterSlots));
-	int n = CounterSnapshot(entries, kCounterSlots);
+	int n;
+	CounterEntry *entries = CounterSnapshot(&n);
 	for (int i = 0; i < n; i++)
 	{
 		Datum values[3] = {Int64GetDatum(entries[i].key_id),

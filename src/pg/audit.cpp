@@ -17,6 +17,7 @@ extern "C"
 
 #include "access/parallel.h"
 #include "access/xlog.h"
+#include "common/hashfn.h"
 #include "common/ip.h"
 #include "executor/executor.h"
 #include "nodes/parsenodes.h"
@@ -37,7 +38,12 @@ namespace
 
 inline constexpr int kMaxNoteColumns = 8;
 inline constexpr int kMaxNotes = 16;
-inline constexpr int kMaxAggregates = 32;
+// Distinct (statement, operation, key version) counts a backend keeps before it writes them
+// out early: each holds a whole AuditEntry (about 2.3 KB), so the array grows on demand up to
+// this bound (about 2.4 MB). A statement over per-subject keys touches one version per
+// subject; each gets one record, which is the evidence an erasure request needs.
+inline constexpr int kMaxAggregates = 1024;
+inline constexpr int kAggregateSlots = 2 * kMaxAggregates; // open addressing, a power of two
 
 // A protected column as the hooks see it.
 struct ProtectedColumn
@@ -114,8 +120,11 @@ int open_next = 0;
 Note notes[kMaxNotes];
 int note_depth = 0;
 std::uint64_t next_note_id = 1;
-Aggregate aggregates[kMaxAggregates];
+Aggregate *aggregates = nullptr; // in TopMemoryContext, in order of first use
+int aggregate_capacity = 0;
 int aggregate_count = 0;
+// Index of aggregates by (note, op, key, version): the position + 1, 0 for an empty slot.
+std::int16_t aggregate_index[kAggregateSlots];
 AdminRecord *admin_records = nullptr; // in TopMemoryContext
 int admin_count = 0;
 int admin_capacity = 0;
@@ -567,24 +576,84 @@ Note *NoteFor(std::uint32_t key_id)
 	return nullptr;
 }
 
+// The first index slot to probe for an aggregate.
+std::uint32_t AggregateSlot(std::uint64_t note_id, AuditOp op, std::uint32_t key_id,
+							std::uint32_t version)
+{
+	std::uint32_t h = hash_combine(murmurhash32(key_id), murmurhash32(version));
+	h = hash_combine(h, murmurhash32((std::uint32_t)note_id ^ (std::uint32_t)(note_id >> 32)));
+	h = hash_combine(h, (std::uint32_t)op);
+	return h & (kAggregateSlots - 1);
+}
+
+// Finds the aggregate of (note_id, op, key_id, version), or the free index slot for it.
+Aggregate *FindAggregate(std::uint64_t note_id, AuditOp op, std::uint32_t key_id,
+						 std::uint32_t version, std::uint32_t *free_slot)
+{
+	std::uint32_t slot = AggregateSlot(note_id, op, key_id, version);
+	for (;; slot = (slot + 1) & (kAggregateSlots - 1))
+	{
+		if (aggregate_index[slot] == 0)
+		{
+			*free_slot = slot;
+			return nullptr;
+		}
+		Aggregate &a = aggregates[aggregate_index[slot] - 1];
+		if (a.note_id == note_id && a.op == op && a.key_id == key_id && a.version == version)
+			return &a;
+	}
+}
+
+// Rebuilds the index after the array changed.
+void IndexAggregates()
+{
+	memset(aggregate_index, 0, sizeof(aggregate_index));
+	for (int i = 0; i < aggregate_count; i++)
+	{
+		Aggregate &a = aggregates[i];
+		std::uint32_t slot;
+		(void)FindAggregate(a.note_id, a.op, a.key_id, a.version, &slot);
+		aggregate_index[slot] = (std::int16_t)(i + 1);
+	}
+}
+
 // Emits the aggregates of one note (note_id) or of all (note_id == UINT64_MAX).
 void FlushAggregates(std::uint64_t note_id, AuditFull full)
 {
 	int kept = 0;
 	int n = aggregate_count;
 	aggregate_count = 0; // an error while emitting must not emit them twice
+	memset(aggregate_index, 0, sizeof(aggregate_index));
 	for (int i = 0; i < n; i++)
 	{
 		Aggregate &a = aggregates[i];
 		if (note_id != UINT64_MAX && a.note_id != note_id)
 		{
-			aggregates[kept++] = a;
+			if (kept != i)
+				aggregates[kept] = a;
+			kept++;
 			continue;
 		}
 		if (a.count > 0)
 			EmitUses(a.entry, a.count, nullptr, full);
 	}
 	aggregate_count = kept;
+	IndexAggregates();
+}
+
+// Room for a new aggregate at the end of the array, growing it (the caller flushed a full
+// one). The caller indexes it when it counts it.
+Aggregate *AppendAggregate()
+{
+	if (aggregate_count == aggregate_capacity)
+	{
+		int capacity = aggregate_capacity == 0 ? 32 : 2 * aggregate_capacity;
+		Size bytes = sizeof(Aggregate) * (Size)capacity;
+		aggregates = static_cast<Aggregate *>(
+			aggregates ? repalloc(aggregates, bytes) : MemoryContextAlloc(TopMemoryContext, bytes));
+		aggregate_capacity = capacity;
+	}
+	return &aggregates[aggregate_count];
 }
 
 // Ends a note: its aggregates, then an 'access' record for each column no use covered.
@@ -893,18 +962,18 @@ void AuditUse(AuditOp op, const VersionEntry *v, const std::uint8_t *nonce)
 		return;
 	}
 	std::uint64_t note_id = note ? note->id : 0;
-	for (int i = 0; i < aggregate_count; i++)
+	std::uint32_t slot;
+	if (Aggregate *found = FindAggregate(note_id, op, v->key_id, v->version, &slot))
 	{
-		Aggregate &a = aggregates[i];
-		if (a.note_id == note_id && a.op == op && a.key_id == v->key_id && a.version == v->version)
-		{
-			a.count++;
-			return;
-		}
+		found->count++;
+		return;
 	}
 	if (aggregate_count == kMaxAggregates)
+	{
 		FlushAggregates(UINT64_MAX, OverflowPolicy());
-	Aggregate &a = aggregates[aggregate_count];
+		(void)FindAggregate(note_id, op, v->key_id, v->version, &slot);
+	}
+	Aggregate &a = *AppendAggregate();
 	a.note_id = note_id;
 	a.op = op;
 	a.key_id = v->key_id;
@@ -922,14 +991,14 @@ void AuditUse(AuditOp op, const VersionEntry *v, const std::uint8_t *nonce)
 		first.row_count = 1;
 		std::uint64_t pos = Emit(&first, 1, OverflowPolicy());
 		a.count = 0;
-		aggregate_count++;
+		aggregate_index[slot] = (std::int16_t)++aggregate_count;
 		AuditWaitDurable(pos);
 		return;
 	}
 	if (guc_audit_overflow == kOverflowError && !RecoveryInProgress() && !AuditRingHasRoom(1))
 		AuditReportRingFull(); // fail closed before the first plaintext of the statement
 	a.count = 1;
-	aggregate_count++;
+	aggregate_index[slot] = (std::int16_t)++aggregate_count;
 }
 
 void AuditFailure(AuditOp op, const AuditTarget &target)

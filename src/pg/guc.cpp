@@ -24,6 +24,7 @@ int guc_audit_durability = kDurabilityAsync;
 bool guc_audit_notice = false;
 bool guc_audit_gather = true;
 int guc_audit_ring_size = kAuditRingSizeDefault;
+int guc_max_counted_versions = kMaxCountedVersionsDefault;
 char *guc_audit_file = nullptr;
 int guc_audit_retention = 0;
 int guc_audit_partition_interval = 86400;
@@ -117,6 +118,13 @@ void DefineAuditSettings()
 			"pgkm.audit_ring_size", "Audit records the shared ring holds before overflow applies.",
 			"Records in the ring are lost if the server crashes (async).", &guc_audit_ring_size,
 			kAuditRingSizeDefault, 64, 1048576, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable(
+			"pgkm.max_counted_versions",
+			"AES-GCM key versions whose encryptions shared memory counts at once.",
+			"About 64 bytes each. Counters of retired versions are freed when counts are flushed.",
+			&guc_max_counted_versions, kMaxCountedVersionsDefault, 64, 10000000, PGC_POSTMASTER, 0,
+			nullptr, nullptr, nullptr);
 	DefineCustomStringVariable(
 		"pgkm.audit_file",
 		"JSON-lines file that receives audit records on a hot standby, besides the server log.",

@@ -364,7 +364,7 @@ VersionEntry *PrepareEncrypt(const KeyEntry *key, bool lookup)
 	else
 		CheckRole(v, v->encrypt_role, "encrypt");
 	EnsureMaterial(v);
-	if (v->counter == nullptr)
+	if (v->counter == nullptr && v->algorithm == core::Algorithm::Aes256Gcm)
 		v->counter = CounterFor(v->key_id, v->version);
 	return v;
 }

@@ -1,18 +1,28 @@
 // Shared memory: the key-cache generation counter, the master-key lock and the
 // per-version encryption counters (approximate: counted here, flushed to the catalog).
+// Only AES-GCM versions are counted: their random nonces wear out; SIV and HMAC have no such
+// limit.
 #include "pgkm/pg/shmem.hpp"
 #include "pgkm/pg/audit_ring.hpp"
+#include "pgkm/pg/guc.hpp"
 
 #include "pgkm/pg/postgres.hpp"
 
 namespace pgkm::pg
 {
 
-struct CounterSlot
+// The counter of one key version of one database: an entry of a shared hash table, which
+// never moves while it exists, so a backend keeps a pointer to it in its key cache.
+struct CounterKey
 {
-	Oid dbid; // InvalidOid: free
+	Oid dbid;
 	std::uint32_t key_id;
 	std::uint32_t version;
+};
+
+struct CounterSlot
+{
+	CounterKey key; // first: the hash key
 	pg_atomic_uint64 count;
 };
 
@@ -33,14 +43,13 @@ struct SharedState
 	LWLock *token_lock;
 	LWLock *counter_lock;
 	LWLock *worker_lock;
-	int slots_used;
 	bool warned_full;
-	CounterSlot slots[kCounterSlots];
 	WorkerSlot workers[kWorkerSlots];
 };
 
 constexpr const char *kTranche = "pgkm";
 SharedState *shared = nullptr;
+HTAB *counters = nullptr; // CounterKey -> CounterSlot, at most guc_max_counted_versions
 shmem_startup_hook_type prev_shmem_startup_hook = nullptr;
 #if PG_VERSION_NUM >= 150000
 shmem_request_hook_type prev_shmem_request_hook = nullptr;
@@ -50,6 +59,7 @@ shmem_request_hook_type prev_shmem_request_hook = nullptr;
 void RequestShmem()
 {
 	RequestAddinShmemSpace(MAXALIGN(sizeof(SharedState)));
+	RequestAddinShmemSpace(hash_estimate_size(guc_max_counted_versions, sizeof(CounterSlot)));
 	RequestNamedLWLockTranche(kTranche, 3);
 	RequestAddinShmemSpace(AuditRingShmemSize());
 	AuditRingRequestLocks();
@@ -82,9 +92,14 @@ void ShmemStartup()
 		shared->token_lock = &locks[0].lock;
 		shared->counter_lock = &locks[1].lock;
 		shared->worker_lock = &locks[2].lock;
-		for (int i = 0; i < kCounterSlots; i++)
-			pg_atomic_init_u64(&shared->slots[i].count, 0);
 	}
+	HASHCTL info;
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(CounterKey);
+	info.entrysize = sizeof(CounterSlot);
+	counters =
+		ShmemInitHash("pgkm encryption counters", guc_max_counted_versions,
+					  guc_max_counted_versions, &info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
 	AuditRingShmemInit();
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -136,36 +151,53 @@ LWLock *TokenLock()
 	return shared->token_lock;
 }
 
+namespace
+{
+
+CounterKey KeyOf(std::uint32_t key_id, std::uint32_t version)
+{
+	CounterKey key;
+	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
+	key.key_id = key_id;
+	key.version = version;
+	return key;
+}
+
+// The slot of (key_id, version) in this database, or nullptr; the caller holds counter_lock.
+CounterSlot *FindCounter(std::uint32_t key_id, std::uint32_t version)
+{
+	CounterKey key = KeyOf(key_id, version);
+	return static_cast<CounterSlot *>(hash_search(counters, &key, HASH_FIND, nullptr));
+}
+
+} // namespace
+
 CounterSlot *CounterFor(std::uint32_t key_id, std::uint32_t version)
 {
-	CounterSlot *found = nullptr;
+	LWLockAcquire(shared->counter_lock, LW_SHARED);
+	CounterSlot *slot = FindCounter(key_id, version);
+	LWLockRelease(shared->counter_lock);
+	if (slot)
+		return slot;
+
 	LWLockAcquire(shared->counter_lock, LW_EXCLUSIVE);
-	for (int i = 0; i < shared->slots_used; i++)
-	{
-		CounterSlot *slot = &shared->slots[i];
-		if (slot->dbid == MyDatabaseId && slot->key_id == key_id && slot->version == version)
-		{
-			found = slot;
-			break;
-		}
-	}
-	bool warn = false;
-	if (!found && shared->slots_used < kCounterSlots)
-	{
-		found = &shared->slots[shared->slots_used++];
-		found->dbid = MyDatabaseId;
-		found->key_id = key_id;
-		found->version = version;
-		pg_atomic_write_u64(&found->count, 0);
-	}
-	else if (!found && !shared->warned_full)
-		warn = shared->warned_full = true;
+	CounterKey key = KeyOf(key_id, version);
+	bool found;
+	slot = static_cast<CounterSlot *>(hash_search(counters, &key, HASH_ENTER_NULL, &found));
+	if (slot && !found)
+		pg_atomic_init_u64(&slot->count, 0);
+	bool warn = slot == nullptr && !shared->warned_full;
+	if (warn)
+		shared->warned_full = true;
 	LWLockRelease(shared->counter_lock);
 	if (warn)
-		ereport(WARNING, (errmsg("pgkm: all %d encryption counter slots are in use", kCounterSlots),
-						  errdetail("Encryptions under further key versions are not counted until "
-									"the server restarts.")));
-	return found;
+		ereport(WARNING,
+				(errmsg("pgkm: all %d encryption counters are in use", guc_max_counted_versions),
+				 errdetail("Encryptions under further key versions are not counted until a "
+						   "flush frees the counters of retired versions."),
+				 errhint("Raise pgkm.max_counted_versions (takes effect at a restart).")));
+	return slot;
 }
 
 void CounterAdd(CounterSlot *slot, std::uint64_t n)
@@ -173,50 +205,53 @@ void CounterAdd(CounterSlot *slot, std::uint64_t n)
 	pg_atomic_fetch_add_u64(&slot->count, n);
 }
 
-int CounterSnapshot(CounterEntry *out, int max)
+CounterEntry *CounterSnapshot(int *count)
 {
-	int n = 0;
 	LWLockAcquire(shared->counter_lock, LW_SHARED);
-	for (int i = 0; i < shared->slots_used && n < max; i++)
+	long total = hash_get_num_entries(counters);
+	auto *out = static_cast<CounterEntry *>(palloc(sizeof(CounterEntry) * (total + 1)));
+	int n = 0;
+	HASH_SEQ_STATUS scan;
+	hash_seq_init(&scan, counters);
+	while (auto *slot = static_cast<CounterSlot *>(hash_seq_search(&scan)))
 	{
-		CounterSlot *slot = &shared->slots[i];
-		if (slot->dbid != MyDatabaseId)
+		if (slot->key.dbid != MyDatabaseId)
 			continue;
-		out[n].key_id = slot->key_id;
-		out[n].version = slot->version;
+		out[n].key_id = slot->key.key_id;
+		out[n].version = slot->key.version;
 		out[n].unflushed = pg_atomic_read_u64(&slot->count);
 		n++;
 	}
 	LWLockRelease(shared->counter_lock);
-	return n;
+	*count = n;
+	return out;
 }
 
 void CounterReset(std::uint32_t key_id, std::uint32_t version)
 {
 	LWLockAcquire(shared->counter_lock, LW_SHARED);
-	for (int i = 0; i < shared->slots_used; i++)
-	{
-		CounterSlot *slot = &shared->slots[i];
-		if (slot->dbid == MyDatabaseId && slot->key_id == key_id && slot->version == version)
-		{
-			pg_atomic_write_u64(&slot->count, 0);
-			break;
-		}
-	}
+	if (CounterSlot *slot = FindCounter(key_id, version))
+		pg_atomic_write_u64(&slot->count, 0);
 	LWLockRelease(shared->counter_lock);
 }
 
 void CounterSubtract(std::uint32_t key_id, std::uint32_t version, std::uint64_t n)
 {
 	LWLockAcquire(shared->counter_lock, LW_SHARED);
-	for (int i = 0; i < shared->slots_used; i++)
+	if (CounterSlot *slot = FindCounter(key_id, version))
+		pg_atomic_fetch_sub_u64(&slot->count, n);
+	LWLockRelease(shared->counter_lock);
+}
+
+void CounterRelease(std::uint32_t key_id, std::uint32_t version)
+{
+	LWLockAcquire(shared->counter_lock, LW_EXCLUSIVE);
+	CounterSlot *slot = FindCounter(key_id, version);
+	if (slot && pg_atomic_read_u64(&slot->count) == 0)
 	{
-		CounterSlot *slot = &shared->slots[i];
-		if (slot->dbid == MyDatabaseId && slot->key_id == key_id && slot->version == version)
-		{
-			pg_atomic_fetch_sub_u64(&slot->count, n);
-			break;
-		}
+		CounterKey key = slot->key;
+		(void)hash_search(counters, &key, HASH_REMOVE, nullptr);
+		shared->warned_full = false;
 	}
 	LWLockRelease(shared->counter_lock);
 }

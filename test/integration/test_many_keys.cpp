@@ -162,6 +162,51 @@ class ManyKeys : public ::testing::Test
 std::unique_ptr<Cluster> ManyKeys::cluster_;
 long long ManyKeys::distinct_ = 0;
 
+// Every one of the 10,000 AES-GCM versions has its encryption counted (shared memory holds
+// pgkm.max_counted_versions counters, and frees those of versions that can no longer
+// encrypt); a statement over hundreds of keys, its rows interleaved, gives one audit record
+// per key version with the right row count, not one per row.
+TEST_F(ManyKeys, EveryVersionCountedAndAuditedOncePerStatement)
+{
+	Connection db = cluster_->connect();
+	db.exec("SELECT pgkm.flush_encryption_counts()");
+	EXPECT_EQ(db.intValue("SELECT count(*) FROM pgkm.key_versions WHERE encryptions = 0"), 0)
+		<< "an encryption under one of the 10,000 keys was not counted";
+	EXPECT_GE(db.intValue("SELECT sum(encryptions) FROM pgkm.key_versions"), kKeys);
+
+	// A counter lives while its version can encrypt, and is freed once it cannot.
+	db.exec("SELECT pgkm.create_key('released:1')");
+	db.exec("SELECT pgkm_encrypt('x', 'released:1')");
+	const std::string listed = "SELECT count(*) FROM pgkm.encryption_counts() e JOIN pgkm.keys k "
+							   "USING (key_id) WHERE k.name = 'released:1'";
+	db.exec("SELECT pgkm.flush_encryption_counts()");
+	EXPECT_EQ(db.intValue(listed), 1) << "the active version's counter was freed";
+	EXPECT_EQ(db.intValue("SELECT encryptions FROM pgkm.key_versions JOIN pgkm.keys k USING "
+						  "(key_id) WHERE k.name = 'released:1'"),
+			  1);
+	db.exec("SELECT pgkm.erase_subject('released:1')");
+	db.exec("SELECT pgkm.flush_encryption_counts()");
+	EXPECT_EQ(db.intValue(listed), 0) << "an erased version's counter was not freed";
+
+	// Statement-level audit, one record per statement and key version (gathering off).
+	db.exec("SET pgkm.audit_gather = off");
+	db.exec("SET application_name = 'many-keys-audit'");
+	const std::string subset = "FROM mix WHERE id <= 1000";
+	const long long rows = db.intValue("SELECT count(*) " + subset);
+	const long long keys = db.intValue("SELECT count(DISTINCT id) " + subset);
+	auto [right, seconds] = Timed(
+		db,
+		"SELECT count(*) FILTER (WHERE pgkm_decrypt_text(c, id::text) = 'value-' || id) " + subset);
+	EXPECT_EQ(right, rows);
+	db.exec("SELECT pgkm.audit_flush()");
+	Result r = db.exec("SELECT count(*), sum(row_count) FROM pgkm.audit_log WHERE "
+					   "application_name = 'many-keys-audit' AND action = 'decrypt'");
+	Note(std::to_string(rows) + " decrypts under " + std::to_string(keys) +
+		 " keys in one statement: " + r.get(0, 0) + " audit records, " + PerSecond(rows, seconds));
+	EXPECT_EQ(r.getInt(0, 0), keys) << "not one record per key version of the statement";
+	EXPECT_EQ(r.getInt(0, 1), rows) << "the records' row counts do not add up";
+}
+
 // With pgkm.key_cache_size = 1000 and 10,000 keys, the random mix evicts versions all the
 // time: every value still decrypts to its plaintext, the cache never holds more than 1,000
 // versions or key names, every miss is one token unwrap, and locked memory stays a few pages.

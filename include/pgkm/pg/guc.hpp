@@ -52,6 +52,7 @@ enum AuditDurability
 	kDurabilitySync,
 };
 inline constexpr int kAuditRingSizeDefault = 8192; // records
+inline constexpr int kMaxCountedVersionsDefault = 16384;
 
 extern int guc_audit_level;
 extern int guc_audit_overflow;
@@ -59,6 +60,7 @@ extern int guc_audit_durability;
 extern bool guc_audit_notice;
 extern bool guc_audit_gather;
 extern int guc_audit_ring_size;
+extern int guc_max_counted_versions;
 extern char *guc_audit_file;
 extern int guc_audit_retention;           // s; 0 keeps everything
 extern int guc_audit_partition_interval;  // s

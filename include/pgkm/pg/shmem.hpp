@@ -13,7 +13,6 @@ extern "C"
 namespace pgkm::pg
 {
 
-inline constexpr int kCounterSlots = 4096;
 inline constexpr int kWorkerSlots = 128; // databases with a pgkm worker at once
 
 // Installs the shared-memory hooks; called from _PG_init under shared_preload_libraries.
@@ -34,8 +33,8 @@ void BumpGeneration();
 // same moment; serialising also makes "find or generate the master key" atomic.
 LWLock *TokenLock();
 
-// Returns this database's counter slot for (key_id, version), creating it if needed;
-// nullptr when every slot is taken (a WARNING says so once).
+// Returns this database's counter for (key_id, version), creating it if needed; nullptr
+// when all pgkm.max_counted_versions are taken (a WARNING says so once).
 struct CounterSlot *CounterFor(std::uint32_t key_id, std::uint32_t version);
 // Adds n to a slot's count.
 void CounterAdd(CounterSlot *slot, std::uint64_t n);
@@ -47,13 +46,19 @@ struct CounterEntry
 	std::uint32_t version;
 	std::uint64_t unflushed;
 };
-// Copies up to max entries of this database into out; returns how many.
-int CounterSnapshot(CounterEntry *out, int max);
+// This database's counters, palloc'd; *count is how many.
+CounterEntry *CounterSnapshot(int *count);
 // Zeroes the count of (key_id, version), when that version is created: ids come back after
 // DROP EXTENSION and CREATE EXTENSION, and a new version has encrypted nothing yet.
 void CounterReset(std::uint32_t key_id, std::uint32_t version);
 // Subtracts n from the slot of (key_id, version), after those counts reached the catalog.
 void CounterSubtract(std::uint32_t key_id, std::uint32_t version, std::uint64_t n);
+// Frees the counter of (key_id, version) if it counts nothing unflushed: called for versions
+// that can no longer encrypt (retired, destroyed or gone) once their counts reached the
+// catalog. A backend still holding it (a statement that began before the version's rotation
+// and is still running after its retirement) would count into whichever version reuses the
+// entry: an over-count, which rotates that key early rather than late.
+void CounterRelease(std::uint32_t key_id, std::uint32_t version);
 
 // Claims the worker slot of a database for this process; false if another worker has it.
 bool WorkerClaim(Oid dbid);

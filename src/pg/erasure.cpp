@@ -280,6 +280,17 @@ void RefuseErasedTwice(int64 key_id, const char *name)
 						errdetail("pgkm.erase_subject() destroyed every version of it %s.", when)));
 }
 
+// Makes hot standbys empty their backends' key caches too, when they replay this transaction.
+// The generation counter that empties every cache at commit lives in this server's shared
+// memory, and a standby's backends would otherwise keep a key they cached until
+// pgkm.key_cache_ttl. A relcache invalidation of pgkm.keys travels in the commit record; each
+// backend, here and on every standby, processes it at its next transaction start, and the key
+// cache's relcache callback then empties its cache.
+void InvalidateCachesOnStandbys()
+{
+	CacheInvalidateRelcacheByRelid(CatalogKeysRelid());
+}
+
 // Appends what remains of the key after the erasure, and how to close it, as a JSON array.
 void AppendRemains(StringInfo buf, const ErasedVersion *versions, uint64 nversions,
 				   int64 rows_found, uint64 failed_scans)
@@ -441,6 +452,7 @@ Datum pgkm_erase_subject(PG_FUNCTION_ARGS)
 		JsonEncodeDateTime(nullptr, CatalogValue(0, 1, &isnull), TIMESTAMPTZOID, nullptr);
 	// Every backend's cache, at commit, even with triggers off.
 	KeyCacheCatalogChanged();
+	InvalidateCachesOnStandbys();
 
 	int64 rows_found = 0;
 	uint64 failed_scans = 0, columns_with_rows = 0;
@@ -652,6 +664,8 @@ Datum pgkm_destroy_master_key(PG_FUNCTION_ARGS)
 				" destroyed_at = pg_catalog.clock_timestamp(), destroyed_by = $2"
 				" WHERE master_key_id OPERATOR(pg_catalog.=) $1",
 				2, update_types, update_values, nullptr, SPI_OK_UPDATE);
+	// Standbys' backends drop keys they unwrapped under it, too (as for an erasure).
+	InvalidateCachesOnStandbys();
 	// The token is the last step: if it fails, the transaction rolls back and nothing is
 	// recorded. If the commit fails after it, the key is gone and the catalog still says
 	// retired: destroying it again records it (the token no longer holds it).

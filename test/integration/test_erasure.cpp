@@ -11,6 +11,10 @@
 //    master key is rotated, retired and destroyed, the pre-erasure dump restores but fails
 //    with the master-key-missing error (58000) for every key, never garbage, while the live
 //    database and a dump taken after the rotation decrypt every subject that was not erased.
+//  - HotStandbyAtTheNextStatement: on a hot standby, where no commit of the primary bumps the
+//    cache generation, a session that had the key cached refuses it at its next statement once
+//    the standby replayed the erasure (the relcache invalidation in the commit record), with a
+//    key cache TTL of a day; a new session likewise.
 #include "helpers.hpp"
 
 #include <gtest/gtest.h>
@@ -233,9 +237,9 @@ TEST(Erasure, CachedSessionsCountsAndAudit)
 	admin.exec(insert_orders, {"301", "450"});
 	admin.exec(insert_invoices, {"91", "120"});
 	admin.exec("INSERT INTO orders VALUES (100000, 0, pgkm_encrypt('shared', 'shared', '100000'))");
-	const std::string wrapped_before = admin.value(
-		"SELECT string_agg(encode(wrapped_dek, 'hex'), ' ') FROM pgkm.key_versions"
-		" WHERE key_id = (SELECT key_id FROM pgkm.keys WHERE name = 'customer:3')");
+	const std::string wrapped_before =
+		admin.value("SELECT string_agg(encode(wrapped_dek, 'hex'), ' ') FROM pgkm.key_versions"
+					" WHERE key_id = (SELECT key_id FROM pgkm.keys WHERE name = 'customer:3')");
 	// Ground truth, from what the test inserted: customer:3 is g % 3 = 2.
 	const long long orders_v1 = 100, orders_v2 = 50, invoices_v1 = 30, invoices_v2 = 10;
 	ASSERT_EQ(admin.intValue("SELECT count(*) FROM orders WHERE customer = 3"),
@@ -262,9 +266,10 @@ TEST(Erasure, CachedSessionsCountsAndAudit)
 				Connection w = cluster.connect();
 				for (long long id = 200000; !stop.load(); ++id)
 				{
-					Result r = w.query("INSERT INTO orders VALUES ($1::int, 3,"
-									   " pgkm_encrypt('late ' || $1::text, 'customer:3', $1::text))",
-									   {std::to_string(id)});
+					Result r =
+						w.query("INSERT INTO orders VALUES ($1::int, 3,"
+								" pgkm_encrypt('late ' || $1::text, 'customer:3', $1::text))",
+								{std::to_string(id)});
 					if (!r.ok())
 					{
 						writer_error = r.sqlstate() + " " + r.message();
@@ -348,8 +353,9 @@ TEST(Erasure, CachedSessionsCountsAndAudit)
 	// The report's counts: what was inserted before the erasure, by version. The racing
 	// writer's rows count if they committed before the scan: at least the ones committed
 	// before the erasure began, at most all of them.
-	auto field = [&](const std::string &path)
-	{ return admin.value("SELECT $1::jsonb #>> $2::text[]", {report, path}); };
+	auto field = [&](const std::string &path) {
+		return admin.value("SELECT $1::jsonb #>> $2::text[]", {report, path});
+	};
 	EXPECT_EQ(field("{key_name}"), "customer:3");
 	EXPECT_EQ(field("{versions_destroyed}"), "2");
 	EXPECT_EQ(field("{erased_by,session_user}"), "postgres");
@@ -563,6 +569,44 @@ TEST(Erasure, BackupsBeforeTheErasureUntilTheMasterKeyIsDestroyed)
 		EXPECT_EQ(k.expected_failure, static_cast<int>(kept.size()))
 			<< ::testing::PrintToString(k.other);
 	}
+}
+
+TEST(Erasure, HotStandbyAtTheNextStatement)
+{
+	// A TTL of a day: only the invalidation replayed from the primary can act in time.
+	Cluster primary({"pgkm.worker_naptime = 1", "pgkm.key_cache_ttl = '1d'"});
+	primary.start();
+	Connection pdb = primary.connect();
+	LoadOrders(pdb);
+	Cluster standby = Cluster::standbyOf(primary);
+	standby.start();
+	standby.waitReady(60s);
+	Connection poll = standby.connect();
+	ASSERT_TRUE(poll.waitFor("SELECT count(*) = 1 FROM pg_stat_wal_receiver WHERE status = "
+							 "'streaming'",
+							 30s))
+		<< "the standby does not stream from the primary";
+	const long long order = OrdersOf(2).front();
+	const long long other = OrdersOf(1).front();
+
+	// A standby session fills its cache with the subject's key (and another subject's).
+	Connection cached = standby.connect();
+	ASSERT_EQ(cached.value(DecryptOrder(order)), OrderNote(order));
+	ASSERT_EQ(cached.value(DecryptOrder(other)), OrderNote(other));
+
+	pdb.exec("SELECT pgkm.erase_subject('customer:2')");
+	ASSERT_TRUE(poll.waitFor("SELECT erased_at IS NOT NULL FROM pgkm.keys"
+							 " WHERE name = 'customer:2'",
+							 30s))
+		<< "the standby did not replay the erasure";
+	Result r = cached.query(DecryptOrder(order));
+	EXPECT_EQ(r.sqlstate(), "55000") << "the standby session with the key cached, right after "
+										"the replay: "
+									 << (r.ok() ? "decrypted" : r.message());
+	EXPECT_EQ(cached.value(DecryptOrder(other)), OrderNote(other));
+	Connection fresh = standby.connect();
+	Result f = fresh.query(DecryptOrder(order));
+	EXPECT_EQ(f.sqlstate(), "55000") << (f.ok() ? "decrypted" : f.message());
 }
 
 } // namespace pgkm::it

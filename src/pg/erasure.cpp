@@ -4,7 +4,7 @@
 // a retired master key from the token: that is what makes an erased key's wrapped DEKs,
 // which survive in backups, WAL and dead row versions taken before the erasure, unreadable.
 //
-// Decisions (see also the README's "Erasure" section):
+// Decisions (see also the README's "Per-subject keys and erasure"):
 // - Every version is destroyed whatever its state, the active one included, irreversibly.
 // - Ciphertexts under the key are left where they are: they cannot be decrypted any more
 //   (55000, destroyed version), and deleting rows is the application's business.
@@ -13,7 +13,7 @@
 //   Each column is scanned as its table's owner, in a subtransaction: a table that cannot be
 //   scanned is reported with its error and never stops the erasure.
 // - Open re-encryption jobs of the key are cancelled; every backend's key cache is emptied
-//   at commit (the generation counter, also with triggers off).
+//   at commit (the generation counter, also with triggers off), and on hot standbys at replay.
 #include "pgkm/core/format.hpp"
 #include "pgkm/pg/token.hpp"
 
@@ -280,6 +280,17 @@ void RefuseErasedTwice(int64 key_id, const char *name)
 						errdetail("pgkm.erase_subject() destroyed every version of it %s.", when)));
 }
 
+// Makes hot standbys empty their backends' key caches too, when they replay this transaction.
+// The generation counter that empties every cache at commit lives in this server's shared
+// memory, and a standby's backends would otherwise keep a key they cached until
+// pgkm.key_cache_ttl. A relcache invalidation of pgkm.keys travels in the commit record; each
+// backend, here and on every standby, processes it at its next transaction start, and the key
+// cache's relcache callback then empties its cache.
+void InvalidateCachesOnStandbys()
+{
+	CacheInvalidateRelcacheByRelid(CatalogKeysRelid());
+}
+
 // Appends what remains of the key after the erasure, and how to close it, as a JSON array.
 void AppendRemains(StringInfo buf, const ErasedVersion *versions, uint64 nversions,
 				   int64 rows_found, uint64 failed_scans)
@@ -341,6 +352,167 @@ void AppendRemains(StringInfo buf, const ErasedVersion *versions, uint64 nversio
 	item("Every backend empties its key cache at its next pgkm call after this commits; until "
 		 "then an idle backend that had the key cached keeps its working key in locked memory.");
 	appendStringInfoChar(buf, ']');
+}
+
+// Everything an erasure did and found: for its records and its report.
+struct Erasure
+{
+	const char *name;
+	int64 key_id;
+	const char *current_user;
+	const char *session_user;
+	const char *erased_at; // as JSON writes a timestamptz, unquoted
+	const ErasedVersion *versions;
+	uint64 nversions;
+	uint64 destroyed;
+	const ColumnScan *scans;
+	uint64 ncolumns;
+	uint64 failed_scans;
+	uint64 columns_with_rows;
+	int64 rows_found;
+	const char *jobs; // JSON array of job ids
+	uint64 njobs;
+	int64 event_id;
+};
+
+// Sums up the scans: rows found, columns with rows, columns that could not be scanned.
+void Tally(Erasure *e)
+{
+	for (uint64 i = 0; i < e->ncolumns; i++)
+	{
+		if (e->scans[i].rows < 0)
+			e->failed_scans++;
+		else if (e->scans[i].rows > 0)
+		{
+			e->rows_found += e->scans[i].rows;
+			e->columns_with_rows++;
+		}
+	}
+}
+
+// Records the erasure in pgkm.key_events, then in the audit log with the event's id, so the
+// two records name each other. Returns the event id.
+int64 RecordErasure(const Erasure &e)
+{
+	StringInfoData detail;
+	initStringInfo(&detail);
+	appendStringInfoString(&detail, "versions");
+	for (uint64 i = 0; i < e.nversions && i < (uint64)kVersionsInDetail; i++)
+		appendStringInfo(&detail, "%s %d (%s)", i ? "," : "", e.versions[i].version,
+						 e.versions[i].state);
+	if (e.nversions > (uint64)kVersionsInDetail)
+		appendStringInfo(&detail, ", ... (%llu in all)", (unsigned long long)e.nversions);
+	appendStringInfo(&detail, "; %lld rows found in %llu of %llu protected columns",
+					 (long long)e.rows_found, (unsigned long long)e.columns_with_rows,
+					 (unsigned long long)e.ncolumns);
+	if (e.failed_scans > 0)
+		appendStringInfo(&detail, " (%llu not scanned)", (unsigned long long)e.failed_scans);
+	appendStringInfo(&detail, "; jobs cancelled: %llu; session user %s",
+					 (unsigned long long)e.njobs, e.session_user);
+	Oid types[3] = {NAMEOID, INT8OID, TEXTOID};
+	Datum values[3] = {CatalogName(e.current_user), Int64GetDatum(e.key_id),
+					   CStringGetTextDatum(detail.data)};
+	CatalogExec("INSERT INTO pgkm.key_events (actor, action, key_id, detail)"
+				" VALUES ($1, 'key_erase', $2, $3) RETURNING event_id",
+				3, types, values, nullptr, SPI_OK_INSERT_RETURNING);
+	bool isnull;
+	int64 event_id = DatumGetInt64(CatalogValue(0, 1, &isnull));
+	AuditAdmin("key_erase", e.name, 0,
+			   psprintf("key_events %lld: %s", (long long)event_id, detail.data));
+	return event_id;
+}
+
+// Appends the scanned columns as a JSON array: with errors (the scans that failed) or without
+// (those that held values under the key, or are registered with it).
+void AppendColumns(StringInfo buf, const Erasure &e, bool errors)
+{
+	appendStringInfoChar(buf, '[');
+	bool first = true;
+	for (uint64 i = 0; i < e.ncolumns; i++)
+	{
+		const ColumnScan &s = e.scans[i];
+		if (errors ? s.rows >= 0 : (s.rows < 0 || (s.rows == 0 && !s.registered_here)))
+			continue;
+		appendStringInfoString(buf, first ? "{\"table\":" : ",{\"table\":");
+		first = false;
+		JsonString(buf, s.table);
+		appendStringInfoString(buf, ",\"column\":");
+		JsonString(buf, s.column);
+		if (errors)
+		{
+			appendStringInfoString(buf, ",\"sqlstate\":");
+			JsonString(buf, s.sqlstate);
+			appendStringInfoString(buf, ",\"message\":");
+			JsonString(buf, s.message);
+			appendStringInfoChar(buf, '}');
+			continue;
+		}
+		appendStringInfoString(buf, ",\"registered_key\":");
+		JsonString(buf, s.registered_key);
+		appendStringInfo(buf, ",\"rows\":%lld,\"rows_by_version\":%s}", (long long)s.rows,
+						 s.by_version);
+	}
+	appendStringInfoChar(buf, ']');
+}
+
+// The report that pgkm.erase_subject returns, as JSON text.
+char *ReportJson(const Erasure &e)
+{
+	StringInfoData report;
+	initStringInfo(&report);
+	bool first = true;
+	appendStringInfoChar(&report, '{');
+	JsonKey(&report, "key_name", &first);
+	JsonString(&report, e.name);
+	JsonKey(&report, "key_id", &first);
+	appendStringInfo(&report, "%lld", (long long)e.key_id);
+	JsonKey(&report, "erased_at", &first);
+	appendStringInfo(&report, "\"%s\"", e.erased_at);
+	JsonKey(&report, "erased_by", &first);
+	appendStringInfoString(&report, "{\"current_user\":");
+	JsonString(&report, e.current_user);
+	appendStringInfoString(&report, ",\"session_user\":");
+	JsonString(&report, e.session_user);
+	appendStringInfoChar(&report, '}');
+	JsonKey(&report, "versions", &first);
+	appendStringInfoChar(&report, '[');
+	for (uint64 i = 0; i < e.nversions; i++)
+	{
+		appendStringInfo(&report, "%s{\"version\":%d,\"state_before\":", i ? "," : "",
+						 e.versions[i].version);
+		JsonString(&report, e.versions[i].state);
+		appendStringInfoString(&report, ",\"master_key\":");
+		JsonString(&report, e.versions[i].master_label);
+		appendStringInfoChar(&report, '}');
+	}
+	appendStringInfoChar(&report, ']');
+	JsonKey(&report, "versions_destroyed", &first);
+	appendStringInfo(&report, "%llu", (unsigned long long)e.destroyed);
+	JsonKey(&report, "columns_scanned", &first);
+	appendStringInfo(&report, "%llu", (unsigned long long)(e.ncolumns - e.failed_scans));
+	JsonKey(&report, "columns", &first);
+	AppendColumns(&report, e, false);
+	JsonKey(&report, "column_errors", &first);
+	AppendColumns(&report, e, true);
+	JsonKey(&report, "rows_found", &first);
+	appendStringInfo(&report, "%lld", (long long)e.rows_found);
+	JsonKey(&report, "jobs_cancelled", &first);
+	appendStringInfoString(&report, e.jobs);
+	JsonKey(&report, "key_event_id", &first);
+	appendStringInfo(&report, "%lld", (long long)e.event_id);
+	// The worker appends the audit record once this transaction commits, so its seq is not
+	// known yet: these fields find it.
+	JsonKey(&report, "audit_record", &first);
+	appendStringInfoString(&report, "{\"action\":\"key_erase\",\"key_name\":");
+	JsonString(&report, e.name);
+	appendStringInfo(&report,
+					 ",\"backend_pid\":%d,\"detail_starts_with\":\"key_events %lld:\","
+					 "\"written\":\"by the pgkm worker after this transaction commits\"}",
+					 MyProcPid, (long long)e.event_id);
+	JsonKey(&report, "remains", &first);
+	AppendRemains(&report, e.versions, e.nversions, e.rows_found, e.failed_scans);
+	appendStringInfoChar(&report, '}');
+	return report.data;
 }
 
 } // namespace
@@ -407,26 +579,25 @@ Datum pgkm_erase_subject(PG_FUNCTION_ARGS)
 {
 	RequireSharedMemory();
 	KeyCacheInit();
-	char *name = RequiredText(fcinfo, 0, "key name");
-	char *current_name = GetUserNameFromId(GetUserId(), false);
-	char *session_name = GetUserNameFromId(GetSessionUserId(), false);
+	Erasure e = {};
+	e.name = RequiredText(fcinfo, 0, "key name");
+	e.current_user = GetUserNameFromId(GetUserId(), false);
+	e.session_user = GetUserNameFromId(GetSessionUserId(), false);
 	MemoryContext caller = CurrentMemoryContext;
 
 	// Locks order: the key row, then its jobs (a worker batch holds its job, then may retire
 	// versions), then its versions. Other key administration locks the key row first.
 	CatalogSession session;
-	int64 key_id = OpenOwnedKey(name, &session);
-	RefuseErasedTwice(key_id, name);
-	uint64 njobs;
-	char *jobs = CancelJobs(key_id, &njobs);
-	uint64 ncolumns;
-	ColumnScan *scans = ScanProtectedColumns(key_id, &ncolumns);
-	uint64 nversions;
-	ErasedVersion *versions = LockVersions(key_id, &nversions);
+	e.key_id = OpenOwnedKey(e.name, &session);
+	RefuseErasedTwice(e.key_id, e.name);
+	e.jobs = CancelJobs(e.key_id, &e.njobs);
+	e.scans = ScanProtectedColumns(e.key_id, &e.ncolumns);
+	e.versions = LockVersions(e.key_id, &e.nversions);
 
 	Oid types[3] = {INT8OID, NAMEOID, NAMEOID};
-	Datum values[3] = {Int64GetDatum(key_id), CatalogName(current_name), CatalogName(session_name)};
-	uint64 destroyed = CatalogExec(
+	Datum values[3] = {Int64GetDatum(e.key_id), CatalogName(e.current_user),
+					   CatalogName(e.session_user)};
+	e.destroyed = CatalogExec(
 		"UPDATE pgkm.key_versions SET wrapped_dek = NULL, key_check = NULL, master_key_id = NULL,"
 		" state = 'destroyed', disabled_from = NULL, state_changed_at = pg_catalog.now()"
 		" WHERE key_id OPERATOR(pg_catalog.=) $1"
@@ -437,142 +608,16 @@ Datum pgkm_erase_subject(PG_FUNCTION_ARGS)
 				" RETURNING erased_at",
 				3, types, values, nullptr, SPI_OK_UPDATE_RETURNING);
 	bool isnull;
-	char *erased_at =
-		JsonEncodeDateTime(nullptr, CatalogValue(0, 1, &isnull), TIMESTAMPTZOID, nullptr);
-	// Every backend's cache, at commit, even with triggers off.
+	e.erased_at = JsonEncodeDateTime(nullptr, CatalogValue(0, 1, &isnull), TIMESTAMPTZOID, nullptr);
+	// Every backend's cache, at commit, even with triggers off; and on hot standbys.
 	KeyCacheCatalogChanged();
+	InvalidateCachesOnStandbys();
 
-	int64 rows_found = 0;
-	uint64 failed_scans = 0, columns_with_rows = 0;
-	for (uint64 i = 0; i < ncolumns; i++)
-	{
-		if (scans[i].rows < 0)
-			failed_scans++;
-		else if (scans[i].rows > 0)
-		{
-			rows_found += scans[i].rows;
-			columns_with_rows++;
-		}
-	}
-
-	// key_events, then the audit log with the event's id, so the two records name each other.
-	StringInfoData detail;
-	initStringInfo(&detail);
-	appendStringInfoString(&detail, "versions");
-	for (uint64 i = 0; i < nversions && i < (uint64)kVersionsInDetail; i++)
-		appendStringInfo(&detail, "%s %d (%s)", i ? "," : "", versions[i].version,
-						 versions[i].state);
-	if (nversions > (uint64)kVersionsInDetail)
-		appendStringInfo(&detail, ", ... (%llu in all)", (unsigned long long)nversions);
-	appendStringInfo(&detail, "; %lld rows found in %llu of %llu protected columns",
-					 (long long)rows_found, (unsigned long long)columns_with_rows,
-					 (unsigned long long)ncolumns);
-	if (failed_scans > 0)
-		appendStringInfo(&detail, " (%llu not scanned)", (unsigned long long)failed_scans);
-	appendStringInfo(&detail, "; jobs cancelled: %llu; session user %s", (unsigned long long)njobs,
-					 session_name);
-	Oid event_types[3] = {NAMEOID, INT8OID, TEXTOID};
-	Datum event_values[3] = {CatalogName(current_name), Int64GetDatum(key_id),
-							 CStringGetTextDatum(detail.data)};
-	CatalogExec("INSERT INTO pgkm.key_events (actor, action, key_id, detail)"
-				" VALUES ($1, 'key_erase', $2, $3) RETURNING event_id",
-				3, event_types, event_values, nullptr, SPI_OK_INSERT_RETURNING);
-	int64 event_id = DatumGetInt64(CatalogValue(0, 1, &isnull));
-	AuditAdmin("key_erase", name, 0,
-			   psprintf("key_events %lld: %s", (long long)event_id, detail.data));
-
-	StringInfoData report;
-	initStringInfo(&report);
-	bool first = true;
-	appendStringInfoChar(&report, '{');
-	JsonKey(&report, "key_name", &first);
-	JsonString(&report, name);
-	JsonKey(&report, "key_id", &first);
-	appendStringInfo(&report, "%lld", (long long)key_id);
-	JsonKey(&report, "erased_at", &first);
-	appendStringInfo(&report, "\"%s\"", erased_at);
-	JsonKey(&report, "erased_by", &first);
-	appendStringInfoString(&report, "{\"current_user\":");
-	JsonString(&report, current_name);
-	appendStringInfoString(&report, ",\"session_user\":");
-	JsonString(&report, session_name);
-	appendStringInfoChar(&report, '}');
-	JsonKey(&report, "versions", &first);
-	appendStringInfoChar(&report, '[');
-	for (uint64 i = 0; i < nversions; i++)
-	{
-		appendStringInfo(&report, "%s{\"version\":%d,\"state_before\":", i ? "," : "",
-						 versions[i].version);
-		JsonString(&report, versions[i].state);
-		appendStringInfoString(&report, ",\"master_key\":");
-		JsonString(&report, versions[i].master_label);
-		appendStringInfoChar(&report, '}');
-	}
-	appendStringInfoChar(&report, ']');
-	JsonKey(&report, "versions_destroyed", &first);
-	appendStringInfo(&report, "%llu", (unsigned long long)destroyed);
-	JsonKey(&report, "columns_scanned", &first);
-	appendStringInfo(&report, "%llu", (unsigned long long)(ncolumns - failed_scans));
-	JsonKey(&report, "columns", &first);
-	appendStringInfoChar(&report, '[');
-	bool first_column = true;
-	for (uint64 i = 0; i < ncolumns; i++)
-	{
-		const ColumnScan &s = scans[i];
-		if (s.rows < 0 || (s.rows == 0 && !s.registered_here))
-			continue;
-		appendStringInfoString(&report, first_column ? "{\"table\":" : ",{\"table\":");
-		first_column = false;
-		JsonString(&report, s.table);
-		appendStringInfoString(&report, ",\"column\":");
-		JsonString(&report, s.column);
-		appendStringInfoString(&report, ",\"registered_key\":");
-		JsonString(&report, s.registered_key);
-		appendStringInfo(&report, ",\"rows\":%lld,\"rows_by_version\":%s}", (long long)s.rows,
-						 s.by_version);
-	}
-	appendStringInfoChar(&report, ']');
-	JsonKey(&report, "column_errors", &first);
-	appendStringInfoChar(&report, '[');
-	bool first_error = true;
-	for (uint64 i = 0; i < ncolumns; i++)
-	{
-		const ColumnScan &s = scans[i];
-		if (s.rows >= 0)
-			continue;
-		appendStringInfoString(&report, first_error ? "{\"table\":" : ",{\"table\":");
-		first_error = false;
-		JsonString(&report, s.table);
-		appendStringInfoString(&report, ",\"column\":");
-		JsonString(&report, s.column);
-		appendStringInfoString(&report, ",\"sqlstate\":");
-		JsonString(&report, s.sqlstate);
-		appendStringInfoString(&report, ",\"message\":");
-		JsonString(&report, s.message);
-		appendStringInfoChar(&report, '}');
-	}
-	appendStringInfoChar(&report, ']');
-	JsonKey(&report, "rows_found", &first);
-	appendStringInfo(&report, "%lld", (long long)rows_found);
-	JsonKey(&report, "jobs_cancelled", &first);
-	appendStringInfoString(&report, jobs);
-	JsonKey(&report, "key_event_id", &first);
-	appendStringInfo(&report, "%lld", (long long)event_id);
-	// The audit record is appended by the worker once this transaction commits, so its seq is
-	// not known yet: these fields find it.
-	JsonKey(&report, "audit_record", &first);
-	appendStringInfoString(&report, "{\"action\":\"key_erase\",\"key_name\":");
-	JsonString(&report, name);
-	appendStringInfo(&report,
-					 ",\"backend_pid\":%d,\"detail_starts_with\":\"key_events %lld:\","
-					 "\"written\":\"by the pgkm worker after this transaction commits\"}",
-					 MyProcPid, (long long)event_id);
-	JsonKey(&report, "remains", &first);
-	AppendRemains(&report, versions, nversions, rows_found, failed_scans);
-	appendStringInfoChar(&report, '}');
-
+	Tally(&e);
+	e.event_id = RecordErasure(e);
+	char *report = ReportJson(e);
 	MemoryContext old = MemoryContextSwitchTo(caller);
-	char *json = pstrdup(report.data);
+	char *json = pstrdup(report);
 	MemoryContextSwitchTo(old);
 	CatalogClose(&session);
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
@@ -638,6 +683,10 @@ Datum pgkm_destroy_master_key(PG_FUNCTION_ARGS)
 				" destroyed_at = pg_catalog.clock_timestamp(), destroyed_by = $2"
 				" WHERE master_key_id OPERATOR(pg_catalog.=) $1",
 				2, update_types, update_values, nullptr, SPI_OK_UPDATE);
+	// Every backend drops keys it unwrapped under it (a restored copy's, say), also with
+	// triggers off, and so do standbys' backends.
+	KeyCacheCatalogChanged();
+	InvalidateCachesOnStandbys();
 	// The token is the last step: if it fails, the transaction rolls back and nothing is
 	// recorded. If the commit fails after it, the key is gone and the catalog still says
 	// retired: destroying it again records it (the token no longer holds it).

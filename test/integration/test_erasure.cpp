@@ -11,6 +11,10 @@
 //    master key is rotated, retired and destroyed, the pre-erasure dump restores but fails
 //    with the master-key-missing error (58000) for every key, never garbage, while the live
 //    database and a dump taken after the rotation decrypt every subject that was not erased.
+//  - HotStandbyAtTheNextStatement: on a hot standby, where no commit of the primary bumps the
+//    cache generation, a session that had the key cached refuses it at its next statement once
+//    the standby replayed the erasure (the relcache invalidation in the commit record), with a
+//    key cache TTL of a day; a new session likewise.
 #include "helpers.hpp"
 
 #include <gtest/gtest.h>
@@ -565,6 +569,44 @@ TEST(Erasure, BackupsBeforeTheErasureUntilTheMasterKeyIsDestroyed)
 		EXPECT_EQ(k.expected_failure, static_cast<int>(kept.size()))
 			<< ::testing::PrintToString(k.other);
 	}
+}
+
+TEST(Erasure, HotStandbyAtTheNextStatement)
+{
+	// A TTL of a day: only the invalidation replayed from the primary can act in time.
+	Cluster primary({"pgkm.worker_naptime = 1", "pgkm.key_cache_ttl = '1d'"});
+	primary.start();
+	Connection pdb = primary.connect();
+	LoadOrders(pdb);
+	Cluster standby = Cluster::standbyOf(primary);
+	standby.start();
+	standby.waitReady(60s);
+	Connection poll = standby.connect();
+	ASSERT_TRUE(poll.waitFor("SELECT count(*) = 1 FROM pg_stat_wal_receiver WHERE status = "
+							 "'streaming'",
+							 30s))
+		<< "the standby does not stream from the primary";
+	const long long order = OrdersOf(2).front();
+	const long long other = OrdersOf(1).front();
+
+	// A standby session fills its cache with the subject's key (and another subject's).
+	Connection cached = standby.connect();
+	ASSERT_EQ(cached.value(DecryptOrder(order)), OrderNote(order));
+	ASSERT_EQ(cached.value(DecryptOrder(other)), OrderNote(other));
+
+	pdb.exec("SELECT pgkm.erase_subject('customer:2')");
+	ASSERT_TRUE(poll.waitFor("SELECT erased_at IS NOT NULL FROM pgkm.keys"
+							 " WHERE name = 'customer:2'",
+							 30s))
+		<< "the standby did not replay the erasure";
+	Result r = cached.query(DecryptOrder(order));
+	EXPECT_EQ(r.sqlstate(), "55000") << "the standby session with the key cached, right after "
+										"the replay: "
+									 << (r.ok() ? "decrypted" : r.message());
+	EXPECT_EQ(cached.value(DecryptOrder(other)), OrderNote(other));
+	Connection fresh = standby.connect();
+	Result f = fresh.query(DecryptOrder(order));
+	EXPECT_EQ(f.sqlstate(), "55000") << (f.ok() ? "decrypted" : f.message());
 }
 
 } // namespace pgkm::it

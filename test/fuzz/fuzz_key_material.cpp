@@ -8,12 +8,16 @@
 //   - VerifyKeyCheckValue is true for the DEK's own check value and identity, and false for a
 //     stored value taken from the input unless it is that value byte for byte, for another
 //     identity, and for a check value with one bit flipped.
-//   - A 32-byte DEK seals and opens under its own material; another DEK's material (the DEK
-//     with one bit flipped) refuses the ciphertext with AuthenticationFailed.
+//   - A 32-byte DEK seals and opens under its own material, GCM and SIV; another DEK's
+//     material (the DEK with one bit flipped) refuses the ciphertext with AuthenticationFailed
+//     and gives another blind index. Material of one algorithm refuses (Internal) to serve
+//     another, so that no key's working key serves two algorithms.
 #include "pgkm/core/aead.hpp"
+#include "pgkm/core/blind_index.hpp"
 #include "pgkm/core/error.hpp"
 #include "pgkm/core/format.hpp"
 #include "pgkm/core/key_material.hpp"
+#include "pgkm/core/siv.hpp"
 
 #include <algorithm>
 #include <array>
@@ -68,9 +72,10 @@ template <typename Fn> bool Throws(ErrorKind kind, Fn &&fn)
 // A DEK of the wrong length is refused everywhere it can enter.
 void CheckWrongLength(ByteView dek, std::uint32_t key_id, std::uint32_t version, ByteView stored)
 {
-	Check(Throws(ErrorKind::InvalidArgument,
-				 [&] { KeyMaterial material(key_id, version, Algorithm::Aes256Gcm, dek); }),
-		  "key material accepted a DEK that is not 32 bytes");
+	for (Algorithm algorithm : {Algorithm::Aes256Gcm, Algorithm::Aes256Siv, Algorithm::BlindIndex})
+		Check(Throws(ErrorKind::InvalidArgument,
+					 [&] { KeyMaterial material(key_id, version, algorithm, dek); }),
+			  "key material accepted a DEK that is not 32 bytes");
 	Check(Throws(ErrorKind::InvalidArgument, [&] { KeyCheckValue(dek, key_id, version); }),
 		  "a key check value was computed for a DEK that is not 32 bytes");
 	Check(!VerifyKeyCheckValue(dek, key_id, version, stored),
@@ -116,6 +121,34 @@ void CheckDek(ByteView dek, std::uint32_t key_id, std::uint32_t version, ByteVie
 		  "another DEK passed this DEK's key check");
 	Check(Throws(ErrorKind::AuthenticationFailed, [&] { other.gcm().Open(sealed, {}, opened); }),
 		  "another DEK's material opened the ciphertext");
+
+	// AES-256-SIV and blind indexes under the DEK and under the other DEK.
+	KeyMaterial siv(key_id, version, Algorithm::Aes256Siv, dek);
+	KeyMaterial other_siv(key_id, version, Algorithm::Aes256Siv, other_dek);
+	header.algorithm = Algorithm::Aes256Siv;
+	Bytes siv_sealed(plaintext.size() + kSivOverhead);
+	siv.siv().Seal(header, plaintext, {}, siv_sealed);
+	siv.siv().Open(siv_sealed, {}, opened);
+	Check(std::equal(opened.begin(), opened.end(), plaintext.begin(), plaintext.end()),
+		  "a DEK's own SIV material opens to other plaintext");
+	Check(Throws(ErrorKind::AuthenticationFailed,
+				 [&] { other_siv.siv().Open(siv_sealed, {}, opened); }),
+		  "another DEK's SIV material opened the ciphertext");
+	KeyMaterial blind(key_id, version, Algorithm::BlindIndex, dek);
+	KeyMaterial other_blind(key_id, version, Algorithm::BlindIndex, other_dek);
+	std::array<std::uint8_t, 32> mac, other_mac;
+	blind.blind_index().Mac(plaintext, mac);
+	other_blind.blind_index().Mac(plaintext, other_mac);
+	Check(mac != other_mac, "another DEK gave the same blind index");
+
+	// Each material serves its own algorithm only.
+	Check(Throws(ErrorKind::Internal, [&] { material.siv(); }) &&
+			  Throws(ErrorKind::Internal, [&] { material.blind_index(); }) &&
+			  Throws(ErrorKind::Internal, [&] { siv.gcm(); }) &&
+			  Throws(ErrorKind::Internal, [&] { siv.blind_index(); }) &&
+			  Throws(ErrorKind::Internal, [&] { blind.gcm(); }) &&
+			  Throws(ErrorKind::Internal, [&] { blind.siv(); }),
+		  "key material served another algorithm");
 }
 
 } // namespace

@@ -3,7 +3,9 @@
 
 corpus/fuzz_ciphertext/: each input is ciphertext || context || len(context) (one byte), the
 layout fuzz_ciphertext.cpp reads: every vector of the format, truncations at each field
-boundary, and each header field altered.
+boundary, and each header field altered, for a GCM and a SIV value; blind index values
+(header 01 03 || a prefix of a blind_index vector's HMAC, with the indexed value as the
+context) of every length class: 1, 8, 16, 31 and 32 bytes, and the refused 0 and 33.
 corpus/fuzz_key_material/: dek_len || dek || stored check value || be32 key id || be32
 version, with the true check value (computed here with the standard library) and DEKs of
 wrong lengths.
@@ -86,6 +88,32 @@ def main():
     write(ct_dir, "context-wrong", ciphertext_seed(ct, b"38"))
     write(ct_dir, "context-missing", ciphertext_seed(ct, b""))
     write(ct_dir, "empty", b"")
+
+    # AES-256-SIV: siv-email opens under the fuzzer's fixed DEK.
+    siv = {v["name"]: v for v in doc["vectors"]}["siv-email"]
+    ct = bytes.fromhex(siv["ciphertext"])
+    for n in (0, 2, 9, 10, 11, 25, 26, 27, len(ct) - 1):
+        write(ct_dir, "siv-truncated-%02d" % n, ciphertext_seed(ct[:n], b""))
+    for name, (offset, value) in altered.items():
+        bad = ct[:offset] + value + ct[offset + len(value):]
+        write(ct_dir, "siv-altered-" + name, ciphertext_seed(bad, b""))
+    write(ct_dir, "siv-algorithm-01", ciphertext_seed(ct[:1] + b"\x01" + ct[2:], b""))
+    write(ct_dir, "siv-iv-flipped", ciphertext_seed(ct[:12] + bytes([ct[12] ^ 0x80]) + ct[13:], b""))
+    write(ct_dir, "siv-context-wrong", ciphertext_seed(ct, b"x"))
+    write(ct_dir, "siv-plus-byte", ciphertext_seed(ct + b"\x00", b""))
+
+    # Blind index values under the fixed DEK: the context is the value indexed, so the
+    # fuzzer's recomputation matches these seeds.
+    for v in doc["blind_index"]:
+        if v["dek"] != siv["dek"]:
+            continue
+        mac = bytes.fromhex(v["hmac_sha256"])
+        value = bytes.fromhex(v["plaintext"])
+        header = b"\x01\x03" + struct.pack(">II", 5, 1)
+        for n in (0, 1, 8, 16, 31, 32, 33):
+            tail = (mac + b"\x00")[:n]
+            write(ct_dir, "%s-%02d" % (v["name"], n), ciphertext_seed(header + tail, value))
+        write(ct_dir, v["name"] + "-other-value", ciphertext_seed(header + mac[:8], value + b"!"))
 
     for v in doc["vectors"][:3]:
         dek = bytes.fromhex(v["dek"])

@@ -1143,7 +1143,7 @@ TEST(HostileInput, EveryByteStringGetsItsPlaintextOrItsSqlstate)
 				text += std::string(f) + "\n";
 		for (const auto &secret : secrets)
 			EXPECT_EQ(text.find(secret), std::string::npos)
-				<< label << ": the error repeats a plaintext: " << text;
+				<< label << ": the error repeats a plaintext";
 	};
 	struct LookupFunction
 	{
@@ -1269,6 +1269,20 @@ TEST(HostileInput, EveryByteStringGetsItsPlaintextOrItsSqlstate)
 		db.intValue("SELECT count(*) FROM pgkm.audit_log WHERE action = 'failed'");
 	Note("audit records of failed calls: " + std::to_string(failed_records));
 	EXPECT_GT(failed_records, 1000);
+	// The lookup functions' refusals are audited: denied for the role, failed otherwise.
+	for (const char *op : {"encrypt_det", "blind_index"})
+	{
+		EXPECT_GT(db.intValue("SELECT count(*) FROM pgkm.audit_log WHERE action = 'denied' AND "
+							  "sqlstate = '42501' AND detail LIKE $1 || ':%'",
+							  {op}),
+				  0)
+			<< op;
+		EXPECT_GT(db.intValue("SELECT count(*) FROM pgkm.audit_log WHERE action = 'failed' AND "
+							  "sqlstate = '42809' AND detail LIKE $1 || ':%'",
+							  {op}),
+				  0)
+			<< op;
+	}
 	for (const auto &secret : secrets)
 		EXPECT_EQ(db.value("SELECT count(*) FROM pgkm.audit_log a WHERE "
 						   "strpos(row_to_json(a)::text, $1) > 0",

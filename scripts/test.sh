@@ -20,6 +20,8 @@ echo "== regression tests (pg_regress)"
 test/regress.sh 2>&1 | tee "$logs/regress" || status=1
 echo "== scenarios (server start-up, loading, secrets)"
 test/scenarios.sh 2>&1 | tee "$logs/scenarios" || status=1
+echo "== README examples (every sql block of README.md, run)"
+test/readme_examples.sh 2>&1 | tee -a "$logs/scenarios" || status=1
 echo "== integration tests (GoogleTest + libpq: workers, concurrency, crashes)"
 scripts/integration.sh 2>&1 | tee "$logs/integration" || status=1
 echo "== fuzz (libFuzzer, 60 s)"

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Runs every SQL example of README.md, so the manual cannot rot (issue 7). An example is a
+# fenced block opened by ```sql (indented or not). Each runs with psql -v ON_ERROR_STOP=1
+# in a throwaway cluster with a SoftHSM2 token, in a database of its own with pgkm created
+# (unless the example creates it), as the superuser, as a DBA would paste it. An example
+# preceded by the line `<!-- example: continued -->` runs in the previous example's database
+# instead, after it. `$1` in an example stands for the application's parameter; this runner
+# binds it to the value of the line `<!-- example: $1 = 'value' -->` before the block (an
+# example with $1 and no such line fails). A block that is not SQL one can run (a template
+# with placeholders) must not be fenced as sql.
+# Prints "ok N - README example at line L" / "not ok ..." (with psql's output) per example.
+#   usage: test/readme_examples.sh [README]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+. test/lib/cluster.sh
+readme=${1:-README.md}
+
+work=$(mktemp -d /tmp/pgkm-readme.XXXXXX)
+chmod 755 "$work"
+# Splits the README into one file per example: NNNN.sql (the SQL), NNNN.mode ("new" or
+# "continued"), NNNN.param (the value of $1, if given); NNNN is the fence's line number.
+awk -v dir="$work" '
+	function flush_marker() { mode = "new"; param = "" }
+	BEGIN { flush_marker() }
+	/^[ \t]*<!-- example: continued -->[ \t]*$/ { mode = "continued"; next }
+	/^[ \t]*<!-- example: \$1 = .* -->[ \t]*$/ {
+		p = $0; sub(/^[ \t]*<!-- example: \$1 = /, "", p); sub(/ -->[ \t]*$/, "", p); param = p; next
+	}
+	!inblock && /^[ \t]*```sql[ \t]*$/ {
+		inblock = 1; indent = match($0, /[^ \t]/) - 1
+		name = sprintf("%s/%05d", dir, NR)
+		printf "%s\n", mode > (name ".mode"); close(name ".mode")
+		if (param != "") { printf "%s\n", param > (name ".param"); close(name ".param") }
+		printf "" > (name ".sql")
+		next
+	}
+	inblock && /^[ \t]*```[ \t]*$/ { inblock = 0; close(name ".sql"); flush_marker(); next }
+	inblock { line = $0; print substr(line, indent + 1) >> (name ".sql"); next }
+	/[^ \t]/ && !/^[ \t]*<!--/ { flush_marker() }
+' "$readme"
+
+n=0
+failures=0
+count=$(find "$work" -name '*.sql' | wc -l)
+if [ "$count" -eq 0 ]; then
+	echo "not ok 1 - no SQL example found in $readme"
+	exit 1
+fi
+
+pgkm_cluster_init
+pgkm_cluster_start || exit 1
+db=""
+for sql in $(find "$work" -name '*.sql' | sort); do
+	base=${sql%.sql}
+	line=$((10#$(basename "$base")))
+	n=$((n + 1))
+	mode=$(cat "$base.mode")
+	if [ "$mode" = new ] || [ -z "$db" ]; then
+		db="example_$line"
+		pgkm_psql -q -c "CREATE DATABASE $db" >/dev/null
+		if ! grep -qi "CREATE EXTENSION pgkm" "$sql"; then
+			pgkm_psql -q -d "$db" -c "CREATE EXTENSION pgkm" >/dev/null 2>&1
+		fi
+	fi
+	param=()
+	if [ -f "$base.param" ]; then
+		# $1 becomes a psql variable; the block is run through PREPARE-free substitution of
+		# :'p1', so the statements run as written apart from the parameter.
+		param=(-v "p1=$(sed -e "s/^'//" -e "s/'$//" "$base.param")")
+		sed -i "s/\\\$1/:'p1'/g" "$sql"
+	elif grep -q '\$1' "$sql" && ! grep -q '\$\$' "$sql"; then
+		echo "not ok $n - README example at line $line uses \$1 with no <!-- example: \$1 = ... --> line"
+		failures=$((failures + 1))
+		continue
+	fi
+	chmod 644 "$sql"
+	if out=$(pgkm_psql -d "$db" -v ON_ERROR_STOP=1 "${param[@]}" -f "$sql" 2>&1); then
+		echo "ok $n - README example at line $line"
+	else
+		echo "not ok $n - README example at line $line"
+		echo "$out" | sed 's/^/#   /'
+		failures=$((failures + 1))
+	fi
+done
+rm -rf "$work"
+echo "readme examples: $((n - failures)) passed, $failures failed"
+[ "$failures" -eq 0 ]

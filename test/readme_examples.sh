@@ -8,6 +8,8 @@
 # binds it to the value of the line `<!-- example: $1 = 'value' -->` before the block (an
 # example with $1 and no such line fails). A block that is not SQL one can run (a template
 # with placeholders) must not be fenced as sql.
+# Then checks that the settings table lists every pgkm setting with the default and context
+# the server reports.
 # Prints "ok N - README example at line L" / "not ok ..." (with psql's output) per example.
 #   usage: test/readme_examples.sh [README]
 set -uo pipefail
@@ -83,5 +85,26 @@ for sql in $(find "$work" -name '*.sql' | sort); do
 	fi
 done
 rm -rf "$work"
+
+# The settings table: every pgkm setting the server knows has a row with its default and
+# context as the server reports them ("| `name` | `default` | context |").
+settings=$(pgkm_psql -d postgres -At -F'|' -c "SELECT name, coalesce(nullif(boot_val, ''), \$q\$''\$q\$)
+	|| coalesce(unit, ''), context FROM pg_settings WHERE name LIKE 'pgkm.%' ORDER BY name")
+if [ -z "$settings" ]; then
+	n=$((n + 1))
+	echo "not ok $n - the server lists no pgkm setting"
+	failures=$((failures + 1))
+fi
+while IFS='|' read -r name default context; do
+	[ -n "$name" ] || continue
+	n=$((n + 1))
+	row="| \`$name\` | \`$default\` | $context |"
+	if grep -qF -- "$row" "$readme"; then
+		echo "ok $n - README documents $name (default $default, context $context)"
+	else
+		echo "not ok $n - README has no settings row starting: $row"
+		failures=$((failures + 1))
+	fi
+done <<<"$settings"
 echo "readme examples: $((n - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

@@ -6,8 +6,9 @@
 //    decrypts; keys, versions, key events, the registry and the jobs are identical; every
 //    ciphertext is byte-identical (nothing re-encrypted or double-encrypted by a trigger); the
 //    restored worker leaves the paused job alone until it is resumed, then finishes it. The
-//    audit log does not travel (see the notes): the restored database starts a new chain that
-//    verifies.
+//    audit log does not travel (its partitions are extension members, see the notes): it is
+//    exported with \copy before the dump (every record), and the restored database starts a
+//    new chain from seq 1, without the source's records, that verifies.
 //  - DumpIntoAClusterWithAnotherTokenOrNone: the same dump into a cluster with another token
 //    (one that holds a master key of the same label, generated there) and into one with no
 //    token configured: pg_restore exits 0, every decryption fails with an error, never a value.
@@ -34,8 +35,8 @@ namespace pgkm::it
 namespace
 {
 
-constexpr long long kRows = 200;	 // customers
-constexpr long long kNotes = 40;	 // notes: 1..20 under version 1, 21..40 under version 2
+constexpr long long kRows = 200;     // customers
+constexpr long long kNotes = 40;     // notes: 1..20 under version 1, 21..40 under version 2
 constexpr long long kBigRows = 3000; // big: the paused job's table
 
 // The PostgreSQL binaries the cluster runs (PGKM_PG_BINDIR, as cluster.cpp chooses them).
@@ -120,8 +121,8 @@ void CopyToken(const Cluster &source, const Cluster &target)
 {
 	const std::string from = std::filesystem::path(source.softhsmConf()).parent_path() / "tokens";
 	const std::string to = std::filesystem::path(target.softhsmConf()).parent_path() / "tokens";
-	Shell("rm -rf '" + to + "' && cp -a '" + from + "' '" + to + "' && cp -a '" +
-		  source.pinFile() + "' '" + target.pinFile() + "'");
+	Shell("rm -rf '" + to + "' && cp -a '" + from + "' '" + to + "' && cp -a '" + source.pinFile() +
+		  "' '" + target.pinFile() + "'");
 }
 
 // Builds the source database: keys of each algorithm, a rotated key with values under two
@@ -274,6 +275,9 @@ struct Source
 	Digest digest;
 	std::string dump;
 	std::string data_only;
+	std::string audit_export; // the audit log, exported with \copy before the dump
+	long long audit_records = 0;
+	std::string audit_first_hash; // hex
 };
 
 // Builds the source cluster and database "app", dumps it (custom format and data-only).
@@ -284,13 +288,37 @@ void MakeSource(Source &src)
 	Connection db = src.cluster.connect("app");
 	ASSERT_NO_FATAL_FAILURE(BuildSource(db));
 	src.digest = ReadDigest(db);
+	// The audit log does not travel in the dump: the documented procedure exports it first.
+	ASSERT_EQ(db.value("SELECT ok FROM pgkm.verify_audit_log()"), "t");
+	// Records keep arriving (this session's own reads are audited): export up to a seq.
+	const std::string last_seq = db.value("SELECT max(seq) FROM pgkm.audit_log");
+	src.audit_records =
+		db.intValue("SELECT count(*) FROM pgkm.audit_log WHERE seq <= $1::bigint", {last_seq});
+	src.audit_first_hash =
+		db.value("SELECT encode(hash, 'hex') FROM pgkm.audit_log ORDER BY seq LIMIT 1");
+	src.audit_export = src.cluster.dir() + "/audit.csv";
+	{
+		std::string out;
+		ASSERT_EQ(RunAsServer({PgBin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d",
+							   src.cluster.conninfo("app"), "-c",
+							   "\\copy (SELECT * FROM pgkm.audit_log WHERE seq <= " + last_seq +
+								   " ORDER BY seq) TO '" + src.audit_export + "' CSV"},
+							  &out),
+				  0)
+			<< "psql \\copy: " << out;
+		std::ifstream in(src.audit_export);
+		long long lines = 0;
+		for (std::string line; std::getline(in, line);)
+			++lines;
+		EXPECT_EQ(lines, src.audit_records) << "exported audit records";
+	}
 	src.dump = src.cluster.dir() + "/app.dump";
 	src.data_only = src.cluster.dir() + "/app-data.dump";
 	std::string out;
-	ASSERT_EQ(RunAsServer({PgBin("pg_dump"), "-Fc", "-f", src.dump, "-d",
-						   src.cluster.conninfo("app")},
-						  &out),
-			  0)
+	ASSERT_EQ(
+		RunAsServer({PgBin("pg_dump"), "-Fc", "-f", src.dump, "-d", src.cluster.conninfo("app")},
+					&out),
+		0)
 		<< "pg_dump: " << out;
 	ASSERT_EQ(RunAsServer({PgBin("pg_dump"), "-Fc", "--data-only", "-f", src.data_only, "-d",
 						   src.cluster.conninfo("app")},
@@ -391,9 +419,13 @@ TEST(IntegrationRestore, DumpRestoresIntoAFreshClusterWithTheSameToken)
 			  0);
 	ExpectAllDecrypt(db, "restored, job finished");
 
-	// The audit log did not travel: the restored database starts a new chain, which verifies,
-	// and its worker writes into it.
+	// The audit log did not travel: the restored database starts a new chain (from seq 1, none
+	// of the source's records), which verifies, and its worker writes into it.
 	db.exec("SELECT pgkm.audit_flush(true)");
+	EXPECT_EQ(db.intValue("SELECT min(seq) FROM pgkm.audit_log"), 1);
+	EXPECT_EQ(db.intValue("SELECT count(*) FROM pgkm.audit_log WHERE hash = decode($1, 'hex')",
+						  {src.audit_first_hash}),
+			  0);
 	Result v = db.exec("SELECT ok, records, coalesce(problem, '') FROM pgkm.verify_audit_log()");
 	EXPECT_EQ(v.get(0, 0), "t") << v.get(0, 2);
 	EXPECT_GT(v.getInt(0, 1), 0);

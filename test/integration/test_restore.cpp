@@ -13,7 +13,8 @@
 //    (one that holds a master key of the same label, generated there) and into one with no
 //    token configured: pg_restore exits 0, every decryption fails with an error, never a value.
 //  - DataOnlyDumpIntoAnExistingPgkmDatabase: pg_dump --data-only restored into a database
-//    where a DBA ran CREATE EXTENSION pgkm and created the tables: exit 0, values decrypt.
+//    where a DBA ran CREATE EXTENSION pgkm and created the tables: exit 0, values decrypt;
+//    the full dump into a database where only CREATE EXTENSION pgkm was run, likewise.
 //  - BaseBackupRestoredToANewDataDirectory: pg_basebackup of a running cluster, started as an
 //    independent server (no standby.signal) after the original is stopped, decrypts everything.
 #include "helpers.hpp"
@@ -506,6 +507,18 @@ TEST(IntegrationRestore, DataOnlyDumpIntoAnExistingPgkmDatabase)
 			  db.intValue("SELECT max(key_id) FROM pgkm.keys WHERE name <> 'after_restore'"));
 	EXPECT_EQ(db.value("SELECT pgkm_decrypt_text(pgkm_encrypt('fresh', 'after_restore'))"),
 			  "fresh");
+
+	// The full dump into a database where only CREATE EXTENSION pgkm was run: the dump's
+	// CREATE EXTENSION IF NOT EXISTS is a no-op, the rest restores.
+	admin.exec("CREATE DATABASE app_full");
+	src.cluster.connect("app_full").exec("CREATE EXTENSION pgkm");
+	rc = RunAsServer({PgBin("pg_restore"), "--single-transaction", "-d",
+					  src.cluster.conninfo("app_full"), src.dump},
+					 &out);
+	ASSERT_EQ(rc, 0) << "pg_restore into a database with pgkm: " << out;
+	Connection full = src.cluster.connect("app_full");
+	ExpectSameDigest(src.digest, ReadDigest(full), "full restore over CREATE EXTENSION");
+	ExpectAllDecrypt(full, "full restore over CREATE EXTENSION");
 	src.cluster.quietOnFailure();
 }
 

@@ -1,0 +1,559 @@
+// Backups (issue 7): logical dumps and physical base backups of a database using pgkm.
+//  - DumpRestoresIntoAFreshClusterWithTheSameToken: pg_dump -Fc of a database with keys of
+//    each algorithm, a key rotated with values under two versions, columns registered with
+//    protect_column, a finished and a paused re-encryption job and audit records, restored
+//    with pg_restore into a fresh cluster whose token is a copy of the first one's: every value
+//    decrypts; keys, versions, key events, the registry and the jobs are identical; every
+//    ciphertext is byte-identical (nothing re-encrypted or double-encrypted by a trigger); the
+//    restored worker leaves the paused job alone until it is resumed, then finishes it. The
+//    audit log does not travel (its partitions are extension members, see the notes): it is
+//    exported with \copy before the dump (every record), and the restored database starts a
+//    new chain from seq 1, without the source's records, that verifies.
+//  - DumpIntoAClusterWithAnotherTokenOrNone: the same dump into a cluster with another token
+//    (one that holds a master key of the same label, generated there) and into one with no
+//    token configured: pg_restore exits 0, every decryption fails with an error, never a value.
+//  - DataOnlyDumpIntoAnExistingPgkmDatabase: pg_dump --data-only restored into a database
+//    where a DBA ran CREATE EXTENSION pgkm and created the tables: exit 0, values decrypt;
+//    the full dump into a database where only CREATE EXTENSION pgkm was run, likewise.
+//  - BaseBackupRestoredToANewDataDirectory: pg_basebackup of a running cluster, started as an
+//    independent server (no standby.signal) after the original is stopped, decrypts everything.
+#include "helpers.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <fcntl.h>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace pgkm::it
+{
+
+namespace
+{
+
+constexpr long long kRows = 200;     // customers
+constexpr long long kNotes = 40;     // notes: 1..20 under version 1, 21..40 under version 2
+constexpr long long kBigRows = 3000; // big: the paused job's table
+
+// The PostgreSQL binaries the cluster runs (PGKM_PG_BINDIR, as cluster.cpp chooses them).
+std::string PgBin(const std::string &name)
+{
+	if (const char *bindir = std::getenv("PGKM_PG_BINDIR"); bindir && *bindir)
+		return std::string(bindir) + "/" + name;
+	std::string out;
+	if (FILE *p = popen("pg_config --bindir 2>/dev/null", "r"))
+	{
+		char buf[512];
+		while (fgets(buf, sizeof buf, p))
+			out += buf;
+		pclose(p);
+	}
+	while (!out.empty() && (out.back() == '\n' || out.back() == ' '))
+		out.pop_back();
+	return (out.empty() ? std::string("/usr/lib/postgresql/15/bin") : out) + "/" + name;
+}
+
+// Runs argv (as the server's OS user when we are root) from /, with extra environment
+// settings; returns its exit status and fills output with its stdout and stderr.
+int RunAsServer(std::vector<std::string> argv, std::string *output,
+				const std::vector<std::string> &env = {})
+{
+	std::vector<std::string> full;
+	if (getuid() == 0)
+		full = {"runuser", "-u", "postgres", "--"};
+	if (!env.empty())
+	{
+		full.push_back("env");
+		full.insert(full.end(), env.begin(), env.end());
+	}
+	full.insert(full.end(), argv.begin(), argv.end());
+	int fds[2];
+	if (pipe(fds) != 0)
+		throw std::runtime_error("pipe failed");
+	const pid_t pid = fork();
+	if (pid == 0)
+	{
+		close(fds[0]);
+		const int null_fd = open("/dev/null", O_RDONLY);
+		dup2(null_fd, 0);
+		dup2(fds[1], 1);
+		dup2(fds[1], 2);
+		if (chdir("/") != 0)
+			_exit(126);
+		std::vector<char *> args;
+		for (auto &a : full)
+			args.push_back(a.data());
+		args.push_back(nullptr);
+		execvp(args[0], args.data());
+		_exit(127);
+	}
+	close(fds[1]);
+	std::string out;
+	char buf[4096];
+	ssize_t n;
+	while ((n = read(fds[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
+		if (n > 0)
+			out.append(buf, static_cast<std::size_t>(n));
+	close(fds[0]);
+	int status = 0;
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+	{
+	}
+	if (output)
+		*output = out;
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+// Runs a shell command as root (copying token files); throws unless it exits 0.
+void Shell(const std::string &command)
+{
+	if (std::system(command.c_str()) != 0)
+		throw std::runtime_error("command failed: " + command);
+}
+
+// Makes target's SoftHSM2 token a copy of source's (same objects, same PIN): "the same token"
+// for a cluster restored on another machine.
+void CopyToken(const Cluster &source, const Cluster &target)
+{
+	const std::string from = std::filesystem::path(source.softhsmConf()).parent_path() / "tokens";
+	const std::string to = std::filesystem::path(target.softhsmConf()).parent_path() / "tokens";
+	Shell("rm -rf '" + to + "' && cp -a '" + from + "' '" + to + "' && cp -a '" + source.pinFile() +
+		  "' '" + target.pinFile() + "'");
+}
+
+// Builds the source database: keys of each algorithm, a rotated key with values under two
+// versions, protected columns, a finished and a paused job, audit records.
+void BuildSource(Connection &db)
+{
+	db.exec("CREATE EXTENSION pgkm");
+	db.exec("SELECT pgkm.create_key('c_enc')");
+	db.exec("SELECT pgkm.create_key('c_det', algorithm => 'aes-256-siv')");
+	db.exec("SELECT pgkm.create_key('c_bidx', algorithm => 'blind-index')");
+	db.exec("SELECT pgkm.create_key('notes')");
+	db.exec("SELECT pgkm.create_key('big')");
+	db.exec("CREATE TABLE customers (id bigint PRIMARY KEY, email_enc bytea, email_det bytea,"
+			" email_bidx bytea)");
+	db.exec("INSERT INTO customers SELECT g, pgkm_encrypt(e, 'c_enc', g::text),"
+			" pgkm_encrypt_det(e, 'c_det'), pgkm_blind_index(e, 'c_bidx')"
+			" FROM generate_series(1, $1::bigint) g, LATERAL (SELECT 'user' || g || '@example.com'"
+			" AS e) x",
+			{std::to_string(kRows)});
+	db.exec("CREATE INDEX ON customers (email_det)");
+	db.exec("CREATE INDEX ON customers (email_bidx)");
+	db.exec("SELECT pgkm.protect_column('customers', 'email_enc', 'c_enc', 'id')");
+	db.exec("SELECT pgkm.protect_column('customers', 'email_det', 'c_det')");
+	db.exec("SELECT pgkm.protect_column('customers', 'email_bidx', 'c_bidx',"
+			" source_column => 'email_enc')");
+	// notes: not registered, so rotating its key leaves the old values under version 1.
+	db.exec("CREATE TABLE notes (id bigint PRIMARY KEY, body bytea)");
+	db.exec("INSERT INTO notes SELECT g, pgkm_encrypt('note ' || g, 'notes', g::text)"
+			" FROM generate_series(1, $1::bigint / 2) g",
+			{std::to_string(kNotes)});
+	db.exec("SELECT pgkm.rotate_key('notes')");
+	db.exec("INSERT INTO notes SELECT g, pgkm_encrypt('note ' || g, 'notes', g::text)"
+			" FROM generate_series($1::bigint / 2 + 1, $1::bigint) g",
+			{std::to_string(kNotes)});
+	// big: its job is paused in the rotation's own transaction, before the worker sees it.
+	db.exec("CREATE TABLE big (id bigint PRIMARY KEY, secret bytea)");
+	db.exec("INSERT INTO big SELECT g, pgkm_encrypt('big ' || g, 'big', g::text)"
+			" FROM generate_series(1, $1::bigint) g",
+			{std::to_string(kBigRows)});
+	db.exec("SELECT pgkm.protect_column('big', 'secret', 'big', 'id')");
+	db.exec("BEGIN");
+	db.exec("SELECT pgkm.rotate_key('big')");
+	const long long paused = LatestJob(db, "big");
+	db.exec("SELECT pgkm.pause_job($1)", {std::to_string(paused)});
+	db.exec("COMMIT");
+	// A finished job: the deterministic key rotated, its column re-encrypted.
+	db.exec("SELECT pgkm.rotate_key('c_det')");
+	const long long finished = db.intValue("SELECT max(job_id) FROM pgkm.rotation_jobs WHERE"
+										   " column_name = 'email_det'");
+	JobSnapshot s = WaitJobFinished(db, finished, 120s);
+	ASSERT_EQ(s.state, "done") << Describe(s);
+	ASSERT_EQ(ReadJob(db, paused).state, "paused");
+	// The worker retires the rotated-away version once its job is done; wait for that, and
+	// flush the encryption counters, so the catalog is quiet when the digest is taken.
+	ASSERT_TRUE(db.waitFor("SELECT state = 'retired' FROM pgkm.key_status WHERE key_name ="
+						   " 'c_det' AND version = 1",
+						   60s));
+	db.exec("SELECT pgkm.flush_encryption_counts()");
+	// Audit records, sealed.
+	db.exec("SELECT pgkm.audit_flush(true)");
+	ASSERT_GT(db.intValue("SELECT count(*) FROM pgkm.audit_log"), 0);
+}
+
+// A digest of everything that must travel: the catalog (keys, versions with their wrapped
+// DEKs, master keys, registry, jobs, key events) and every ciphertext. Digests only: the
+// wrapped DEKs must not appear in the test output.
+struct Digest
+{
+	std::string keys, versions, master_keys, registry, jobs, events, customers, notes, big;
+};
+
+// Reads the digest of a database.
+Digest ReadDigest(Connection &db)
+{
+	auto md5 = [&](const std::string &select, const std::string &order)
+	{
+		return db.value("SELECT coalesce(md5(string_agg(row_to_json(t)::text, '|' ORDER BY " +
+						order + ")), 'empty') FROM (" + select + ") t");
+	};
+	Digest d;
+	d.keys = md5("SELECT * FROM pgkm.keys", "key_id");
+	d.versions = md5("SELECT * FROM pgkm.key_versions", "key_id, version");
+	d.master_keys = md5("SELECT * FROM pgkm.master_keys", "master_key_id");
+	d.registry = md5("SELECT * FROM pgkm.protected_columns", "table_name::text, column_name");
+	d.jobs = md5("SELECT * FROM pgkm.rotation_jobs", "job_id");
+	d.events = md5("SELECT * FROM pgkm.key_events", "event_id");
+	d.customers = md5("SELECT * FROM customers", "id");
+	d.notes = md5("SELECT * FROM notes", "id");
+	d.big = md5("SELECT * FROM big", "id");
+	return d;
+}
+
+// Compares two digests field by field.
+void ExpectSameDigest(const Digest &a, const Digest &b, const std::string &what)
+{
+	EXPECT_EQ(a.keys, b.keys) << what << ": pgkm.keys";
+	EXPECT_EQ(a.versions, b.versions) << what << ": pgkm.key_versions";
+	EXPECT_EQ(a.master_keys, b.master_keys) << what << ": pgkm.master_keys";
+	EXPECT_EQ(a.registry, b.registry) << what << ": pgkm.protected_columns";
+	EXPECT_EQ(a.jobs, b.jobs) << what << ": pgkm.rotation_jobs";
+	EXPECT_EQ(a.events, b.events) << what << ": pgkm.key_events";
+	EXPECT_EQ(a.customers, b.customers) << what << ": customers' ciphertexts";
+	EXPECT_EQ(a.notes, b.notes) << what << ": notes' ciphertexts";
+	EXPECT_EQ(a.big, b.big) << what << ": big's ciphertexts";
+}
+
+// Counts of values that do not decrypt to their plaintext, per column (0 everywhere: all good).
+void ExpectAllDecrypt(Connection &db, const std::string &what)
+{
+	EXPECT_EQ(db.intValue("SELECT count(*) FROM customers WHERE pgkm_decrypt_text(email_enc,"
+						  " id::text) IS DISTINCT FROM 'user' || id || '@example.com'"),
+			  0)
+		<< what << ": customers.email_enc";
+	EXPECT_EQ(db.intValue("SELECT count(*) FROM customers WHERE pgkm_decrypt_text(email_det)"
+						  " IS DISTINCT FROM 'user' || id || '@example.com'"),
+			  0)
+		<< what << ": customers.email_det";
+	// Blind indexes: every row is found by its address.
+	EXPECT_EQ(db.intValue("SELECT count(*) FROM customers WHERE email_bidx IS DISTINCT FROM"
+						  " pgkm_blind_index('user' || id || '@example.com', 'c_bidx')"),
+			  0)
+		<< what << ": customers.email_bidx";
+	EXPECT_EQ(db.intValue("SELECT count(*) FROM customers WHERE email_det ="
+						  " ANY(pgkm_encrypt_det_all('user7@example.com', 'c_det'))"),
+			  1)
+		<< what << ": lookup by the deterministic column";
+	EXPECT_EQ(db.intValue("SELECT count(*) FROM notes WHERE pgkm_decrypt_text(body, id::text)"
+						  " IS DISTINCT FROM 'note ' || id"),
+			  0)
+		<< what << ": notes";
+	EXPECT_EQ(db.intValue("SELECT count(*) FROM big WHERE pgkm_decrypt_text(secret, id::text)"
+						  " IS DISTINCT FROM 'big ' || id"),
+			  0)
+		<< what << ": big";
+}
+
+// Creates the user tables of the source (schema only), as a DBA recreates them.
+void CreateUserTables(Connection &db)
+{
+	db.exec("CREATE TABLE customers (id bigint PRIMARY KEY, email_enc bytea, email_det bytea,"
+			" email_bidx bytea)");
+	db.exec("CREATE TABLE notes (id bigint PRIMARY KEY, body bytea)");
+	db.exec("CREATE TABLE big (id bigint PRIMARY KEY, secret bytea)");
+}
+
+// The dump of a freshly built source database, in dir/file; the source's digest in *digest.
+struct Source
+{
+	Cluster cluster{{"pgkm.worker_naptime = 1", "pgkm.rotation_batch_delay = 0"}};
+	Digest digest;
+	std::string dump;
+	std::string data_only;
+	std::string audit_export; // the audit log, exported with \copy before the dump
+	long long audit_records = 0;
+	std::string audit_first_hash; // hex
+};
+
+// Builds the source cluster and database "app", dumps it (custom format and data-only).
+void MakeSource(Source &src)
+{
+	src.cluster.start();
+	src.cluster.connect().exec("CREATE DATABASE app");
+	Connection db = src.cluster.connect("app");
+	ASSERT_NO_FATAL_FAILURE(BuildSource(db));
+	src.digest = ReadDigest(db);
+	// The audit log does not travel in the dump: the documented procedure exports it first.
+	ASSERT_EQ(db.value("SELECT ok FROM pgkm.verify_audit_log()"), "t");
+	// Records keep arriving (this session's own reads are audited): export up to a seq.
+	const std::string last_seq = db.value("SELECT max(seq) FROM pgkm.audit_log");
+	src.audit_records =
+		db.intValue("SELECT count(*) FROM pgkm.audit_log WHERE seq <= $1::bigint", {last_seq});
+	src.audit_first_hash =
+		db.value("SELECT encode(hash, 'hex') FROM pgkm.audit_log ORDER BY seq LIMIT 1");
+	src.audit_export = src.cluster.dir() + "/audit.csv";
+	{
+		std::string out;
+		ASSERT_EQ(RunAsServer({PgBin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d",
+							   src.cluster.conninfo("app"), "-c",
+							   "\\copy (SELECT * FROM pgkm.audit_log WHERE seq <= " + last_seq +
+								   " ORDER BY seq) TO '" + src.audit_export + "' CSV"},
+							  &out),
+				  0)
+			<< "psql \\copy: " << out;
+		std::ifstream in(src.audit_export);
+		long long lines = 0;
+		for (std::string line; std::getline(in, line);)
+			++lines;
+		EXPECT_EQ(lines, src.audit_records) << "exported audit records";
+	}
+	src.dump = src.cluster.dir() + "/app.dump";
+	src.data_only = src.cluster.dir() + "/app-data.dump";
+	std::string out;
+	ASSERT_EQ(
+		RunAsServer({PgBin("pg_dump"), "-Fc", "-f", src.dump, "-d", src.cluster.conninfo("app")},
+					&out),
+		0)
+		<< "pg_dump: " << out;
+	ASSERT_EQ(RunAsServer({PgBin("pg_dump"), "-Fc", "--data-only", "-f", src.data_only, "-d",
+						   src.cluster.conninfo("app")},
+						  &out),
+			  0)
+		<< "pg_dump --data-only: " << out;
+	// The dumps hold the ciphertexts and the wrapped DEKs, nothing decrypted: no plaintext.
+	std::string bytes;
+	{
+		std::ifstream in(src.dump, std::ios::binary);
+		bytes.assign(std::istreambuf_iterator<char>(in), {});
+	}
+	ASSERT_GT(bytes.size(), 0u);
+	EXPECT_EQ(bytes.find("user7@example.com"), std::string::npos);
+	// The audit log is left out (its partitions are extension members; see the notes).
+	std::string toc;
+	ASSERT_EQ(RunAsServer({PgBin("pg_restore"), "-l", src.dump}, &toc), 0) << toc;
+	EXPECT_NE(toc.find("TABLE DATA pgkm key_versions"), std::string::npos) << toc;
+	EXPECT_NE(toc.find("TABLE DATA pgkm rotation_jobs"), std::string::npos) << toc;
+	EXPECT_EQ(toc.find("audit_log_"), std::string::npos) << toc;
+}
+
+// Restores a dump into a new database of a cluster; returns pg_restore's exit status.
+int RestoreInto(const Cluster &cluster, const std::string &file, const std::string &db,
+				std::string *out, std::vector<std::string> options = {})
+{
+	cluster.connect().exec("CREATE DATABASE " + db);
+	std::vector<std::string> argv = {PgBin("pg_restore"), "-d", cluster.conninfo(db)};
+	argv.insert(argv.end(), options.begin(), options.end());
+	argv.push_back(file);
+	return RunAsServer(argv, out);
+}
+
+// Every decryption (and encryption) in a database without the source's master key fails
+// with sqlstate and a message containing fragment, never returns a value; returns the
+// distinct "SQLSTATE: message" of the failures.
+std::set<std::string> ExpectNoDecryption(Connection &db, const std::string &sqlstate,
+										 const std::string &fragment)
+{
+	std::set<std::string> errors;
+	const std::vector<std::string> probes = {
+		"SELECT pgkm_decrypt_text(email_enc, id::text) FROM customers WHERE id = 1",
+		"SELECT pgkm_decrypt_text(email_det) FROM customers WHERE id = 1",
+		"SELECT pgkm_decrypt_text(body, id::text) FROM notes WHERE id = 1",
+		"SELECT pgkm_decrypt_text(body, id::text) FROM notes WHERE id = 40",
+		"SELECT pgkm_decrypt_text(secret, id::text) FROM big WHERE id = 1",
+		"SELECT pgkm_blind_index('user1@example.com', 'c_bidx')",
+		"SELECT pgkm_encrypt('x', 'c_enc')",
+	};
+	for (const auto &q : probes)
+	{
+		Result r = db.query(q);
+		EXPECT_FALSE(r.ok()) << q << " returned a value";
+		EXPECT_EQ(r.sqlstate(), sqlstate) << q << ": " << r.message();
+		EXPECT_NE(r.message().find(fragment), std::string::npos) << q << ": " << r.message();
+		if (!r.ok())
+			errors.insert(r.sqlstate() + ": " + r.message().substr(0, r.message().find('\n')));
+	}
+	return errors;
+}
+
+} // namespace
+
+TEST(IntegrationRestore, DumpRestoresIntoAFreshClusterWithTheSameToken)
+{
+	Source src;
+	ASSERT_NO_FATAL_FAILURE(MakeSource(src));
+
+	Cluster target({"pgkm.worker_naptime = 1", "pgkm.rotation_batch_delay = 0"});
+	CopyToken(src.cluster, target);
+	target.start();
+	std::string out;
+	ASSERT_EQ(RestoreInto(target, src.dump, "app", &out), 0) << "pg_restore: " << out;
+	Connection db = target.connect("app");
+
+	// Identical catalog and ciphertexts: no trigger re-encrypted, rewrapped or rewrote anything.
+	ExpectSameDigest(src.digest, ReadDigest(db), "restored");
+	ExpectAllDecrypt(db, "restored");
+	EXPECT_EQ(db.value("SELECT string_agg(pgkm.ciphertext_version(body)::text, ',' ORDER BY id)"
+					   " FROM notes WHERE id IN (1, 40)"),
+			  "1,2");
+	const long long paused = LatestJob(db, "big");
+	ASSERT_NE(paused, 0);
+
+	// The restored worker runs, and leaves the paused job alone for several naptimes.
+	ASSERT_NE(WaitForWorker(db, 30s), 0) << "no pgkm worker in the restored database";
+	db.exec("SELECT pg_sleep(4)");
+	EXPECT_EQ(ReadJob(db, paused).state, "paused");
+	EXPECT_EQ(db.intValue("SELECT count(*) FROM big WHERE pgkm.ciphertext_version(secret) <> 1"),
+			  0);
+	ExpectSameDigest(src.digest, ReadDigest(db), "restored, worker running");
+
+	// Resumed, it finishes: every row under version 2, still decrypting.
+	db.exec("SELECT pgkm.resume_job($1)", {std::to_string(paused)});
+	JobSnapshot s = WaitJobFinished(db, paused, 120s);
+	EXPECT_EQ(s.state, "done") << Describe(s);
+	EXPECT_EQ(db.intValue("SELECT count(*) FROM big WHERE pgkm.ciphertext_version(secret) <> 2"),
+			  0);
+	ExpectAllDecrypt(db, "restored, job finished");
+
+	// The audit log did not travel: the restored database starts a new chain (from seq 1, none
+	// of the source's records), which verifies, and its worker writes into it.
+	db.exec("SELECT pgkm.audit_flush(true)");
+	EXPECT_EQ(db.intValue("SELECT min(seq) FROM pgkm.audit_log"), 1);
+	EXPECT_EQ(db.intValue("SELECT count(*) FROM pgkm.audit_log WHERE hash = decode($1, 'hex')",
+						  {src.audit_first_hash}),
+			  0);
+	Result v = db.exec("SELECT ok, records, coalesce(problem, '') FROM pgkm.verify_audit_log()");
+	EXPECT_EQ(v.get(0, 0), "t") << v.get(0, 2);
+	EXPECT_GT(v.getInt(0, 1), 0);
+	target.quietOnFailure();
+}
+
+TEST(IntegrationRestore, DumpIntoAClusterWithAnotherTokenOrNone)
+{
+	Source src;
+	ASSERT_NO_FATAL_FAILURE(MakeSource(src));
+
+	// Another token. First it holds no master key at all: the recorded one is not found.
+	// Then another database of that cluster generates a master key of the same label:
+	// unwrapping under it must fail, not yield a wrong DEK.
+	{
+		Cluster other({"pgkm.worker_naptime = 1"});
+		other.start();
+		std::string out;
+		ASSERT_EQ(RestoreInto(other, src.dump, "app", &out), 0) << "pg_restore: " << out;
+		{
+			Connection db = other.connect("app");
+			ExpectSameDigest(src.digest, ReadDigest(db), "restored under another token");
+			for (const auto &e : ExpectNoDecryption(db, "58000", "not found"))
+				Note("another token, no master key: " + e);
+		}
+		{
+			Connection pg = other.connect();
+			pg.exec("CREATE EXTENSION pgkm");
+			pg.exec("SELECT pgkm.create_key('unrelated')");
+			ASSERT_EQ(pg.value("SELECT label FROM pgkm.master_keys"),
+					  src.cluster.connect("app").value("SELECT label FROM pgkm.master_keys"));
+		}
+		Connection db = other.connect("app");
+		for (const auto &e : ExpectNoDecryption(db, "XX001", "does not unwrap under master key"))
+			Note("another token, same label: " + e);
+		ExpectSameDigest(src.digest, ReadDigest(db), "another token, after the probes");
+		other.quietOnFailure();
+	}
+
+	// No token configured at all.
+	{
+		Cluster none({"pgkm.worker_naptime = 1", "pgkm.pkcs11_module = ''"});
+		none.start();
+		std::string out;
+		ASSERT_EQ(RestoreInto(none, src.dump, "app", &out), 0) << "pg_restore: " << out;
+		Connection db = none.connect("app");
+		ExpectSameDigest(src.digest, ReadDigest(db), "restored without a token");
+		for (const auto &e : ExpectNoDecryption(db, "F0000", "pgkm.pkcs11_module is not set"))
+			Note("no token: " + e);
+		none.quietOnFailure();
+	}
+}
+
+TEST(IntegrationRestore, DataOnlyDumpIntoAnExistingPgkmDatabase)
+{
+	Source src;
+	ASSERT_NO_FATAL_FAILURE(MakeSource(src));
+
+	// A database of the same cluster (same token) where a DBA installed pgkm and created the
+	// tables first.
+	Connection admin = src.cluster.connect();
+	admin.exec("CREATE DATABASE app_copy");
+	{
+		Connection db = src.cluster.connect("app_copy");
+		db.exec("CREATE EXTENSION pgkm");
+		CreateUserTables(db);
+	}
+	std::string out;
+	int rc = RunAsServer({PgBin("pg_restore"), "--data-only", "--single-transaction", "-d",
+						  src.cluster.conninfo("app_copy"), src.data_only},
+						 &out);
+	ASSERT_EQ(rc, 0) << "pg_restore --data-only: " << out;
+	Connection db = src.cluster.connect("app_copy");
+	ExpectSameDigest(src.digest, ReadDigest(db), "data-only restore");
+	ExpectAllDecrypt(db, "data-only restore");
+	// The sequences travelled: a new key gets the next id, not a duplicate.
+	EXPECT_GT(db.intValue("SELECT pgkm.create_key('after_restore')"),
+			  db.intValue("SELECT max(key_id) FROM pgkm.keys WHERE name <> 'after_restore'"));
+	EXPECT_EQ(db.value("SELECT pgkm_decrypt_text(pgkm_encrypt('fresh', 'after_restore'))"),
+			  "fresh");
+
+	// The full dump into a database where only CREATE EXTENSION pgkm was run: the dump's
+	// CREATE EXTENSION IF NOT EXISTS is a no-op, the rest restores.
+	admin.exec("CREATE DATABASE app_full");
+	src.cluster.connect("app_full").exec("CREATE EXTENSION pgkm");
+	rc = RunAsServer({PgBin("pg_restore"), "--single-transaction", "-d",
+					  src.cluster.conninfo("app_full"), src.dump},
+					 &out);
+	ASSERT_EQ(rc, 0) << "pg_restore into a database with pgkm: " << out;
+	Connection full = src.cluster.connect("app_full");
+	ExpectSameDigest(src.digest, ReadDigest(full), "full restore over CREATE EXTENSION");
+	ExpectAllDecrypt(full, "full restore over CREATE EXTENSION");
+	src.cluster.quietOnFailure();
+}
+
+TEST(IntegrationRestore, BaseBackupRestoredToANewDataDirectory)
+{
+	Cluster primary({"pgkm.worker_naptime = 1", "pgkm.rotation_batch_delay = 0",
+					 "wal_level = replica", "max_wal_senders = 4"});
+	primary.start();
+	Digest digest;
+	{
+		Connection db = primary.connect();
+		ASSERT_NO_FATAL_FAILURE(BuildSource(db));
+		digest = ReadDigest(db);
+	}
+	// A base backup of the running server, made a standalone server: no standby.signal.
+	Cluster copy = Cluster::standbyOf(primary);
+	std::filesystem::remove(copy.dataDir() + "/standby.signal");
+	primary.stop();
+	copy.start();
+	Connection db = copy.connect();
+	EXPECT_EQ(db.value("SELECT pg_is_in_recovery()"), "f");
+	ExpectSameDigest(digest, ReadDigest(db), "base backup");
+	ExpectAllDecrypt(db, "base backup");
+	// The copy is a working pgkm server: its worker resumes the paused job when asked.
+	const long long paused = LatestJob(db, "big");
+	ASSERT_NE(WaitForWorker(db, 30s), 0);
+	EXPECT_EQ(ReadJob(db, paused).state, "paused");
+	db.exec("SELECT pgkm.resume_job($1)", {std::to_string(paused)});
+	JobSnapshot s = WaitJobFinished(db, paused, 120s);
+	EXPECT_EQ(s.state, "done") << Describe(s);
+	ExpectAllDecrypt(db, "base backup, job finished");
+	Result v = db.exec("SELECT ok, coalesce(problem, '') FROM pgkm.verify_audit_log()");
+	EXPECT_EQ(v.get(0, 0), "t") << v.get(0, 1);
+	copy.quietOnFailure();
+	primary.quietOnFailure();
+}
+
+} // namespace pgkm::it

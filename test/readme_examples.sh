@@ -106,5 +106,18 @@ while IFS='|' read -r name default context; do
 		failures=$((failures + 1))
 	fi
 done <<<"$settings"
+# Links inside the README (](#anchor)) point at headings that exist (GitHub's slugs:
+# lower case, punctuation dropped, spaces to hyphens).
+slugs=$(grep -E '^#{1,6} ' "$readme" | sed -E 's/^#+ //' | tr 'A-Z' 'a-z' |
+	sed -E 's/[^a-z0-9 _-]//g; s/ /-/g')
+for anchor in $(grep -oE '\]\(#[^)]+\)' "$readme" | sed -E 's/^\]\(#//; s/\)$//' | sort -u); do
+	n=$((n + 1))
+	if grep -qxF -- "$anchor" <<<"$slugs"; then
+		echo "ok $n - README link #$anchor has its heading"
+	else
+		echo "not ok $n - README link #$anchor points at no heading"
+		failures=$((failures + 1))
+	fi
+done
 echo "readme examples: $((n - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

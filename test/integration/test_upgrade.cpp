@@ -74,7 +74,7 @@ lines AS (
 	SELECT 'index ' || pg_get_indexdef(i.indexrelid)
 	FROM rels r JOIN pg_index i ON i.indrelid = r.oid
 	UNION ALL
-	SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' enabled=' || t.tgenabled
+	SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' enabled=' || t.tgenabled::text
 	FROM rels r JOIN pg_trigger t ON t.tgrelid = r.oid AND NOT t.tgisinternal
 	UNION ALL
 	SELECT format('view %s %s', r.oid::regclass, md5(pg_get_viewdef(r.oid)))
@@ -123,12 +123,42 @@ std::string Missing(const std::string &a, const std::string &b)
 	return out;
 }
 
-// Writes 1.0 data: keys k_a (contexts) and k_b (no context), a table of both, using only the
-// functions pgkm 1.0 has.
-void LoadOldData(Connection &db)
+// A database "donor" with pgkm 1.5 and keys k_a and k_b. The current library's key
+// administration needs the current SQL (pgkm.create_key writes pgkm.key_events, new in 1.1),
+// so a 1.0 keyring is made here and copied into 1.0 catalogs by ImportKeys: the same rows
+// pgkm 1.0 wrote, wrapped under the same token's master key.
+Connection MakeDonor(Cluster &cluster)
 {
-	db.exec("SELECT pgkm.create_key('k_a')");
-	db.exec("SELECT pgkm.create_key('k_b')");
+	Connection admin = cluster.connect();
+	admin.exec("CREATE DATABASE donor");
+	Connection donor = cluster.connect("donor");
+	donor.exec("CREATE EXTENSION pgkm");
+	donor.exec("SELECT pgkm.create_key('k_a')");
+	donor.exec("SELECT pgkm.create_key('k_b')");
+	return donor;
+}
+
+// Copies the donor's master keys, keys and versions into db's pgkm 1.0 catalog (the columns
+// 1.0 has; json_populate_recordset ignores the others) and moves the sequences past them.
+void ImportKeys(Connection &donor, Connection &db)
+{
+	for (const char *table : {"master_keys", "keys", "key_versions"})
+	{
+		std::string rows = donor.value(std::string("SELECT json_agg(t) FROM pgkm.") + table + " t");
+		db.exec(std::string("INSERT INTO pgkm.") + table +
+					" SELECT * FROM json_populate_recordset(NULL::pgkm." + table + ", $1::json)",
+				{rows});
+	}
+	db.exec("SELECT setval('pgkm.keys_key_id_seq', (SELECT max(key_id) FROM pgkm.keys)), "
+			"setval('pgkm.master_keys_master_key_id_seq', "
+			"(SELECT max(master_key_id) FROM pgkm.master_keys))");
+}
+
+// Writes 1.0 data: keys k_a (contexts) and k_b (no context) from the donor, a table of both,
+// using only the functions pgkm 1.0 has.
+void LoadOldData(Connection &donor, Connection &db)
+{
+	ImportKeys(donor, db);
 	db.exec("CREATE TABLE t (id int PRIMARY KEY, secret bytea, note bytea, other int NOT NULL)");
 	db.exec("INSERT INTO t SELECT g, pgkm_encrypt(" + SecretSql("g", "0") +
 				", 'k_a', g::text), pgkm_encrypt(('note-' || g)::bytea, 'k_b'), 0 "
@@ -160,10 +190,11 @@ TEST(Upgrade, StepByStepFromOnePointZero)
 {
 	Cluster cluster;
 	cluster.start();
+	Connection donor = MakeDonor(cluster);
 	Connection db = cluster.connect();
 	db.exec("CREATE EXTENSION pgkm VERSION '1.0'");
 	ASSERT_EQ(db.value("SELECT extversion FROM pg_extension WHERE extname = 'pgkm'"), "1.0");
-	LoadOldData(db);
+	LoadOldData(donor, db);
 	// Between the package upgrade and ALTER EXTENSION UPDATE: the new library, the old SQL.
 	ExpectOldDataDecrypts(db, "1.0 SQL, current library");
 	db.exec("INSERT INTO t VALUES (0, pgkm_encrypt('zero'::text, 'k_a', '0'), NULL, 0)");
@@ -211,6 +242,7 @@ TEST(Upgrade, UpdatedEqualsFreshInstall)
 {
 	Cluster cluster;
 	cluster.start();
+	Connection donor = MakeDonor(cluster);
 	Connection admin = cluster.connect();
 	for (const char *name : {"fresh", "jump", "steps"})
 		admin.exec(std::string("CREATE DATABASE ") + name);
@@ -221,14 +253,14 @@ TEST(Upgrade, UpdatedEqualsFreshInstall)
 
 	Connection jump = cluster.connect("jump");
 	jump.exec("CREATE EXTENSION pgkm VERSION '1.0'");
-	LoadOldData(jump);
+	LoadOldData(donor, jump);
 	jump.exec("ALTER EXTENSION pgkm UPDATE");
 	ASSERT_EQ(jump.value("SELECT extversion FROM pg_extension WHERE extname = 'pgkm'"), "1.5");
 	ExpectOldDataDecrypts(jump, "after 1.0 -> 1.5 in one ALTER EXTENSION");
 
 	Connection steps = cluster.connect("steps");
 	steps.exec("CREATE EXTENSION pgkm VERSION '1.0'");
-	LoadOldData(steps);
+	LoadOldData(donor, steps);
 	for (const std::string &version : kSteps)
 		steps.exec("ALTER EXTENSION pgkm UPDATE TO '" + version + "'");
 

@@ -67,6 +67,7 @@ struct Note
 	int ncolumns;
 	ProtectedColumn columns[kMaxNoteColumns];
 	std::uint32_t covered; // columns that a use record already accounts for
+	bool parallel;         // a parallel plan: workers record their own key uses
 };
 
 // Uses of one key version by one operation in one statement, counted until it ends.
@@ -546,6 +547,7 @@ bool NoteStatement(QueryDesc *query, int eflags)
 	note->query_id = (std::int64_t)query->plannedstmt->queryId;
 	note->has_query_id = note->query_id != 0;
 	note->covered = 0;
+	note->parallel = query->plannedstmt->parallelModeNeeded;
 	note_depth++;
 	return true;
 }
@@ -694,6 +696,9 @@ void FinishNote(Note *note, std::int64_t processed, AuditFull full)
 		Put(e.column, note->columns[i].column);
 		e.has_row_count = processed >= 0;
 		e.row_count = processed;
+		// The leader does not see the workers' uses: they are in records of the same query id.
+		if (note->parallel)
+			Put(e.detail, "parallel plan: key uses in parallel workers are in their own records");
 	}
 	(void)Emit(out, n, full);
 }

@@ -111,6 +111,14 @@ TEST(Parallel, DataPathRunsInParallelWorkers)
 	EXPECT_EQ(uses.get(0, 2), "t") << "the uses happened in the workers, not the leader";
 	EXPECT_EQ(uses.get(0, 3), "t");
 	EXPECT_EQ(uses.get(0, 4), "t");
+	// The leader saw no use of the protected column: its 'access' records say why.
+	Result access =
+		db.exec("SELECT count(*), count(*) FILTER (WHERE detail LIKE 'parallel "
+				"plan:%' AND backend_pid = $3) FROM pgkm.audit_log WHERE action = "
+				"'access' AND seq > $1 AND seq <= $2",
+				{std::to_string(before), std::to_string(after), std::to_string(db.backendPid())});
+	EXPECT_GE(access.getInt(0, 0), 1);
+	EXPECT_EQ(access.getInt(0, 1), access.getInt(0, 0));
 
 	// Encryption in the workers: fresh nonces across workers, and the values decrypt.
 	std::string enc = "SELECT count(DISTINCT c), count(*) FILTER (WHERE "

@@ -580,9 +580,11 @@ void AttributeParallelWorker(AuditEntry *e)
 {
 	if (!IsParallelWorker())
 		return;
+#if PG_VERSION_NUM >= 140000
 	std::uint64_t id = pgstat_get_my_query_id();
 	e->has_query_id = id != 0;
 	e->query_id = (std::int64_t)id;
+#endif
 	if (e->detail[0] == '\0')
 		Put(e->detail, "in a parallel worker");
 }

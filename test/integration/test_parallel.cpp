@@ -102,7 +102,8 @@ TEST(Parallel, DataPathRunsInParallelWorkers)
 	Result uses =
 		db.exec("SELECT coalesce(sum(row_count), 0), count(DISTINCT backend_pid), "
 				"bool_and(backend_pid <> $3), bool_and(detail = 'in a parallel worker'),"
-				" bool_and(session_user_name = 'postgres') FROM pgkm.audit_log WHERE "
+				" bool_and(session_user_name = 'postgres'), bool_and(query_id IS NOT NULL) FROM "
+				"pgkm.audit_log WHERE "
 				"action = 'decrypt' AND key_name = 'par' AND seq > $1 AND seq <= $2",
 				{std::to_string(before), std::to_string(after), std::to_string(db.backendPid())});
 	// Two statements (EXPLAIN ANALYZE and the count), each decrypting every row.
@@ -111,6 +112,7 @@ TEST(Parallel, DataPathRunsInParallelWorkers)
 	EXPECT_EQ(uses.get(0, 2), "t") << "the uses happened in the workers, not the leader";
 	EXPECT_EQ(uses.get(0, 3), "t");
 	EXPECT_EQ(uses.get(0, 4), "t");
+	EXPECT_EQ(uses.get(0, 5), "t") << "a worker's records carry the statement's query id";
 	// The leader saw no use of the protected column: its 'access' records say why.
 	Result access =
 		db.exec("SELECT count(*), count(*) FILTER (WHERE detail LIKE 'parallel "

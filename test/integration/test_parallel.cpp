@@ -122,6 +122,31 @@ TEST(Parallel, DataPathRunsInParallelWorkers)
 	EXPECT_GE(access.getInt(0, 0), 1);
 	EXPECT_EQ(access.getInt(0, 1), access.getInt(0, 0));
 
+	// Row level and sync durability in the workers: every use counted, one row context each
+	// (the ciphertext's nonce), and a sync worker waits for the audit writer, then returns.
+	db.exec("SET statement_timeout = '120s'");
+	db.exec("SET pgkm.audit_level = row");
+	db.exec("SET pgkm.audit_durability = sync");
+	before = AuditHead(db);
+	EXPECT_EQ(db.intValue(kCountGood + " AND id <= 300"), 300);
+	after = AuditHead(db);
+	const std::string window = " FROM pgkm.audit_log WHERE action = 'decrypt' AND key_name = "
+							   "'par' AND seq > $1 AND seq <= $2";
+	Params range = {std::to_string(before), std::to_string(after)};
+	EXPECT_EQ(db.intValue("SELECT coalesce(sum(row_count), 0)" + window, range), 300);
+	EXPECT_EQ(db.intValue("SELECT count(DISTINCT ctx) FROM (SELECT unnest(string_to_array("
+						  "row_context, ' ')) AS ctx" +
+							  window + ") s",
+						  range),
+			  300)
+		<< "one row context per decrypted row";
+	EXPECT_EQ(
+		db.value("SELECT bool_and(backend_pid <> " + std::to_string(db.backendPid()) + ")" + window,
+				 range),
+		"t");
+	db.exec("RESET pgkm.audit_durability");
+	db.exec("RESET pgkm.audit_level");
+
 	// Encryption in the workers: fresh nonces across workers, and the values decrypt.
 	std::string enc = "SELECT count(DISTINCT c), count(*) FILTER (WHERE "
 					  "pgkm_decrypt_text(c, id::text) = id::text) FROM (SELECT id, "

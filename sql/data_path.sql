@@ -57,8 +57,8 @@ SELECT p.oid::regprocedure AS function, p.provolatile, p.proparallel, p.proisstr
 	FROM pg_proc p WHERE p.proname LIKE 'pgkm\_%' AND p.pronamespace = 'public'::regnamespace
 	ORDER BY p.oid::regprocedure::text;
 
--- since 1.2 the data path is PARALLEL RESTRICTED: it runs in the leader, which audits
--- every use (a parallel worker could not attribute its records to the statement)
+-- since 1.5 the data path is PARALLEL SAFE: it runs in parallel workers, which audit their
+-- own uses (test/integration/test_parallel.cpp checks the counts, denials and SQLSTATEs)
 CREATE TABLE many AS
 	SELECT i AS id, pgkm_encrypt('value ' || i, 'customer_pii', i::text) AS v
 	FROM generate_series(1, 20000) i;

@@ -67,6 +67,7 @@ struct Note
 	int ncolumns;
 	ProtectedColumn columns[kMaxNoteColumns];
 	std::uint32_t covered; // columns that a use record already accounts for
+	bool parallel;         // a parallel plan: workers record their own key uses
 };
 
 // Uses of one key version by one operation in one statement, counted until it ends.
@@ -436,15 +437,17 @@ bool Available()
 	TimestampTz now = GetCurrentStatementStartTimestamp();
 	if (likely(catalog_valid && generation == catalog_generation && now < catalog_expires))
 		return audit_available;
-	if (IsInParallelMode())
-		return audit_available; // no subtransactions here; keep what is known
+	if (IsInParallelMode() && !IsParallelWorker())
+		return audit_available; // the leader: no subtransactions here; keep what is known
 	Oid nsp = get_namespace_oid("pgkm", true);
 	audit_log_relid = OidIsValid(nsp) ? get_relname_relid("audit_log", nsp) : InvalidOid;
 	protected_columns_relid =
 		OidIsValid(nsp) ? get_relname_relid("protected_columns", nsp) : InvalidOid;
 	audit_available = OidIsValid(audit_log_relid) && OidIsValid(protected_columns_relid);
 	protected_count = 0;
-	if (audit_available && !LoadProtectedColumns())
+	// A parallel worker notes no statement, so it needs no protected columns (and may not
+	// open the subtransaction that reads them).
+	if (audit_available && !IsParallelWorker() && !LoadProtectedColumns())
 		protected_count = 0;
 	catalog_valid = true;
 	catalog_generation = generation;
@@ -490,17 +493,21 @@ const char *CommandName(CmdType cmd)
 	}
 }
 
-// Whether the access audit records anything for this process now.
+// Whether the access audit records anything for this process now. A parallel worker records
+// its own key uses and failures (pgkm 1.5: the data path is PARALLEL SAFE); the leader alone
+// notes statements.
 bool AccessAudited()
 {
-	return guc_audit_level != kAuditNone && !access_suppressed && !IsParallelWorker();
+	return guc_audit_level != kAuditNone && !access_suppressed;
 }
 
-// Pushes a note if the statement reads or writes protected columns; false otherwise.
+// Pushes a note if the statement reads or writes protected columns; false otherwise. Never in
+// a parallel worker: the leader notes the statement and writes its 'access' records.
 bool NoteStatement(QueryDesc *query, int eflags)
 {
-	if (!AccessAudited() || catalog_session_depth > 0 || (eflags & EXEC_FLAG_EXPLAIN_ONLY) ||
-		note_depth >= kMaxNotes || !Available() || protected_count == 0)
+	if (!AccessAudited() || IsParallelWorker() || catalog_session_depth > 0 ||
+		(eflags & EXEC_FLAG_EXPLAIN_ONLY) || note_depth >= kMaxNotes || !Available() ||
+		protected_count == 0)
 		return false;
 	Note *note = &notes[note_depth];
 	note->ncolumns = 0;
@@ -540,6 +547,7 @@ bool NoteStatement(QueryDesc *query, int eflags)
 	note->query_id = (std::int64_t)query->plannedstmt->queryId;
 	note->has_query_id = note->query_id != 0;
 	note->covered = 0;
+	note->parallel = query->plannedstmt->parallelModeNeeded;
 	note_depth++;
 	return true;
 }
@@ -564,6 +572,21 @@ void Attribute(AuditEntry *e, Note *note, std::uint32_t key_id)
 		Put(e->relation, note->columns[match].relation);
 		Put(e->column, note->columns[match].column);
 	}
+}
+
+// Marks an entry made in a parallel worker, which has no notes: the leader's query id, and a
+// detail saying where the use happened (the backend_pid is the worker's).
+void AttributeParallelWorker(AuditEntry *e)
+{
+	if (!IsParallelWorker())
+		return;
+#if PG_VERSION_NUM >= 140000
+	std::uint64_t id = pgstat_get_my_query_id();
+	e->has_query_id = id != 0;
+	e->query_id = (std::int64_t)id;
+#endif
+	if (e->detail[0] == '\0')
+		Put(e->detail, "in a parallel worker");
 }
 
 // The innermost noted statement that touches a column under key_id, or nullptr.
@@ -675,6 +698,9 @@ void FinishNote(Note *note, std::int64_t processed, AuditFull full)
 		Put(e.column, note->columns[i].column);
 		e.has_row_count = processed >= 0;
 		e.row_count = processed;
+		// The leader does not see the workers' uses: they are in records of the same query id.
+		if (note->parallel)
+			Put(e.detail, "parallel plan: key uses in parallel workers are in their own records");
 	}
 	(void)Emit(out, n, full);
 }
@@ -947,6 +973,8 @@ void AuditUse(AuditOp op, const VersionEntry *v, const std::uint8_t *nonce)
 		e.key_version = (std::int32_t)v->version;
 		if (note)
 			Attribute(&e, note, v->key_id);
+		else
+			AttributeParallelWorker(&e);
 		char context[kAuditRowContextToken] = "";
 		if (nonce)
 			FormatNonce(context, nonce);
@@ -983,6 +1011,8 @@ void AuditUse(AuditOp op, const VersionEntry *v, const std::uint8_t *nonce)
 	a.entry.key_version = (std::int32_t)v->version;
 	if (note)
 		Attribute(&a.entry, note, v->key_id);
+	else
+		AttributeParallelWorker(&a.entry);
 	if (sync)
 	{
 		// The statement's first use is written and made durable before plaintext leaves.
@@ -1029,6 +1059,8 @@ void AuditFailure(AuditOp op, const AuditTarget &target)
 		e.has_query_id = note->has_query_id;
 		e.query_id = note->query_id;
 	}
+	else
+		AttributeParallelWorker(&e);
 	(void)Emit(&e, 1, AuditFull::Drop);
 }
 

@@ -133,16 +133,21 @@ VersionState ParseState(const char *name)
 }
 
 // Reads one key version from the catalog into a new cache entry; NULL if there is none.
+// Works with the SQL objects of every version from 1.0: between a package upgrade and
+// ALTER EXTENSION pgkm UPDATE, pgkm.keys has no blind_index_bytes (1.4) yet.
 VersionEntry *LoadVersion(std::uint32_t key_id, std::uint32_t version)
 {
-	static const char *sql =
-		"SELECT k.name, k.encrypt_role::oid, k.decrypt_role::oid, v.state, v.wrapped_dek,"
-		" v.key_check, m.label, k.algorithm, k.blind_index_bytes"
-		" FROM pgkm.key_versions v"
-		" JOIN pgkm.keys k ON k.key_id OPERATOR(pg_catalog.=) v.key_id"
-		" LEFT JOIN pgkm.master_keys m ON m.master_key_id OPERATOR(pg_catalog.=) v.master_key_id"
-		" WHERE v.key_id OPERATOR(pg_catalog.=) $1 AND v.version OPERATOR(pg_catalog.=) $2";
+#define PGKM_LOAD_VERSION_SQL(blind_index_bytes)                                                   \
+	"SELECT k.name, k.encrypt_role::oid, k.decrypt_role::oid, v.state, v.wrapped_dek,"             \
+	" v.key_check, m.label, k.algorithm, " blind_index_bytes " FROM pgkm.key_versions v"           \
+	" JOIN pgkm.keys k ON k.key_id OPERATOR(pg_catalog.=) v.key_id"                                \
+	" LEFT JOIN pgkm.master_keys m ON m.master_key_id OPERATOR(pg_catalog.=) v.master_key_id"      \
+	" WHERE v.key_id OPERATOR(pg_catalog.=) $1 AND v.version OPERATOR(pg_catalog.=) $2"
+	static const char *sql = PGKM_LOAD_VERSION_SQL("k.blind_index_bytes");
+	static const char *sql_before_1_4 = PGKM_LOAD_VERSION_SQL("NULL::pg_catalog.int4");
+#undef PGKM_LOAD_VERSION_SQL
 	static SPIPlanPtr plan = nullptr;
+	static SPIPlanPtr plan_before_1_4 = nullptr;
 	if (version > PG_INT32_MAX)
 		return nullptr;
 	Oid types[2] = {INT8OID, INT4OID};
@@ -151,7 +156,9 @@ VersionEntry *LoadVersion(std::uint32_t key_id, std::uint32_t version)
 	CatalogOpen(&session);
 	VersionEntry *entry = nullptr;
 	bool stale;
-	uint64 rows = CatalogQueryLatest(sql, 2, types, values, nullptr, &stale, &plan);
+	bool current = get_attnum(CatalogKeysRelid(), "blind_index_bytes") != InvalidAttrNumber;
+	uint64 rows = CatalogQueryLatest(current ? sql : sql_before_1_4, 2, types, values, nullptr,
+									 &stale, current ? &plan : &plan_before_1_4);
 	stale_until_xact_end |= stale;
 	if (rows == 1)
 	{

@@ -58,10 +58,20 @@ for sql in $(find "$work" -name '*.sql' | sort); do
 	n=$((n + 1))
 	mode=$(cat "$base.mode")
 	if [ "$mode" = new ] || [ -z "$db" ]; then
+		# The previous example's database goes, with its pgkm worker (max_worker_processes).
+		[ -n "$db" ] && pgkm_psql -q -c "DROP DATABASE $db WITH (FORCE)" >/dev/null
 		db="example_$line"
 		pgkm_psql -q -c "CREATE DATABASE $db" >/dev/null
 		if ! grep -qi "CREATE EXTENSION pgkm" "$sql"; then
 			pgkm_psql -q -d "$db" -c "CREATE EXTENSION pgkm" >/dev/null 2>&1
+			# As in a database that has used pgkm for a while, its worker runs (it starts
+			# a moment after CREATE EXTENSION; pgkm.audit_flush() needs it).
+			for _ in $(seq 1 60); do
+				[ "$(pgkm_psql -d "$db" -At -c "SELECT count(*) FROM pg_stat_activity
+					WHERE backend_type = 'pgkm worker' AND datname = current_database()")" = 1 ] &&
+					break
+				sleep 0.5
+			done
 		fi
 	fi
 	param=()

@@ -685,12 +685,19 @@ void Nap(long ms)
 	}
 }
 
-// Reloads the settings on SIGHUP; exits (status 1: restarted) on SIGTERM.
+// Reloads the settings on SIGHUP; exits on SIGTERM: with status 1 (restarted), unless a
+// command that needs the database alone sent it (DROP DATABASE ... WITH (FORCE) terminates
+// the database's sessions while it holds the database's lock): a worker restarted into a
+// dropped database would fail to connect every few seconds for good, holding a worker slot.
 void HandleSignals()
 {
 	CHECK_FOR_INTERRUPTS();
 	if (ShutdownRequestPending)
+	{
+		if (OidIsValid(MyDatabaseId))
+			StepAsideForDatabaseCommands(MyDatabaseId); // exits with status 0
 		proc_exit(1);
+	}
 	if (ConfigReloadPending)
 	{
 		ConfigReloadPending = false;

@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <thread>
+
 namespace pgkm::it
 {
 
@@ -163,6 +165,32 @@ TEST(IntegrationWorkerLifecycle, DropDatabaseWithExtension)
 	EXPECT_TRUE(db.waitFor("SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = "
 						   "'pgkm worker'",
 						   15s));
+}
+
+// DROP DATABASE ... WITH (FORCE) terminates the worker instead of waiting for it to step
+// aside: the worker is not restarted into the dropped database (it used to be, every 5 s,
+// failing to connect for good and holding a worker slot).
+TEST(IntegrationWorkerLifecycle, DropDatabaseWithForce)
+{
+	Cluster cluster({"pgkm.worker_naptime = 1"});
+	cluster.start();
+	Connection db = cluster.connect();
+	db.exec("CREATE DATABASE fourth");
+	{
+		Connection fourth = cluster.connect("fourth");
+		fourth.exec("CREATE EXTENSION pgkm");
+	}
+	ASSERT_NE(WaitForWorker(db, 15s, 0, "fourth"), 0) << "no worker in database fourth";
+	Result drop = db.query("DROP DATABASE fourth WITH (FORCE)");
+	ASSERT_TRUE(drop.ok()) << drop.sqlstate() << " " << drop.message();
+	// Longer than the worker's restart interval (5 s).
+	std::this_thread::sleep_for(8s);
+	EXPECT_EQ(db.intValue("SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
+						  "'pgkm worker'"),
+			  0);
+	EXPECT_EQ(cluster.serverLog().find("does not exist"), std::string::npos)
+		<< "a worker was restarted into the dropped database:\n"
+		<< cluster.serverLogTail();
 }
 
 } // namespace pgkm::it

@@ -48,9 +48,9 @@ enum Kind
 	kKinds
 };
 
-constexpr const char *kKindNames[kKinds] = {"ok",     "missing_key", "destroyed",
-											"disabled", "denied",    "auth_failed",
-											"wrong_master_key", "malformed"};
+constexpr const char *kKindNames[kKinds] = {
+	"ok",     "missing_key", "destroyed",        "disabled",
+	"denied", "auth_failed", "wrong_master_key", "malformed"};
 constexpr int kFirstFailures = 3;  // failing keys kept per kind and group
 constexpr int kMaxGroups = 64;     // groups per column; further unknown versions share one
 constexpr int kMaxVersions = 256;  // version outcomes remembered per run
@@ -534,7 +534,8 @@ void EmitGroups(Run *run, const ColumnTarget *t, ReturnSetInfo *rsinfo)
 			for (int f = 0; f < kFirstFailures && g->first[k][f] != nullptr; f++)
 				failures[n++] =
 					CStringGetTextDatum(psprintf("%s: %s", kKindNames[k], g->first[k][f]));
-		values[14] = PointerGetDatum(construct_array(failures, n, TEXTOID, -1, false, TYPALIGN_INT));
+		values[14] =
+			PointerGetDatum(construct_array(failures, n, TEXTOID, -1, false, TYPALIGN_INT));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	run->n_groups = 0;
@@ -569,8 +570,7 @@ void VerifyColumn(Run *run, const ColumnTarget *t, int rate, TimestampTz started
 						 " WHERE t.%s IS NOT NULL",
 						 RowKeyExpression(t->relid), column, context, table, column);
 	SlotColumn(run->slot, t->relid, t->column, RowEstimate(t->relid));
-	pgstat_report_activity(STATE_RUNNING,
-						   psprintf("pgkm.verify: %s.%s", table, column));
+	pgstat_report_activity(STATE_RUNNING, psprintf("pgkm.verify: %s.%s", table, column));
 
 	MemoryContext keep = CurrentMemoryContext;
 	MemoryContext batch_context =
@@ -657,8 +657,7 @@ Datum pgkm_verify(PG_FUNCTION_ARGS)
 	run->slot = ClaimSlot();
 	if (run->slot != nullptr)
 	{
-		auto *release =
-			static_cast<MemoryContextCallback *>(palloc(sizeof(MemoryContextCallback)));
+		auto *release = static_cast<MemoryContextCallback *>(palloc(sizeof(MemoryContextCallback)));
 		release->func = ReleaseSlot;
 		release->arg = run->slot;
 		MemoryContextRegisterResetCallback(CurrentMemoryContext, release);

@@ -14,6 +14,8 @@ SELECT pgkm.protect_column('vf_t', 'v', 'vf_key', 'ctx');
 INSERT INTO vf_t SELECT i, 'row ' || i, pgkm_encrypt('secret ' || i, 'vf_key', 'row ' || i)
 	FROM generate_series(1, 8) AS i;
 INSERT INTO vf_t VALUES (9, 'row 9', NULL);
+-- a text context is used as its bytes, backslashes included (not parsed as a bytea literal)
+INSERT INTO vf_t VALUES (10, 'C:\x41\', pgkm_encrypt('secret 10', 'vf_key', 'C:\x41\'));
 CREATE TABLE vf_other (id text PRIMARY KEY, v bytea);
 SELECT pgkm.protect_column('vf_other', 'v', 'vf_key', 'id');
 INSERT INTO vf_other VALUES ('a', pgkm_encrypt('x', 'vf_key', 'a')),

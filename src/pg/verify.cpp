@@ -566,7 +566,7 @@ void VerifyColumn(Run *run, const ColumnTarget *t, int rate, TimestampTz started
 					: t->context_is_bytea
 						? psprintf("t.%s", quote_identifier(t->context_column))
 						: psprintf("t.%s::pg_catalog.text", quote_identifier(t->context_column));
-	char *sql = psprintf("SELECT %s, t.%s::pg_catalog.bytea, %s::pg_catalog.bytea FROM %s t"
+	char *sql = psprintf("SELECT %s, t.%s::pg_catalog.bytea, %s FROM %s t"
 						 " WHERE t.%s IS NOT NULL",
 						 RowKeyExpression(t->relid), column, context, table, column);
 	SlotColumn(run->slot, t->relid, t->column, RowEstimate(t->relid));

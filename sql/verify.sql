@@ -20,6 +20,11 @@ CREATE TABLE vf_other (id text PRIMARY KEY, v bytea);
 SELECT pgkm.protect_column('vf_other', 'v', 'vf_key', 'id');
 INSERT INTO vf_other VALUES ('a', pgkm_encrypt('x', 'vf_key', 'a')),
 	('b', pgkm_encrypt('y', 'vf_key', 'b'));
+-- a blind-index column is checked by header: a usable version of a blind-index key
+SELECT pgkm.create_key('vf_bi', algorithm => 'blind-index', blind_index_bytes => 32) > 0 AS created;
+ALTER TABLE vf_other ADD COLUMN bi bytea;
+UPDATE vf_other SET bi = pgkm_blind_index(id, 'vf_bi');
+SELECT pgkm.protect_column('vf_other', 'bi', 'vf_bi', NULL, 'v');
 
 -- all ok: every value opens; the NULL of row 9 is skipped, not counted
 SELECT column_name, key_name, key_version, values_total, values_ok, first_failures
@@ -45,8 +50,10 @@ SELECT column_name, key_name, key_version, values_total, values_ok, missing_key,
 
 -- the context is the row's own key here: a value copied to another row fails
 UPDATE vf_other SET v = (SELECT v FROM vf_other WHERE id = 'a') WHERE id = 'b';
-SELECT column_name, values_total, values_ok, auth_failed, first_failures
-	FROM pgkm.verify('vf_other');
+-- and a blind index whose header claims another algorithm than its key's
+UPDATE vf_other SET bi = set_byte(bi, 1, 1) WHERE id = 'a';
+SELECT column_name, key_name, values_total, values_ok, auth_failed, first_failures
+	FROM pgkm.verify('vf_other') ORDER BY column_name;
 
 -- one table or all: verify() covers both tables (and those of earlier suites)
 SELECT table_name, sum(values_total) AS total, sum(values_total - values_ok) AS failed

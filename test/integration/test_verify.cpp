@@ -230,6 +230,26 @@ TEST_F(Verify, RestoreDrill)
 			   "WHERE id = 777");
 	EXPECT_EQ(drill.value("SELECT first_failures::text FROM pgkm.verify('accounts')"),
 			  "{\"auth_failed: 777\"}");
+
+	// A drill against a cluster whose token lacks the master key: every value is counted as
+	// wrong_master_key, none raises and none decrypts to garbage.
+	Cluster other;
+	other.start();
+	Connection other_admin = other.connect();
+	other_admin.exec("CREATE DATABASE drill");
+	const std::string other_where =
+		" -h " + other.dir() + " -p " + other_admin.value("SHOW port") + " -U postgres";
+	rc = std::system(
+		(bindir + "/pg_restore" + other_where + " -d drill " + dump + " >/dev/null 2>&1").c_str());
+	ASSERT_EQ(rc, 0);
+	Connection foreign = other.connect("drill");
+	r = foreign.exec("SELECT values_total, values_ok, wrong_master_key, first_failures[1] "
+					 "FROM pgkm.verify()");
+	ASSERT_EQ(r.rows(), 1);
+	EXPECT_EQ(r.getInt(0, 0), 1000);
+	EXPECT_EQ(r.getInt(0, 1), 0);
+	EXPECT_EQ(r.getInt(0, 2), 1000);
+	EXPECT_EQ(r.get(0, 3), "wrong_master_key: 1");
 }
 
 } // namespace pgkm::it

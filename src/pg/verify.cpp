@@ -177,14 +177,30 @@ VerifySlot *ClaimSlot()
 	return nullptr;
 }
 
-// Memory-context callback: frees the run's slot when the call ends, on success or error.
-void ReleaseSlot(void *arg)
+// What EndRun undoes: the run's progress slot (or nullptr) and the statement's text.
+struct RunEnd
 {
-	auto *s = static_cast<VerifySlot *>(arg);
-	SpinLockAcquire(&s->mutex);
-	if (s->pid == MyProcPid)
-		s->pid = 0;
-	SpinLockRelease(&s->mutex);
+	MemoryContextCallback callback;
+	VerifySlot *slot;
+	char *statement; // nullptr if none
+};
+
+// Memory-context callback: when the call ends, on success or error, frees the run's slot (if
+// it has one) and puts the statement back as the backend's activity (on an error, postgres.c
+// has cleared debug_query_string by then: the text was copied at the start).
+void EndRun(void *arg)
+{
+	auto *end = static_cast<RunEnd *>(arg);
+	if (end->slot != nullptr)
+	{
+		VerifySlot *s = end->slot;
+		SpinLockAcquire(&s->mutex);
+		if (s->pid == MyProcPid)
+			s->pid = 0;
+		SpinLockRelease(&s->mutex);
+	}
+	if (end->statement != nullptr)
+		pgstat_report_activity(STATE_RUNNING, end->statement);
 }
 
 // Publishes the column being scanned and its row estimate.
@@ -655,13 +671,12 @@ Datum pgkm_verify(PG_FUNCTION_ARGS)
 	auto *run = static_cast<Run *>(palloc0(sizeof(Run)));
 	run->flinfo = fcinfo->flinfo;
 	run->slot = ClaimSlot();
-	if (run->slot != nullptr)
-	{
-		auto *release = static_cast<MemoryContextCallback *>(palloc(sizeof(MemoryContextCallback)));
-		release->func = ReleaseSlot;
-		release->arg = run->slot;
-		MemoryContextRegisterResetCallback(CurrentMemoryContext, release);
-	}
+	auto *end = static_cast<RunEnd *>(palloc0(sizeof(RunEnd)));
+	end->slot = run->slot;
+	end->statement = debug_query_string ? pstrdup(debug_query_string) : nullptr;
+	end->callback.func = EndRun;
+	end->callback.arg = end;
+	MemoryContextRegisterResetCallback(CurrentMemoryContext, &end->callback);
 	List *targets = ReadTargets(relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -672,8 +687,6 @@ Datum pgkm_verify(PG_FUNCTION_ARGS)
 		VerifyColumn(run, static_cast<ColumnTarget *>(lfirst(cell)), rate, started, &rows_run,
 					 rsinfo);
 	SPI_finish();
-	if (debug_query_string != nullptr)
-		pgstat_report_activity(STATE_RUNNING, debug_query_string);
 	AuditAdmin("verify", nullptr, 0,
 			   psprintf("%s: %d columns, %lld values, %lld failed",
 						relid == InvalidOid ? "all protected columns"

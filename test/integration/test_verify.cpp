@@ -185,6 +185,11 @@ TEST_F(Verify, ThrottledRunShowsProgressAndCancels)
 	bg.thread.join();
 	EXPECT_EQ(bg.sqlstate, "57014");
 	EXPECT_EQ(watcher.intValue("SELECT count(*) FROM pgkm.verify_progress"), 0);
+	EXPECT_EQ(watcher.intValue("SELECT count(*) FROM pg_stat_activity WHERE pid = $1::int AND "
+							   "query LIKE 'pgkm.verify:%'",
+							   {pid}),
+			  0)
+		<< "the cancelled run left its activity string behind";
 	// The backend survives and verifies again.
 	EXPECT_EQ(runner.intValue("SELECT count(*) FROM pgkm.verify('big') WHERE false"), 0);
 }

@@ -179,6 +179,15 @@ TEST_F(Verify, ThrottledRunShowsProgressAndCancels)
 								"pid = $1::int",
 								60s, {pid, std::to_string(first)}));
 
+	// Writers are not blocked by the run (it holds what a SELECT holds): an update of a row it
+	// has yet to read, and one it has read, commit under a lock timeout.
+	Connection writer = cluster_->connect();
+	writer.exec("SET lock_timeout = '5s'");
+	writer.exec("UPDATE big SET secret = secret WHERE id IN (1, $1::int)", {std::to_string(kRows)});
+	EXPECT_GT(
+		watcher.intValue("SELECT count(*) FROM pgkm.verify_progress WHERE pid = $1::int", {pid}), 0)
+		<< "the run ended before the writer was checked against it";
+
 	// Cancellable while it sleeps.
 	EXPECT_EQ(watcher.value("SELECT pg_cancel_backend($1::int)", {pid}), "t");
 	ASSERT_TRUE(WaitUntil([&]() { return bg.done.load(); }, 60s));

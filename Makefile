@@ -41,10 +41,11 @@ OBJS = \
 	src/pg/redact.o \
 	src/pg/shmem.o \
 	src/pg/token.o \
+	src/pg/verify.o \
 	src/pg/worker.o
 
 # pg_regress suites, run by test/regress.sh against a cluster with a SoftHSM2 token.
-REGRESS = setup data_path errors privileges rotation key_status lifecycle jobs audit attacks searchable erasure key_cache
+REGRESS = setup data_path errors privileges rotation key_status lifecycle jobs audit attacks searchable erasure key_cache verify
 
 # JIT bitcode is not worth its build trouble for pgkm (NOTES.md): build native code only.
 override with_llvm = no

@@ -5,6 +5,41 @@
 
 -- == verify: integrity verification and restore drills ==
 
+-- Tries to decrypt every non-NULL value of the registered protected columns (all, or those of
+-- one table) with its context, never returning plaintext; one row per column, key and version
+-- with the values that opened (values_ok) and the failures by kind, and the first failing rows
+-- (primary key as text, or ctid) as 'kind: key'. Blind-index values are checked by header: a
+-- known, usable version of a blind-index key. Scans in batches through a cursor; sleeps to
+-- stay under max_rows_per_second (0: no limit). Runs as the caller: SELECT on the tables and
+-- the decrypt role of each key are needed (a key the caller may not use counts as denied).
+CREATE FUNCTION pgkm.verify(relation regclass DEFAULT NULL,
+	max_rows_per_second integer DEFAULT 0,
+	OUT table_name regclass, OUT column_name name, OUT key_id bigint, OUT key_name text,
+	OUT key_version integer, OUT values_total bigint, OUT values_ok bigint,
+	OUT missing_key bigint, OUT destroyed bigint, OUT disabled bigint, OUT denied bigint,
+	OUT auth_failed bigint, OUT wrong_master_key bigint, OUT malformed bigint,
+	OUT first_failures text[])
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME', 'pgkm_verify'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION pgkm.verify(regclass, integer) FROM PUBLIC;
+
+CREATE FUNCTION pgkm.verify_progress_slots(OUT pid integer, OUT table_name regclass,
+	OUT column_name name, OUT rows_done bigint, OUT rows_total bigint, OUT failures bigint,
+	OUT started_at timestamptz)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME', 'pgkm_verify_progress'
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION pgkm.verify_progress_slots() FROM PUBLIC;
+
+-- The verifications running in this database: the column being scanned, its rows done so
+-- far against the planner's estimate, and the failures of the whole run so far.
+CREATE VIEW pgkm.verify_progress AS
+	SELECT s.pid, s.table_name, s.column_name, s.rows_done, s.rows_total, s.failures,
+		s.started_at
+	FROM pgkm.verify_progress_slots() s;
+REVOKE ALL ON pgkm.verify_progress FROM PUBLIC;
+
 -- == dump and restore ==
 
 -- == replication ==

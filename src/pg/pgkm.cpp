@@ -5,6 +5,7 @@
 #include "pgkm/pg/redact.hpp"
 #include "pgkm/pg/shmem.hpp"
 #include "pgkm/pg/token.hpp"
+#include "pgkm/pg/verify.hpp"
 #include "pgkm/pg/worker.hpp"
 
 #include "pgkm/pg/postgres.hpp"
@@ -42,5 +43,6 @@ void _PG_init(void)
 	pgkm::pg::WorkerInit();
 	pgkm::pg::AuditInit();
 	pgkm::pg::RedactInit();
+	pgkm::pg::VerifyInit();
 	CheckPinFileAtStartup();
 }

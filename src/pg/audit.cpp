@@ -39,10 +39,12 @@ namespace
 inline constexpr int kMaxNoteColumns = 8;
 inline constexpr int kMaxNotes = 16;
 // Distinct (statement, operation, key version) counts a backend keeps before it writes them
-// out early: each holds a whole AuditEntry (about 2.3 KB), so the array grows on demand up to
-// this bound (about 2.4 MB). A statement over per-subject keys touches one version per
-// subject; each gets one record, which is the evidence an erasure request needs.
-inline constexpr int kMaxAggregates = 1024;
+// out early. Each holds a whole AuditEntry (about 2.3 KB), in a static array whose pages
+// become resident only as a statement uses that many versions (at most about 300 KB), and
+// stay: an array grown and freed per statement fragmented the heap of a backend that ran
+// statements over hundreds of keys. A statement over per-subject keys touches one version
+// per subject; each gets one record (more if it touches more than this many at once).
+inline constexpr int kMaxAggregates = 128;
 inline constexpr int kAggregateSlots = 2 * kMaxAggregates; // open addressing, a power of two
 
 // A protected column as the hooks see it.
@@ -121,8 +123,7 @@ int open_next = 0;
 Note notes[kMaxNotes];
 int note_depth = 0;
 std::uint64_t next_note_id = 1;
-Aggregate *aggregates = nullptr; // in TopMemoryContext, in order of first use
-int aggregate_capacity = 0;
+Aggregate aggregates[kMaxAggregates]; // in order of first use
 int aggregate_count = 0;
 // Index of aggregates by (note, op, key, version): the position + 1, 0 for an empty slot.
 std::int16_t aggregate_index[kAggregateSlots];
@@ -664,20 +665,6 @@ void FlushAggregates(std::uint64_t note_id, AuditFull full)
 	IndexAggregates();
 }
 
-// Room for a new aggregate at the end of the array, growing it (the caller flushed a full
-// one). The caller indexes it when it counts it.
-Aggregate *AppendAggregate()
-{
-	if (aggregate_count == aggregate_capacity)
-	{
-		int capacity = aggregate_capacity == 0 ? 32 : 2 * aggregate_capacity;
-		Size bytes = sizeof(Aggregate) * (Size)capacity;
-		aggregates = static_cast<Aggregate *>(
-			aggregates ? repalloc(aggregates, bytes) : MemoryContextAlloc(TopMemoryContext, bytes));
-		aggregate_capacity = capacity;
-	}
-	return &aggregates[aggregate_count];
-}
 
 // Ends a note: its aggregates, then an 'access' record for each column no use covered.
 void FinishNote(Note *note, std::int64_t processed, AuditFull full)
@@ -1001,7 +988,7 @@ void AuditUse(AuditOp op, const VersionEntry *v, const std::uint8_t *nonce)
 		FlushAggregates(UINT64_MAX, OverflowPolicy());
 		(void)FindAggregate(note_id, op, v->key_id, v->version, &slot);
 	}
-	Aggregate &a = *AppendAggregate();
+	Aggregate &a = aggregates[aggregate_count];
 	a.note_id = note_id;
 	a.op = op;
 	a.key_id = v->key_id;

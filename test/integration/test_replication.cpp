@@ -246,7 +246,9 @@ TEST(ReplicationLogical, SubscriberWithSameKeyring)
 {
 	Cluster pub({"wal_level = logical", "pgkm.worker_naptime = 1"});
 	pub.start();
-	Cluster sub = Cluster::sharingTokenOf(pub, {"pgkm.worker_naptime = 1"});
+	// A day-long key cache TTL: only an invalidation can empty a warm cache.
+	Cluster sub =
+		Cluster::sharingTokenOf(pub, {"pgkm.worker_naptime = 1", "pgkm.key_cache_ttl = 1d"});
 	sub.start();
 	Connection pdb = pub.connect();
 	Connection sdb = sub.connect();
@@ -295,6 +297,22 @@ TEST(ReplicationLogical, SubscriberWithSameKeyring)
 	// The subscriber never generated a master key of its own: one row, the publisher's.
 	EXPECT_EQ(sdb.intValue("SELECT count(*) FROM pgkm.master_keys"), 1);
 	EXPECT_EQ(ErrorLines(sub.serverLog()), 0) << sub.serverLogTail(20);
+
+	// A state change on the publisher reaches the subscriber's warm caches: the apply worker
+	// writes the catalog with session_replication_role = replica, and the catalog triggers
+	// fire there too (ENABLE ALWAYS), so the subscriber's sessions refuse the version at once.
+	const std::string one = "SELECT pgkm_decrypt_text(secret, id::text) FROM t WHERE id = 1";
+	ASSERT_EQ(sdb.value(one), Secret(1, 0)) << "the subscriber session's cache is not warm";
+	pdb.exec("SELECT pgkm.disable_key_version('lk', 2)");
+	ASSERT_TRUE(fresh.waitFor("SELECT state = 'disabled' FROM pgkm.key_versions v JOIN pgkm.keys "
+							  "k USING (key_id) WHERE k.name = 'lk' AND v.version = 2",
+							  30s))
+		<< "the disabled version did not reach the subscriber";
+	Result refused = sdb.query(one);
+	EXPECT_FALSE(refused.ok())
+		<< "a subscriber session with a warm cache still decrypts under a version the "
+		   "publisher disabled";
+	EXPECT_EQ(refused.sqlstate(), "55000") << refused.message();
 	sdb.exec("DROP SUBSCRIPTION s");
 }
 

@@ -3,17 +3,20 @@
 //    decrypts rows written before and after it started and after a rotation on the primary
 //    (the keys replicate with the catalog, and a session with a warm key cache finds the new
 //    version); every write (an INSERT of pgkm_encrypt, rotate_key, create_key) and a bare
-//    AES-GCM pgkm_encrypt fail with 25006, while pgkm_encrypt_det lookups work; no pgkm process
-//    runs there and its log shows no error loop; its decrypts are audited as pgkm_audit lines in
-//    its server log.
+//    AES-GCM pgkm_encrypt fail with 25006, while pgkm_encrypt_det lookups work; a version
+//    disabled on the primary is refused at once by a standby session that had it cached; no pgkm
+//    process runs there and its log shows no error loop; its decrypts are audited as pgkm_audit
+//    lines in its server log.
 //  - ReplicationStreaming.PromotionResumesInterruptedJob: a re-encryption job running on the
 //    primary, replayed by the standby, is interrupted by an immediate stop of the primary; the
 //    standby is promoted, its worker starts, the job resumes from its checkpoint and completes,
 //    every row decrypts under the new version and the audit chain keeps verifying.
 //  - ReplicationLogical.SubscriberWithSameKeyring: a subscriber cluster using the same token
-//    subscribes to a publication of pgkm.master_keys, pgkm.keys and pgkm.key_versions plus a
-//    protected table; rows decrypt there, and after a rotation (with re-encryption) on the
-//    publisher the subscriber decrypts the rows under the new version it received.
+//    subscribes first to a publication of a protected table alone (its values fail with 42704:
+//    unknown key), then also to one of pgkm.master_keys, pgkm.keys and pgkm.key_versions; rows
+//    then decrypt there, and after a rotation (with re-encryption) on the publisher the
+//    subscriber decrypts the rows under the new version it received. A version disabled on
+//    the publisher is refused at once by a subscriber session whose cache held it.
 #include "helpers.hpp"
 
 #include <gtest/gtest.h>
@@ -80,7 +83,8 @@ long long ErrorLines(const std::string &log)
 
 TEST(ReplicationStreaming, HotStandbyReadsOnly)
 {
-	Cluster primary({"pgkm.worker_naptime = 1"});
+	// A day-long key cache TTL: only an invalidation can empty a warm cache.
+	Cluster primary({"pgkm.worker_naptime = 1", "pgkm.key_cache_ttl = 1d"});
 	primary.start();
 	Connection pdb = primary.connect();
 	SetUpExtension(pdb, "rk");
@@ -177,6 +181,17 @@ TEST(ReplicationStreaming, HotStandbyReadsOnly)
 	EXPECT_EQ(sdb.value("SELECT pgkm_decrypt_text(c) FROM d"), "needle");
 	ExpectRows(sdb, 600, 2, "standby after the refused writes");
 	EXPECT_EQ(sdb.value(kPgkmProcesses), "0");
+
+	// A version disabled on the primary is refused by a standby session whose cache holds it,
+	// at its next statement after replay (not after pgkm.key_cache_ttl).
+	const std::string one = "SELECT pgkm_decrypt_text(secret, id::text) FROM t WHERE id = 1";
+	ASSERT_EQ(sdb.value(one), Secret(1, 0));
+	pdb.exec("SELECT pgkm.disable_key_version('rk', 2)");
+	ASSERT_TRUE(WaitReplayed(pdb, sdb, 15s));
+	Result refused = sdb.query(one);
+	EXPECT_FALSE(refused.ok()) << "a standby session with a warm cache still decrypts under a "
+								  "version the primary disabled";
+	EXPECT_EQ(refused.sqlstate(), "55000") << refused.message();
 }
 
 TEST(ReplicationStreaming, PromotionResumesInterruptedJob)
@@ -261,17 +276,31 @@ TEST(ReplicationLogical, SubscriberWithSameKeyring)
 	sdb.exec("CREATE EXTENSION pgkm");
 	sdb.exec("CREATE TABLE t (id int PRIMARY KEY, secret bytea, other int NOT NULL)");
 
-	// The key catalog (extension member tables) is publishable, with the table.
+	// The key catalog (extension member tables) is publishable, like the table.
 	pdb.exec("CREATE PUBLICATION pgkm_keyring FOR TABLE pgkm.master_keys, pgkm.keys, "
 			 "pgkm.key_versions");
 	pdb.exec("CREATE PUBLICATION app FOR TABLE t");
 	std::string conninfo;
 	for (char c : pub.conninfo())
 		conninfo += c == '\'' ? std::string("''") : std::string(1, c);
-	sdb.exec("CREATE SUBSCRIPTION s CONNECTION '" + conninfo + "' PUBLICATION pgkm_keyring, app");
+
+	// The table alone: its ciphertexts arrive but the subscriber does not know their key.
+	sdb.exec("CREATE SUBSCRIPTION s CONNECTION '" + conninfo + "' PUBLICATION app");
+	ASSERT_TRUE(
+		sdb.waitFor("SELECT count(*) = 1 FROM pg_subscription_rel WHERE srsubstate = 'r'", 60s))
+		<< "initial synchronisation of t did not finish";
+	ASSERT_EQ(sdb.intValue("SELECT count(*) FROM t"), 300);
+	Result unknown = sdb.query("SELECT pgkm_decrypt_text(secret, id::text) FROM t WHERE id = 1");
+	EXPECT_FALSE(unknown.ok()) << "decrypted on a subscriber without the key catalog";
+	EXPECT_EQ(unknown.sqlstate(), "42704") << unknown.message();
+	Note("subscriber without the keyring: " + unknown.sqlstate() + " " + unknown.message());
+	long long sub_errors = ErrorLines(sub.serverLog()); // this one, logged before it returned
+
+	// With the keyring publication added (its tables copied), the same session decrypts.
+	sdb.exec("ALTER SUBSCRIPTION s ADD PUBLICATION pgkm_keyring");
 	ASSERT_TRUE(
 		sdb.waitFor("SELECT count(*) = 4 FROM pg_subscription_rel WHERE srsubstate = 'r'", 60s))
-		<< "initial synchronisation did not finish";
+		<< "initial synchronisation of the keyring did not finish";
 	ExpectRows(sdb, 300, 1, "subscriber after the initial copy");
 
 	// New rows replicate and decrypt (same session: its cache is warm).
@@ -296,7 +325,9 @@ TEST(ReplicationLogical, SubscriberWithSameKeyring)
 			  "active");
 	// The subscriber never generated a master key of its own: one row, the publisher's.
 	EXPECT_EQ(sdb.intValue("SELECT count(*) FROM pgkm.master_keys"), 1);
-	EXPECT_EQ(ErrorLines(sub.serverLog()), 0) << sub.serverLogTail(20);
+	EXPECT_EQ(ErrorLines(sub.serverLog()), sub_errors)
+		<< "errors on the subscriber (apply worker, pgkm worker):\n"
+		<< sub.serverLogTail(20);
 
 	// A state change on the publisher reaches the subscriber's warm caches: the apply worker
 	// writes the catalog with session_replication_role = replica, and the catalog triggers

@@ -20,10 +20,7 @@
 
 extern "C"
 {
-#include "catalog/namespace.h"
 #include "utils/array.h"
-#include "utils/inval.h"
-#include "utils/lsyscache.h"
 }
 
 namespace pgkm::pg
@@ -473,13 +470,6 @@ void KeyCacheCatalogChanged()
 	KeyCacheInit();
 	catalog_changed_in_xact = true;
 	cache_generation = 0;
-	// The generation counter lives in this server's shared memory: hot standbys learn of the
-	// change from a relcache invalidation of pgkm.keys in the commit record, which empties
-	// their backends' caches at their next transaction after replay (RelcacheCallback).
-	Oid nsp = get_namespace_oid("pgkm", true);
-	Oid keys = OidIsValid(nsp) ? get_relname_relid("keys", nsp) : InvalidOid;
-	if (OidIsValid(keys))
-		CacheInvalidateRelcacheByRelid(keys);
 }
 
 const char *VersionStateName(VersionState state)

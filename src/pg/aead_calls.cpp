@@ -14,6 +14,7 @@
 extern "C"
 {
 #include "access/detoast.h"
+#include "access/xlog.h"
 }
 
 namespace pgkm::pg
@@ -131,6 +132,18 @@ std::size_t CiphertextSize(std::size_t plain_len, core::Algorithm algorithm)
 void SealTo(VersionEntry *v, core::ByteView plain, core::ByteView context,
 			std::span<std::uint8_t> out)
 {
+	// A random-nonce encryption must be counted against its version's limit in the catalog
+	// (pgkm.key_versions.encryptions), which a hot standby can neither write nor flush to.
+	if (v->algorithm != core::Algorithm::Aes256Siv && RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot encrypt with key \"%s\" version %u on a hot standby", v->key_name,
+						v->version),
+				 errdetail("AES-256-GCM encryptions use random nonces and are counted against "
+						   "the key version's limit in the catalog, which a standby cannot "
+						   "write."),
+				 errhint("Encrypt on the primary. Decryption, pgkm_encrypt_det and "
+						 "pgkm_blind_index work on a standby.")));
 	core::Header header;
 	header.algorithm = v->algorithm;
 	header.key_id = v->key_id;

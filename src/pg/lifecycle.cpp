@@ -20,6 +20,7 @@
 extern "C"
 {
 #include "utils/array.h"
+#include "utils/inval.h"
 }
 
 using pgkm::core::ByteView;
@@ -73,12 +74,18 @@ RewrapSites *SitesOf(FmgrInfo *flinfo)
 	return static_cast<RewrapSites *>(flinfo->fn_extra);
 }
 
-// Invalidates every backend's key cache when this transaction commits. The catalog trigger
+// Invalidates every backend's key cache when this transaction commits, hot standbys' too
+// (disable, enable, destroy, master-key rotation). The catalog trigger
 // does the same, but does not fire under session_replication_role = replica, and a
 // disabled or destroyed version must stop working everywhere at once regardless.
 void PublishAtCommit()
 {
 	KeyCacheCatalogChanged();
+	// The generation counter lives in this server's shared memory; hot standbys learn of the
+	// change from a relcache invalidation of pgkm.keys in the commit record, which empties
+	// their backends' caches at their next transaction after replay (as erase_key does).
+	if (OidIsValid(CatalogKeysRelid()))
+		CacheInvalidateRelcacheByRelid(CatalogKeysRelid());
 }
 
 // Reads the non-null text argument arg or raises null_value_not_allowed.

@@ -502,6 +502,37 @@ Cluster::Cluster(std::vector<std::string> extra_settings)
 						 "--so-pin", so_pin, "--pin", pin},
 						&out) != 0)
 		throw std::runtime_error("softhsm2-util --init-token failed: " + out);
+	initCluster(extra_settings);
+}
+
+Cluster Cluster::sharingTokenOf(const Cluster &other, std::vector<std::string> extra_settings)
+{
+	return Cluster(other, std::move(extra_settings), TokenTag{});
+}
+
+Cluster::Cluster(const Cluster &other, std::vector<std::string> extra_settings, TokenTag)
+{
+	createDir();
+	conf_ = other.conf_; // the same token: both servers run on this machine
+	pin_file_ = other.pin_file_;
+	port_ = other.port_ + 2;
+	try
+	{
+		initCluster(extra_settings);
+	}
+	catch (...)
+	{
+		std::error_code ec;
+		std::filesystem::remove_all(dir_, ec);
+		if (slot_ >= 0)
+			cleanup_slots[slot_].used = false;
+		throw;
+	}
+}
+
+void Cluster::initCluster(const std::vector<std::string> &extra_settings)
+{
+	std::string out;
 	if (runAsServerUser({PgBinDir() + "/initdb", "-D", data_, "-U", "postgres", "-A", "trust", "-E",
 						 "UTF8", "--locale=C.UTF-8", "--no-sync"},
 						&out) != 0)

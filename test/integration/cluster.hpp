@@ -121,6 +121,11 @@ class Cluster
 	// outlive it (declare it after the primary). Not started; the destructor stops and
 	// removes it like any cluster.
 	static Cluster standbyOf(const Cluster &primary);
+	// A fresh, independent cluster (its own initdb) that uses another cluster's SoftHSM2
+	// token, PIN file and SOFTHSM2_CONF, e.g. a logical-replication subscriber with the same
+	// master key. The other cluster object must outlive it. Not started.
+	static Cluster sharingTokenOf(const Cluster &other,
+								  std::vector<std::string> extra_settings = {});
 	Cluster(const Cluster &) = delete;
 	Cluster &operator=(const Cluster &) = delete;
 	~Cluster();
@@ -162,6 +167,12 @@ class Cluster
 	{
 	};
 	Cluster(const Cluster &primary, StandbyTag);
+	struct TokenTag
+	{
+	};
+	Cluster(const Cluster &other, std::vector<std::string> extra_settings, TokenTag);
+	// Runs initdb into data_ and writes postgresql.conf (token settings from conf_/pin_file_).
+	void initCluster(const std::vector<std::string> &extra_settings);
 	// Creates and registers dir_ (mkdtemp), owned by the server's OS user.
 	void createDir();
 	// Runs argv as the server's OS user from /, with SOFTHSM2_CONF set; returns the exit

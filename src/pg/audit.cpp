@@ -665,7 +665,6 @@ void FlushAggregates(std::uint64_t note_id, AuditFull full)
 	IndexAggregates();
 }
 
-
 // Ends a note: its aggregates, then an 'access' record for each column no use covered.
 void FinishNote(Note *note, std::int64_t processed, AuditFull full)
 {

@@ -66,10 +66,9 @@ void FlushXactCallback(XactEvent event, void *)
 	if (event == XACT_EVENT_COMMIT)
 	{
 		for (int i = 0; i < pending_flush_count; i++)
-			CounterSubtract(pending_flush[i].key_id, pending_flush[i].version,
-							pending_flush[i].unflushed);
+			CounterSubtract(pending_flush[i]);
 		for (int i = 0; i < pending_release_count; i++)
-			CounterRelease(pending_release[i].key_id, pending_release[i].version);
+			CounterRelease(pending_release[i]);
 	}
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
 	{
@@ -250,8 +249,8 @@ int64 FlushEncryptionCounts()
 
 	// Versions that can no longer encrypt: retired, destroyed, or gone with their key.
 	uint64 rows = CatalogExec(
-		"SELECT s.k, s.v FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS s(k, v)"
-		" WHERE NOT EXISTS ("
+		"SELECT s.i FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2))"
+		" WITH ORDINALITY AS s(k, v, i) WHERE NOT EXISTS ("
 		"SELECT FROM pgkm.key_versions kv WHERE kv.key_id OPERATOR(pg_catalog.=) s.k"
 		" AND kv.version OPERATOR(pg_catalog.=) s.v"
 		" AND kv.state OPERATOR(pg_catalog.<>) ALL ('{retired,destroyed}'))",
@@ -259,10 +258,8 @@ int64 FlushEncryptionCounts()
 	for (uint64 r = 0; r < rows; r++)
 	{
 		bool isnull;
-		CounterEntry &e = pending_release[pending_release_count++];
-		e.key_id = (std::uint32_t)DatumGetInt64(CatalogValue(r, 1, &isnull));
-		e.version = (std::uint32_t)DatumGetInt32(CatalogValue(r, 2, &isnull));
-		e.unflushed = 0;
+		int64 i = DatumGetInt64(CatalogValue(r, 1, &isnull)); // 1-based, into entries
+		pending_release[pending_release_count++] = entries[i - 1];
 	}
 	return total;
 }

@@ -22,7 +22,8 @@ struct CounterKey
 
 struct CounterSlot
 {
-	CounterKey key; // first: the hash key
+	CounterKey key;      // first: the hash key
+	std::uint32_t epoch; // bumped by CounterReset (under counter_lock, exclusive)
 	pg_atomic_uint64 count;
 };
 
@@ -186,7 +187,10 @@ CounterSlot *CounterFor(std::uint32_t key_id, std::uint32_t version)
 	bool found;
 	slot = static_cast<CounterSlot *>(hash_search(counters, &key, HASH_ENTER_NULL, &found));
 	if (slot && !found)
+	{
+		slot->epoch = 0;
 		pg_atomic_init_u64(&slot->count, 0);
+	}
 	bool warn = slot == nullptr && !shared->warned_full;
 	if (warn)
 		shared->warned_full = true;
@@ -219,6 +223,7 @@ CounterEntry *CounterSnapshot(int *count)
 			continue;
 		out[n].key_id = slot->key.key_id;
 		out[n].version = slot->key.version;
+		out[n].epoch = slot->epoch;
 		out[n].unflushed = pg_atomic_read_u64(&slot->count);
 		n++;
 	}
@@ -229,25 +234,31 @@ CounterEntry *CounterSnapshot(int *count)
 
 void CounterReset(std::uint32_t key_id, std::uint32_t version)
 {
-	LWLockAcquire(shared->counter_lock, LW_SHARED);
+	// Exclusive: a flush's subtraction (shared) sees either the old epoch and count, or the
+	// new ones, never the new count with the old epoch.
+	LWLockAcquire(shared->counter_lock, LW_EXCLUSIVE);
 	if (CounterSlot *slot = FindCounter(key_id, version))
+	{
+		slot->epoch++;
 		pg_atomic_write_u64(&slot->count, 0);
+	}
 	LWLockRelease(shared->counter_lock);
 }
 
-void CounterSubtract(std::uint32_t key_id, std::uint32_t version, std::uint64_t n)
+void CounterSubtract(const CounterEntry &flushed)
 {
 	LWLockAcquire(shared->counter_lock, LW_SHARED);
-	if (CounterSlot *slot = FindCounter(key_id, version))
-		pg_atomic_fetch_sub_u64(&slot->count, n);
+	CounterSlot *slot = FindCounter(flushed.key_id, flushed.version);
+	if (slot && slot->epoch == flushed.epoch)
+		pg_atomic_fetch_sub_u64(&slot->count, flushed.unflushed);
 	LWLockRelease(shared->counter_lock);
 }
 
-void CounterRelease(std::uint32_t key_id, std::uint32_t version)
+void CounterRelease(const CounterEntry &flushed)
 {
 	LWLockAcquire(shared->counter_lock, LW_EXCLUSIVE);
-	CounterSlot *slot = FindCounter(key_id, version);
-	if (slot && pg_atomic_read_u64(&slot->count) == 0)
+	CounterSlot *slot = FindCounter(flushed.key_id, flushed.version);
+	if (slot && slot->epoch == flushed.epoch && pg_atomic_read_u64(&slot->count) == 0)
 	{
 		CounterKey key = slot->key;
 		(void)hash_search(counters, &key, HASH_REMOVE, nullptr);

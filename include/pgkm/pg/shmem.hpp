@@ -44,6 +44,7 @@ struct CounterEntry
 {
 	std::uint32_t key_id;
 	std::uint32_t version;
+	std::uint32_t epoch; // of the counter when read: a reset since makes it stale
 	std::uint64_t unflushed;
 };
 // This database's counters, palloc'd; *count is how many.
@@ -51,14 +52,17 @@ CounterEntry *CounterSnapshot(int *count);
 // Zeroes the count of (key_id, version), when that version is created: ids come back after
 // DROP EXTENSION and CREATE EXTENSION, and a new version has encrypted nothing yet.
 void CounterReset(std::uint32_t key_id, std::uint32_t version);
-// Subtracts n from the slot of (key_id, version), after those counts reached the catalog.
-void CounterSubtract(std::uint32_t key_id, std::uint32_t version, std::uint64_t n);
-// Frees the counter of (key_id, version) if it counts nothing unflushed: called for versions
+// Subtracts a snapshot's count from its counter, after those counts reached the catalog;
+// nothing if the counter was reset since the snapshot (the version was created anew: key ids
+// come back after DROP EXTENSION, and a flush may be under way meanwhile).
+void CounterSubtract(const CounterEntry &flushed);
+// Frees the counter of a snapshot's (key_id, version) if it counts nothing unflushed and was
+// not reset since: called for versions
 // that can no longer encrypt (retired, destroyed or gone) once their counts reached the
 // catalog. A backend still holding it (a statement that began before the version's rotation
 // and is still running after its retirement) would count into whichever version reuses the
 // entry: an over-count, which rotates that key early rather than late.
-void CounterRelease(std::uint32_t key_id, std::uint32_t version);
+void CounterRelease(const CounterEntry &flushed);
 
 // Claims the worker slot of a database for this process; false if another worker has it.
 bool WorkerClaim(Oid dbid);

@@ -248,13 +248,13 @@ int64 FlushEncryptionCounts()
 		}
 
 	// Versions that can no longer encrypt: retired, destroyed, or gone with their key.
-	uint64 rows = CatalogExec(
-		"SELECT s.i FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2))"
-		" WITH ORDINALITY AS s(k, v, i) WHERE NOT EXISTS ("
-		"SELECT FROM pgkm.key_versions kv WHERE kv.key_id OPERATOR(pg_catalog.=) s.k"
-		" AND kv.version OPERATOR(pg_catalog.=) s.v"
-		" AND kv.state OPERATOR(pg_catalog.<>) ALL ('{retired,destroyed}'))",
-		2, types, values, nullptr, SPI_OK_SELECT);
+	uint64 rows =
+		CatalogExec("SELECT s.i FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2))"
+					" WITH ORDINALITY AS s(k, v, i) WHERE NOT EXISTS ("
+					"SELECT FROM pgkm.key_versions kv WHERE kv.key_id OPERATOR(pg_catalog.=) s.k"
+					" AND kv.version OPERATOR(pg_catalog.=) s.v"
+					" AND kv.state OPERATOR(pg_catalog.<>) ALL ('{retired,destroyed}'))",
+					2, types, values, nullptr, SPI_OK_SELECT);
 	for (uint64 r = 0; r < rows; r++)
 	{
 		bool isnull;

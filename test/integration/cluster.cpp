@@ -659,6 +659,11 @@ void Cluster::chownToServer(const std::string &path) const
 		throw std::runtime_error("chown " + path + ": " + std::strerror(errno));
 }
 
+std::string Cluster::pgBin(const std::string &name)
+{
+	return PgBinDir() + "/" + name;
+}
+
 int Cluster::runAsServerUser(const std::vector<std::string> &argv, std::string *output,
 							 std::chrono::seconds timeout) const
 {

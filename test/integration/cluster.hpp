@@ -112,6 +112,12 @@ class Connection
 class Cluster
 {
   public:
+	// Runs argv as the server's OS user from /, with SOFTHSM2_CONF set; returns the exit
+	// status and fills output (stdout + stderr). Kills it after timeout.
+	int runAsServerUser(const std::vector<std::string> &argv, std::string *output = nullptr,
+						std::chrono::seconds timeout = 120s) const;
+	// The path of a PostgreSQL program among the binaries clusters run (PGKM_PG_BINDIR).
+	static std::string pgBin(const std::string &name);
 	// extra_settings: lines appended to postgresql.conf after the standard ones.
 	explicit Cluster(std::vector<std::string> extra_settings = {});
 	// A streaming-replication standby of a running primary: a base backup of it
@@ -175,10 +181,6 @@ class Cluster
 	void initCluster(const std::vector<std::string> &extra_settings);
 	// Creates and registers dir_ (mkdtemp), owned by the server's OS user.
 	void createDir();
-	// Runs argv as the server's OS user from /, with SOFTHSM2_CONF set; returns the exit
-	// status and fills output (stdout + stderr). Kills it after timeout.
-	int runAsServerUser(const std::vector<std::string> &argv, std::string *output = nullptr,
-						std::chrono::seconds timeout = 120s) const;
 	void chownToServer(const std::string &path) const;
 	void pgCtlStop(const std::string &mode);
 	void registerPostmaster();

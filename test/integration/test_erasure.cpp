@@ -35,74 +35,12 @@ namespace pgkm::it
 namespace
 {
 
-// The PostgreSQL binaries the cluster runs (PGKM_PG_BINDIR, as cluster.cpp chooses them).
-std::string PgBin(const std::string &name)
-{
-	if (const char *bindir = std::getenv("PGKM_PG_BINDIR"); bindir && *bindir)
-		return std::string(bindir) + "/" + name;
-	std::string out;
-	if (FILE *p = popen("pg_config --bindir 2>/dev/null", "r"))
-	{
-		char buf[512];
-		while (fgets(buf, sizeof buf, p))
-			out += buf;
-		pclose(p);
-	}
-	while (!out.empty() && (out.back() == '\n' || out.back() == ' '))
-		out.pop_back();
-	return (out.empty() ? std::string("/usr/lib/postgresql/15/bin") : out) + "/" + name;
-}
-
-// Runs argv as the server's OS user (when we are root) from /; returns its exit status and
-// fills output with its stdout and stderr.
-int RunAsServer(std::vector<std::string> argv, std::string *output)
-{
-	std::vector<std::string> full;
-	if (getuid() == 0)
-		full = {"runuser", "-u", "postgres", "--"};
-	full.insert(full.end(), argv.begin(), argv.end());
-	int fds[2];
-	if (pipe(fds) != 0)
-		throw std::runtime_error("pipe failed");
-	const pid_t pid = fork();
-	if (pid == 0)
-	{
-		close(fds[0]);
-		const int null_fd = open("/dev/null", O_RDONLY);
-		dup2(null_fd, 0);
-		dup2(fds[1], 1);
-		dup2(fds[1], 2);
-		if (chdir("/") != 0)
-			_exit(126);
-		std::vector<char *> args;
-		for (auto &a : full)
-			args.push_back(a.data());
-		args.push_back(nullptr);
-		execvp(args[0], args.data());
-		_exit(127);
-	}
-	close(fds[1]);
-	std::string out;
-	char buf[4096];
-	ssize_t n;
-	while ((n = read(fds[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
-		if (n > 0)
-			out.append(buf, static_cast<std::size_t>(n));
-	close(fds[0]);
-	int status = 0;
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-	{
-	}
-	if (output)
-		*output = out;
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
-
 // pg_dump -Fc of a database into file (in the cluster's directory).
 void Dump(const Cluster &cluster, const std::string &db, const std::string &file)
 {
 	std::string out;
-	ASSERT_EQ(RunAsServer({PgBin("pg_dump"), "-Fc", "-f", file, "-d", cluster.conninfo(db)}, &out),
+	ASSERT_EQ(cluster.runAsServerUser(
+				  {Cluster::pgBin("pg_dump"), "-Fc", "-f", file, "-d", cluster.conninfo(db)}, &out),
 			  0)
 		<< "pg_dump " << db << ": " << out;
 }
@@ -114,7 +52,9 @@ void Restore(const Cluster &cluster, Connection &admin, const std::string &file,
 {
 	admin.exec("CREATE DATABASE " + db);
 	std::string out;
-	ASSERT_EQ(RunAsServer({PgBin("pg_restore"), "-d", cluster.conninfo(db), file}, &out), 0)
+	ASSERT_EQ(cluster.runAsServerUser(
+				  {Cluster::pgBin("pg_restore"), "-d", cluster.conninfo(db), file}, &out),
+			  0)
 		<< "pg_restore into " << db << ": " << out;
 }
 
@@ -443,9 +383,9 @@ TEST(Erasure, BackupsBeforeTheErasureUntilTheMasterKeyIsDestroyed)
 	auto dump_holds = [&](const std::string &file)
 	{
 		std::string out;
-		EXPECT_EQ(RunAsServer({PgBin("pg_restore"), "-a", "-n", "pgkm", "-t", "key_versions", "-f",
-							   "-", file},
-							  &out),
+		EXPECT_EQ(cluster.runAsServerUser({Cluster::pgBin("pg_restore"), "-a", "-n", "pgkm", "-t",
+										   "key_versions", "-f", "-", file},
+										  &out),
 				  0);
 		std::stringstream blobs(wrapped_erased);
 		std::string blob;

@@ -40,75 +40,6 @@ constexpr long long kRows = 200;     // customers
 constexpr long long kNotes = 40;     // notes: 1..20 under version 1, 21..40 under version 2
 constexpr long long kBigRows = 3000; // big: the paused job's table
 
-// The PostgreSQL binaries the cluster runs (PGKM_PG_BINDIR, as cluster.cpp chooses them).
-std::string PgBin(const std::string &name)
-{
-	if (const char *bindir = std::getenv("PGKM_PG_BINDIR"); bindir && *bindir)
-		return std::string(bindir) + "/" + name;
-	std::string out;
-	if (FILE *p = popen("pg_config --bindir 2>/dev/null", "r"))
-	{
-		char buf[512];
-		while (fgets(buf, sizeof buf, p))
-			out += buf;
-		pclose(p);
-	}
-	while (!out.empty() && (out.back() == '\n' || out.back() == ' '))
-		out.pop_back();
-	return (out.empty() ? std::string("/usr/lib/postgresql/15/bin") : out) + "/" + name;
-}
-
-// Runs argv (as the server's OS user when we are root) from /, with extra environment
-// settings; returns its exit status and fills output with its stdout and stderr.
-int RunAsServer(std::vector<std::string> argv, std::string *output,
-				const std::vector<std::string> &env = {})
-{
-	std::vector<std::string> full;
-	if (getuid() == 0)
-		full = {"runuser", "-u", "postgres", "--"};
-	if (!env.empty())
-	{
-		full.push_back("env");
-		full.insert(full.end(), env.begin(), env.end());
-	}
-	full.insert(full.end(), argv.begin(), argv.end());
-	int fds[2];
-	if (pipe(fds) != 0)
-		throw std::runtime_error("pipe failed");
-	const pid_t pid = fork();
-	if (pid == 0)
-	{
-		close(fds[0]);
-		const int null_fd = open("/dev/null", O_RDONLY);
-		dup2(null_fd, 0);
-		dup2(fds[1], 1);
-		dup2(fds[1], 2);
-		if (chdir("/") != 0)
-			_exit(126);
-		std::vector<char *> args;
-		for (auto &a : full)
-			args.push_back(a.data());
-		args.push_back(nullptr);
-		execvp(args[0], args.data());
-		_exit(127);
-	}
-	close(fds[1]);
-	std::string out;
-	char buf[4096];
-	ssize_t n;
-	while ((n = read(fds[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
-		if (n > 0)
-			out.append(buf, static_cast<std::size_t>(n));
-	close(fds[0]);
-	int status = 0;
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-	{
-	}
-	if (output)
-		*output = out;
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
-
 // Runs a shell command as root (copying token files); throws unless it exits 0.
 void Shell(const std::string &command)
 {
@@ -300,11 +231,12 @@ void MakeSource(Source &src)
 	src.audit_export = src.cluster.dir() + "/audit.csv";
 	{
 		std::string out;
-		ASSERT_EQ(RunAsServer({PgBin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d",
-							   src.cluster.conninfo("app"), "-c",
-							   "\\copy (SELECT * FROM pgkm.audit_log WHERE seq <= " + last_seq +
-								   " ORDER BY seq) TO '" + src.audit_export + "' CSV"},
-							  &out),
+		ASSERT_EQ(src.cluster.runAsServerUser(
+					  {Cluster::pgBin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d",
+					   src.cluster.conninfo("app"), "-c",
+					   "\\copy (SELECT * FROM pgkm.audit_log WHERE seq <= " + last_seq +
+						   " ORDER BY seq) TO '" + src.audit_export + "' CSV"},
+					  &out),
 				  0)
 			<< "psql \\copy: " << out;
 		std::ifstream in(src.audit_export);
@@ -316,14 +248,14 @@ void MakeSource(Source &src)
 	src.dump = src.cluster.dir() + "/app.dump";
 	src.data_only = src.cluster.dir() + "/app-data.dump";
 	std::string out;
-	ASSERT_EQ(
-		RunAsServer({PgBin("pg_dump"), "-Fc", "-f", src.dump, "-d", src.cluster.conninfo("app")},
-					&out),
-		0)
+	ASSERT_EQ(src.cluster.runAsServerUser({Cluster::pgBin("pg_dump"), "-Fc", "-f", src.dump, "-d",
+										   src.cluster.conninfo("app")},
+										  &out),
+			  0)
 		<< "pg_dump: " << out;
-	ASSERT_EQ(RunAsServer({PgBin("pg_dump"), "-Fc", "--data-only", "-f", src.data_only, "-d",
-						   src.cluster.conninfo("app")},
-						  &out),
+	ASSERT_EQ(src.cluster.runAsServerUser({Cluster::pgBin("pg_dump"), "-Fc", "--data-only", "-f",
+										   src.data_only, "-d", src.cluster.conninfo("app")},
+										  &out),
 			  0)
 		<< "pg_dump --data-only: " << out;
 	// The dumps hold the ciphertexts and the wrapped DEKs, nothing decrypted: no plaintext.
@@ -336,7 +268,8 @@ void MakeSource(Source &src)
 	EXPECT_EQ(bytes.find("user7@example.com"), std::string::npos);
 	// The audit log is left out (its partitions are extension members; see the notes).
 	std::string toc;
-	ASSERT_EQ(RunAsServer({PgBin("pg_restore"), "-l", src.dump}, &toc), 0) << toc;
+	ASSERT_EQ(src.cluster.runAsServerUser({Cluster::pgBin("pg_restore"), "-l", src.dump}, &toc), 0)
+		<< toc;
 	EXPECT_NE(toc.find("TABLE DATA pgkm key_versions"), std::string::npos) << toc;
 	EXPECT_NE(toc.find("TABLE DATA pgkm rotation_jobs"), std::string::npos) << toc;
 	EXPECT_EQ(toc.find("audit_log_"), std::string::npos) << toc;
@@ -347,10 +280,10 @@ int RestoreInto(const Cluster &cluster, const std::string &file, const std::stri
 				std::string *out, std::vector<std::string> options = {})
 {
 	cluster.connect().exec("CREATE DATABASE " + db);
-	std::vector<std::string> argv = {PgBin("pg_restore"), "-d", cluster.conninfo(db)};
+	std::vector<std::string> argv = {Cluster::pgBin("pg_restore"), "-d", cluster.conninfo(db)};
 	argv.insert(argv.end(), options.begin(), options.end());
 	argv.push_back(file);
-	return RunAsServer(argv, out);
+	return cluster.runAsServerUser(argv, out);
 }
 
 // Every decryption (and encryption) in a database without the source's master key fails
@@ -495,9 +428,10 @@ TEST(IntegrationRestore, DataOnlyDumpIntoAnExistingPgkmDatabase)
 		CreateUserTables(db);
 	}
 	std::string out;
-	int rc = RunAsServer({PgBin("pg_restore"), "--data-only", "--single-transaction", "-d",
-						  src.cluster.conninfo("app_copy"), src.data_only},
-						 &out);
+	int rc = src.cluster.runAsServerUser({Cluster::pgBin("pg_restore"), "--data-only",
+										  "--single-transaction", "-d",
+										  src.cluster.conninfo("app_copy"), src.data_only},
+										 &out);
 	ASSERT_EQ(rc, 0) << "pg_restore --data-only: " << out;
 	Connection db = src.cluster.connect("app_copy");
 	ExpectSameDigest(src.digest, ReadDigest(db), "data-only restore");
@@ -512,9 +446,9 @@ TEST(IntegrationRestore, DataOnlyDumpIntoAnExistingPgkmDatabase)
 	// CREATE EXTENSION IF NOT EXISTS is a no-op, the rest restores.
 	admin.exec("CREATE DATABASE app_full");
 	src.cluster.connect("app_full").exec("CREATE EXTENSION pgkm");
-	rc = RunAsServer({PgBin("pg_restore"), "--single-transaction", "-d",
-					  src.cluster.conninfo("app_full"), src.dump},
-					 &out);
+	rc = src.cluster.runAsServerUser({Cluster::pgBin("pg_restore"), "--single-transaction", "-d",
+									  src.cluster.conninfo("app_full"), src.dump},
+									 &out);
 	ASSERT_EQ(rc, 0) << "pg_restore into a database with pgkm: " << out;
 	Connection full = src.cluster.connect("app_full");
 	ExpectSameDigest(src.digest, ReadDigest(full), "full restore over CREATE EXTENSION");

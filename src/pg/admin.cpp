@@ -179,7 +179,7 @@ void CheckKeyOwner(Oid caller, Oid owner, const char *name)
 int64 OpenOwnedKey(const char *name, CatalogSession *session)
 {
 	Oid caller = GetUserId();
-	CatalogOpen(session);
+	CatalogOpenAdmin(session);
 	Oid owner;
 	int64 key_id = LockKey(name, &owner);
 	CheckKeyOwner(caller, owner, name);
@@ -360,7 +360,7 @@ Datum pgkm_create_key(PG_FUNCTION_ARGS)
 	char *caller_name = GetUserNameFromId(caller, false);
 
 	CatalogSession session;
-	CatalogOpen(&session);
+	CatalogOpenAdmin(&session);
 	Oid name_type[1] = {TEXTOID};
 	Datum name_value[1] = {CStringGetTextDatum(name)};
 	if (CatalogExec("SELECT 1 FROM pgkm.keys WHERE name OPERATOR(pg_catalog.=) $1", 1, name_type,

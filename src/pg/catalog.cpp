@@ -71,6 +71,21 @@ void CatalogOpen(CatalogSession *session)
 	catalog_session_depth++;
 }
 
+void CatalogOpenAdmin(CatalogSession *session)
+{
+	CatalogOpen(session);
+	CatalogExec("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pgkm'", 0, nullptr,
+				nullptr, nullptr, SPI_OK_SELECT);
+	const char *installed = SPI_processed == 1 ? CatalogText(0, 1) : nullptr;
+	if (installed && strcmp(installed, kSqlVersion) != 0)
+		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						errmsg("pgkm's SQL objects in this database are version %s, and this pgkm "
+							   "library administers keys with version %s",
+							   installed, kSqlVersion),
+						errdetail("Encryption and decryption keep working until the update."),
+						errhint("Run ALTER EXTENSION pgkm UPDATE in this database.")));
+}
+
 void CatalogClose(CatalogSession *session)
 {
 	SPI_finish();

@@ -641,7 +641,7 @@ Datum pgkm_destroy_master_key(PG_FUNCTION_ARGS)
 								  "unreadable for good.")));
 	}
 	CatalogSession session;
-	CatalogOpen(&session);
+	CatalogOpenAdmin(&session);
 	CatalogExec("LOCK TABLE pgkm.master_keys IN SHARE ROW EXCLUSIVE MODE", 0, nullptr, nullptr,
 				nullptr, SPI_OK_UTILITY);
 	Oid types[2] = {TEXTOID, NAMEOID};

@@ -93,7 +93,7 @@ void ChangeJobState(FunctionCallInfo fcinfo, const char *from, const char *to, c
 	Oid caller = GetUserId();
 	char *caller_name = GetUserNameFromId(caller, false);
 	CatalogSession session;
-	CatalogOpen(&session);
+	CatalogOpenAdmin(&session);
 	char state[32];
 	int64 key_id = LockJob(job_id, state, sizeof(state));
 	CheckKeyIdOwner(caller, key_id);
@@ -454,7 +454,7 @@ Datum pgkm_unprotect_column(PG_FUNCTION_ARGS)
 	char *caller_name = GetUserNameFromId(caller, false);
 	CheckTableOwner(relid);
 	CatalogSession session;
-	CatalogOpen(&session);
+	CatalogOpenAdmin(&session);
 	RequireNoDependentIndex(relid, column);
 	Oid types[2] = {OIDOID, NAMEOID};
 	Datum values[2] = {ObjectIdGetDatum(relid), PG_GETARG_DATUM(1)};
@@ -489,7 +489,7 @@ Datum pgkm_start_reencryption(PG_FUNCTION_ARGS)
 	Oid caller = GetUserId();
 	char *caller_name = GetUserNameFromId(caller, false);
 	CatalogSession session;
-	CatalogOpen(&session);
+	CatalogOpenAdmin(&session);
 	Oid types[2] = {OIDOID, NAMEOID};
 	Datum values[2] = {ObjectIdGetDatum(relid), PG_GETARG_DATUM(1)};
 	if (CatalogExec("SELECT p.key_id, v.version FROM pgkm.protected_columns p"

@@ -556,7 +556,7 @@ Datum pgkm_rotate_master_key(PG_FUNCTION_ARGS)
 	KeyCacheInit();
 	char *caller_name = GetUserNameFromId(GetUserId(), false);
 	CatalogSession session;
-	CatalogOpen(&session);
+	CatalogOpenAdmin(&session);
 	// Serialises with other master-key changes and with the first create_key.
 	CatalogExec("LOCK TABLE pgkm.master_keys IN SHARE ROW EXCLUSIVE MODE", 0, nullptr, nullptr,
 				nullptr, SPI_OK_UTILITY);
@@ -644,7 +644,7 @@ Datum pgkm_retire_master_key(PG_FUNCTION_ARGS)
 	char *label = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char *caller_name = GetUserNameFromId(GetUserId(), false);
 	CatalogSession session;
-	CatalogOpen(&session);
+	CatalogOpenAdmin(&session);
 	CatalogExec("LOCK TABLE pgkm.master_keys IN SHARE ROW EXCLUSIVE MODE", 0, nullptr, nullptr,
 				nullptr, SPI_OK_UTILITY);
 	Oid types[1] = {TEXTOID};

@@ -200,6 +200,10 @@ TEST(Upgrade, StepByStepFromOnePointZero)
 	db.exec("INSERT INTO t VALUES (0, pgkm_encrypt('zero'::text, 'k_a', '0'), NULL, 0)");
 	EXPECT_EQ(db.value("SELECT pgkm_decrypt_text(secret, '0') FROM t WHERE id = 0"), "zero");
 	db.exec("DELETE FROM t WHERE id = 0");
+	// Key administration waits for the update, with an error that says so.
+	Result refused = db.query("SELECT pgkm.rotate_key('k_a')");
+	EXPECT_EQ(refused.sqlstate(), "55000") << refused.message();
+	EXPECT_NE(refused.message().find("version 1.0"), std::string::npos) << refused.message();
 
 	for (const std::string &version : kSteps)
 	{

@@ -15,8 +15,17 @@ struct CatalogSession
 	int guc_nest_level;
 };
 
+// The version of pgkm's SQL objects this library is built for: pgkm.control's
+// default_version (if they disagree, every administration call in the tests fails).
+inline constexpr const char *kSqlVersion = "1.5";
+
 // Connects SPI as the owner of the pgkm schema's tables with search_path pinned.
 void CatalogOpen(CatalogSession *session);
+// CatalogOpen for key administration: refuses (55000, with a hint to run ALTER EXTENSION
+// pgkm UPDATE) when this database's pgkm SQL objects are not the version this library was
+// built for. Between a package upgrade and the update, the data path keeps working with
+// the old objects; administration, which writes the newer catalog, does not.
+void CatalogOpenAdmin(CatalogSession *session);
 // Finishes SPI and restores the caller's identity and settings.
 void CatalogClose(CatalogSession *session);
 

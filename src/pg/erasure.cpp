@@ -642,19 +642,8 @@ Datum pgkm_destroy_master_key(PG_FUNCTION_ARGS)
 	}
 	CatalogSession session;
 	CatalogOpenAdmin(&session);
-	CatalogExec("LOCK TABLE pgkm.master_keys IN SHARE ROW EXCLUSIVE MODE", 0, nullptr, nullptr,
-				nullptr, SPI_OK_UTILITY);
-	Oid types[2] = {TEXTOID, NAMEOID};
-	Datum values[2] = {CStringGetTextDatum(label), CatalogName(caller_name)};
-	if (CatalogExec("SELECT master_key_id, state FROM pgkm.master_keys"
-					" WHERE label OPERATOR(pg_catalog.=) $1",
-					1, types, values, nullptr, SPI_OK_SELECT) != 1)
-		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
-						errmsg("master key \"%s\" does not exist", label),
-						errdetail("pgkm.master_keys has no master key with this label.")));
-	bool isnull;
-	int32 master_key_id = DatumGetInt32(CatalogValue(0, 1, &isnull));
-	char *state = CatalogText(0, 2);
+	char *state;
+	int32 master_key_id = LockMasterKey(label, &state);
 	if (strcmp(state, "destroyed") == 0)
 		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						errmsg("master key \"%s\" is already destroyed", label)));

@@ -301,6 +301,24 @@ bytea *Rewrap(FunctionCallInfo fcinfo, VersionEntry **source_out, std::uint8_t *
 
 } // namespace
 
+int32 pgkm::pg::LockMasterKey(const char *label, char **state)
+{
+	CatalogExec("LOCK TABLE pgkm.master_keys IN SHARE ROW EXCLUSIVE MODE", 0, nullptr, nullptr,
+				nullptr, SPI_OK_UTILITY);
+	Oid types[1] = {TEXTOID};
+	Datum values[1] = {CStringGetTextDatum(label)};
+	if (CatalogExec("SELECT master_key_id, state FROM pgkm.master_keys"
+					" WHERE label OPERATOR(pg_catalog.=) $1",
+					1, types, values, nullptr, SPI_OK_SELECT) != 1)
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
+						errmsg("master key \"%s\" does not exist", label),
+						errdetail("pgkm.master_keys has no master key with this label.")));
+	bool isnull;
+	int32 master_key_id = DatumGetInt32(CatalogValue(0, 1, &isnull));
+	*state = CatalogText(0, 2);
+	return master_key_id;
+}
+
 void pgkm::pg::RequireNothingWrappedUnder(int32 master_key_id, const char *label)
 {
 	// Waits for writers of key versions and holds new ones off until commit, so the count
@@ -645,19 +663,8 @@ Datum pgkm_retire_master_key(PG_FUNCTION_ARGS)
 	char *caller_name = GetUserNameFromId(GetUserId(), false);
 	CatalogSession session;
 	CatalogOpenAdmin(&session);
-	CatalogExec("LOCK TABLE pgkm.master_keys IN SHARE ROW EXCLUSIVE MODE", 0, nullptr, nullptr,
-				nullptr, SPI_OK_UTILITY);
-	Oid types[1] = {TEXTOID};
-	Datum values[1] = {CStringGetTextDatum(label)};
-	if (CatalogExec("SELECT master_key_id, state FROM pgkm.master_keys"
-					" WHERE label OPERATOR(pg_catalog.=) $1",
-					1, types, values, nullptr, SPI_OK_SELECT) != 1)
-		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
-						errmsg("master key \"%s\" does not exist", label),
-						errdetail("pgkm.master_keys has no master key with this label.")));
-	bool isnull;
-	int32 master_key_id = DatumGetInt32(CatalogValue(0, 1, &isnull));
-	char *state = CatalogText(0, 2);
+	char *state;
+	int32 master_key_id = LockMasterKey(label, &state);
 	if (strcmp(state, "active") == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -56,6 +56,9 @@ void QueueReencryption(int64 key_id, int32 target_version, const char *actor);
 // memory forgets them only if the transaction commits. Returns the total added.
 int64 FlushEncryptionCounts();
 
+// Locks pgkm.master_keys against other master-key changes (until commit) and returns the
+// id and state of the master key labelled label; 42704 if there is none.
+int32 LockMasterKey(const char *label, char **state);
 // Locks pgkm.key_versions against writers until commit and raises
 // object_not_in_prerequisite_state if any key version is still wrapped under the master key
 // (pgkm.retire_master_key, pgkm.destroy_master_key).

@@ -197,26 +197,19 @@ VersionEntry *LoadVersion(std::uint32_t key_id, std::uint32_t version)
 // name, with its active version and the versions lookups try; NULL if there is none.
 KeyEntry *LoadKeyWhere(bool by_name, Oid type, Datum value)
 {
-	static const char *sql_by_name =
-		"SELECT k.key_id, k.name, v.version, k.algorithm,"
-		" ARRAY(SELECT l.version FROM pgkm.key_versions l"
-		"  WHERE l.key_id OPERATOR(pg_catalog.=) k.key_id"
-		"  AND l.state OPERATOR(pg_catalog.=) ANY ('{active,decrypt_only}')"
-		"  ORDER BY l.state OPERATOR(pg_catalog.=) 'active' DESC, l.version DESC)"
-		" FROM pgkm.keys k"
-		" LEFT JOIN pgkm.key_versions v ON v.key_id OPERATOR(pg_catalog.=) k.key_id"
-		"  AND v.state OPERATOR(pg_catalog.=) 'active'"
-		" WHERE k.name OPERATOR(pg_catalog.=) $1";
-	static const char *sql_by_id =
-		"SELECT k.key_id, k.name, v.version, k.algorithm,"
-		" ARRAY(SELECT l.version FROM pgkm.key_versions l"
-		"  WHERE l.key_id OPERATOR(pg_catalog.=) k.key_id"
-		"  AND l.state OPERATOR(pg_catalog.=) ANY ('{active,decrypt_only}')"
-		"  ORDER BY l.state OPERATOR(pg_catalog.=) 'active' DESC, l.version DESC)"
-		" FROM pgkm.keys k"
-		" LEFT JOIN pgkm.key_versions v ON v.key_id OPERATOR(pg_catalog.=) k.key_id"
-		"  AND v.state OPERATOR(pg_catalog.=) 'active'"
-		" WHERE k.key_id OPERATOR(pg_catalog.=) $1";
+#define PGKM_LOAD_KEY_SQL(where)                                                                   \
+	"SELECT k.key_id, k.name, v.version, k.algorithm,"                                             \
+	" ARRAY(SELECT l.version FROM pgkm.key_versions l"                                             \
+	"  WHERE l.key_id OPERATOR(pg_catalog.=) k.key_id"                                             \
+	"  AND l.state OPERATOR(pg_catalog.=) ANY ('{active,decrypt_only}')"                           \
+	"  ORDER BY l.state OPERATOR(pg_catalog.=) 'active' DESC, l.version DESC)"                     \
+	" FROM pgkm.keys k"                                                                            \
+	" LEFT JOIN pgkm.key_versions v ON v.key_id OPERATOR(pg_catalog.=) k.key_id"                   \
+	"  AND v.state OPERATOR(pg_catalog.=) 'active'"                                                \
+	" WHERE " where " OPERATOR(pg_catalog.=) $1"
+	static const char *sql_by_name = PGKM_LOAD_KEY_SQL("k.name");
+	static const char *sql_by_id = PGKM_LOAD_KEY_SQL("k.key_id");
+#undef PGKM_LOAD_KEY_SQL
 	static SPIPlanPtr plan_by_name = nullptr;
 	static SPIPlanPtr plan_by_id = nullptr;
 	CatalogSession session;

@@ -148,20 +148,35 @@ TEST(IntegrationWorkerLifecycle, CreateExtensionInsideTransaction)
 	EXPECT_EQ(done.state, "done") << Describe(done);
 }
 
+namespace
+{
+
+// Creates database name with pgkm, waits for its worker, then drops it (options after the
+// name, e.g. " WITH (FORCE)"), which must succeed.
+void DropDatabaseWithWorker(Cluster &cluster, Connection &db, const std::string &name,
+							const std::string &options)
+{
+	db.exec("CREATE DATABASE " + name);
+	{
+		Connection created = cluster.connect(name);
+		created.exec("CREATE EXTENSION pgkm");
+	}
+	ASSERT_NE(WaitForWorker(db, 15s, 0, name), 0) << "no worker in database " << name;
+	Result drop = db.query("DROP DATABASE " + name + options);
+	ASSERT_TRUE(drop.ok()) << drop.sqlstate() << " " << drop.message();
+}
+
+} // namespace
+
 // DROP DATABASE of a database that has the extension: its worker must not block it.
 TEST(IntegrationWorkerLifecycle, DropDatabaseWithExtension)
 {
 	Cluster cluster({"pgkm.worker_naptime = 1"});
 	cluster.start();
 	Connection db = cluster.connect();
-	db.exec("CREATE DATABASE third");
-	{
-		Connection third = cluster.connect("third");
-		third.exec("CREATE EXTENSION pgkm");
-	}
-	ASSERT_NE(WaitForWorker(db, 15s, 0, "third"), 0) << "no worker in database third";
-	Result drop = db.query("DROP DATABASE third");
-	ASSERT_TRUE(drop.ok()) << drop.sqlstate() << " " << drop.message();
+	DropDatabaseWithWorker(cluster, db, "third", "");
+	if (HasFatalFailure())
+		return;
 	EXPECT_TRUE(db.waitFor("SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = "
 						   "'pgkm worker'",
 						   15s));
@@ -175,14 +190,9 @@ TEST(IntegrationWorkerLifecycle, DropDatabaseWithForce)
 	Cluster cluster({"pgkm.worker_naptime = 1"});
 	cluster.start();
 	Connection db = cluster.connect();
-	db.exec("CREATE DATABASE fourth");
-	{
-		Connection fourth = cluster.connect("fourth");
-		fourth.exec("CREATE EXTENSION pgkm");
-	}
-	ASSERT_NE(WaitForWorker(db, 15s, 0, "fourth"), 0) << "no worker in database fourth";
-	Result drop = db.query("DROP DATABASE fourth WITH (FORCE)");
-	ASSERT_TRUE(drop.ok()) << drop.sqlstate() << " " << drop.message();
+	DropDatabaseWithWorker(cluster, db, "fourth", " WITH (FORCE)");
+	if (HasFatalFailure())
+		return;
 	// Longer than the worker's restart interval (5 s).
 	std::this_thread::sleep_for(8s);
 	EXPECT_EQ(db.intValue("SELECT count(*) FROM pg_stat_activity WHERE backend_type = "

@@ -2,7 +2,7 @@
 
 EXTENSION = pgkm
 MODULE_big = pgkm
-DATA = pgkm--1.0.sql pgkm--1.0--1.1.sql pgkm--1.1--1.2.sql pgkm--1.2--1.3.sql pgkm--1.3--1.4.sql pgkm--1.4--1.5.sql
+DATA = pgkm--1.0.sql pgkm--1.0--1.1.sql pgkm--1.1--1.2.sql pgkm--1.2--1.3.sql pgkm--1.3--1.4.sql pgkm--1.4--1.5.sql pgkm--1.5--1.6.sql
 PGFILEDESC = "pgkm - column encryption under a PKCS#11 master key"
 
 OBJS = \

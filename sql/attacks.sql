@@ -90,7 +90,7 @@ SELECT atk_try('SELECT pgkm.catalog_changed()') AS catalog_changed,
 -- sequences, views), read and written every way, by the attacker (with USAGE on pgkm).
 CREATE TABLE atk_rels AS
 SELECT c.oid::regclass AS rel, c.relkind,
-	regexp_replace(c.relname, '^audit_log_[0-9_]+$', 'audit_log_<partition>') AS shown,
+	regexp_replace(c.relname, '^audit_records_[0-9_]+$', 'audit_records_<partition>') AS shown,
 	(SELECT quote_ident(attname) FROM pg_attribute
 	 WHERE attrelid = c.oid AND attnum = 1) AS col
 FROM pg_class c WHERE c.relnamespace = 'pgkm'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'S');
@@ -710,18 +710,18 @@ SELECT md5(string_agg(d, E'\n' ORDER BY d)) FROM (
 	FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
 	LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
 	WHERE c.relnamespace = 'pgkm'::regnamespace AND c.relkind IN ('r', 'p', 'v')
-		AND c.relname !~ '^audit_log_[0-9]'
+		AND c.relname !~ '^audit_records_[0-9]'
 	UNION ALL SELECT format('constraint %s %s %s', conrelid::regclass, conname,
 		pg_get_constraintdef(oid))
 	FROM pg_constraint WHERE connamespace = 'pgkm'::regnamespace
-		AND conrelid::regclass::text !~ '^pgkm.audit_log_[0-9]'
+		AND conrelid::regclass::text !~ '^pgkm.audit_records_[0-9]'
 	UNION ALL SELECT format('trigger %s', pg_get_triggerdef(t.oid)) FROM pg_trigger t
 	JOIN pg_class c ON c.oid = t.tgrelid
 	WHERE c.relnamespace = 'pgkm'::regnamespace AND NOT t.tgisinternal
-		AND c.relname !~ '^audit_log_[0-9]'
+		AND c.relname !~ '^audit_records_[0-9]'
 	UNION ALL SELECT format('index %s', pg_get_indexdef(i.indexrelid)) FROM pg_index i
 	JOIN pg_class c ON c.oid = i.indrelid
-	WHERE c.relnamespace = 'pgkm'::regnamespace AND c.relname !~ '^audit_log_[0-9]'
+	WHERE c.relnamespace = 'pgkm'::regnamespace AND c.relname !~ '^audit_records_[0-9]'
 ) s
 $$;
 CREATE DATABASE atk_upgrade;

@@ -257,12 +257,19 @@ SELECT action, session_user_name, success, sqlstate,
 	OR (action = 'denied' AND detail LIKE 'master key destruction%') ORDER BY seq;
 
 ------------------------------------------------------------------------------------------
--- the audit log's partitions are members of the extension (pg_dump leaves them out); the 1.4
--- update makes the partitions of an older installation members too
-SELECT count(*) > 0 AS partitions, bool_and(EXISTS (SELECT FROM pg_depend d
-	WHERE d.classid = 'pg_class'::regclass AND d.objid = i.inhrelid AND d.deptype = 'e'))
-	AS all_members
-	FROM pg_inherits i WHERE i.inhparent = 'pgkm.audit_log'::regclass;
+-- the audit log's partitions are ordinary tables, not extension members, so that pg_dump
+-- carries them and their records (1.6); each has its own indexes, the parent none
+SELECT count(*) > 0 AS partitions,
+	bool_and(NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+		AND d.objid = i.inhrelid AND d.deptype = 'e')) AS none_members,
+	bool_and(c.relname ~ '^audit_records_[0-9]{8}_[0-9]{6}_[0-9]{6}$') AS named,
+	bool_and((SELECT count(*) FROM pg_index x WHERE x.indrelid = i.inhrelid) = 2) AS indexed,
+	bool_and(EXISTS (SELECT FROM pgkm.audit_partitions p WHERE p.name = c.relname)) AS registered
+	FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+	WHERE i.inhparent = 'pgkm.audit_log'::regclass;
+SELECT count(*) AS parent_indexes FROM pg_index WHERE indrelid = 'pgkm.audit_log'::regclass;
+-- the 1.6 update does this to the partitions of an older installation: members since 1.4,
+-- named audit_log_*, indexed through the parent's indexes
 CREATE DATABASE er_upgrade;
 SELECT dblink_connect('up', format('host=%s port=%s dbname=er_upgrade user=postgres',
 	:'test_dir', current_setting('port')));
@@ -271,20 +278,37 @@ SELECT dblink_exec('up', $$CREATE EXTENSION pgkm VERSION '1.3'$$);
 SELECT dblink_exec('up', $$DO $do$ BEGIN PERFORM pgkm_decrypt('\x0101'::bytea);
 	EXCEPTION WHEN OTHERS THEN NULL; END $do$ $$);
 SELECT * FROM dblink('up', $$SELECT pgkm.audit_flush() > 0$$) AS t(flushed boolean);
-SELECT * FROM dblink('up', $$SELECT format('ALTER EXTENSION pgkm DROP TABLE %s', inhrelid::regclass)
-	FROM pg_inherits WHERE inhparent = 'pgkm.audit_log'::regclass$$) AS t(cmd text) \gset
-SELECT dblink_exec('up', :'cmd');
-SELECT * FROM dblink('up', $$SELECT count(*) FROM pg_inherits i
-	WHERE i.inhparent = 'pgkm.audit_log'::regclass AND NOT EXISTS (SELECT FROM pg_depend d
-		WHERE d.classid = 'pg_class'::regclass AND d.objid = i.inhrelid AND d.deptype = 'e')$$)
-	AS t(not_members bigint);
+SELECT dblink_exec('up', $$ALTER EXTENSION pgkm UPDATE TO '1.5'$$);
+-- the partition as pgkm 1.5's worker named it
+SELECT * FROM dblink('up', $$SELECT c.relname::text FROM pg_inherits i JOIN pg_class c
+	ON c.oid = i.inhrelid WHERE i.inhparent = 'pgkm.audit_log'::regclass$$) AS t(part text) \gset
+SELECT dblink_exec('up', format('ALTER TABLE pgkm.%I RENAME TO %I', :'part',
+	replace(:'part', 'audit_records_', 'audit_log_')));
+SELECT dblink_exec('up', format($$UPDATE pgkm.audit_partitions SET name = %L$$,
+	replace(:'part', 'audit_records_', 'audit_log_')));
+SELECT * FROM dblink('up', $$SELECT count(*) FILTER (WHERE EXISTS (SELECT FROM pg_depend d
+		WHERE d.classid = 'pg_class'::regclass AND d.objid = i.inhrelid AND d.deptype = 'e')),
+	count(*) FILTER (WHERE c.relname ~ '^audit_log_'),
+	(SELECT count(*) FROM pg_index WHERE indrelid = 'pgkm.audit_log'::regclass)
+	FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+	WHERE i.inhparent = 'pgkm.audit_log'::regclass$$)
+	AS t(members bigint, named_audit_log bigint, parent_indexes bigint);
 SELECT dblink_exec('up', 'ALTER EXTENSION pgkm UPDATE');
 SELECT * FROM dblink('up', $$SELECT extversion FROM pg_extension WHERE extname = 'pgkm'$$)
 	AS t(extversion text);
-SELECT * FROM dblink('up', $$SELECT count(*) FROM pg_inherits i
-	WHERE i.inhparent = 'pgkm.audit_log'::regclass AND NOT EXISTS (SELECT FROM pg_depend d
-		WHERE d.classid = 'pg_class'::regclass AND d.objid = i.inhrelid AND d.deptype = 'e')$$)
-	AS t(not_members bigint);
+SELECT * FROM dblink('up', $$SELECT count(*) FILTER (WHERE EXISTS (SELECT FROM pg_depend d
+		WHERE d.classid = 'pg_class'::regclass AND d.objid = i.inhrelid AND d.deptype = 'e')),
+	count(*) FILTER (WHERE c.relname ~ '^audit_records_'
+		AND EXISTS (SELECT FROM pgkm.audit_partitions p WHERE p.name = c.relname)),
+	count(*) FILTER (WHERE (SELECT count(*) FROM pg_index x WHERE x.indrelid = i.inhrelid) = 2),
+	(SELECT count(*) FROM pg_index WHERE indrelid = 'pgkm.audit_log'::regclass)
+	FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+	WHERE i.inhparent = 'pgkm.audit_log'::regclass$$)
+	AS t(members bigint, renamed_registered bigint, indexed bigint, parent_indexes bigint);
+-- the worker keeps writing into it, and the chain verifies
+SELECT * FROM dblink('up', $$SELECT pgkm.audit_flush(true) > 1$$) AS t(flushed boolean);
+SELECT * FROM dblink('up', $$SELECT ok, records > 1 FROM pgkm.verify_audit_log()$$)
+	AS t(ok boolean, records boolean);
 SELECT dblink_disconnect('up');
 DROP DATABASE er_upgrade;
 

@@ -17,12 +17,14 @@
 
 extern "C"
 {
+#include "access/htup_details.h"
 #include "access/xlog.h"
 #include "commands/dbcommands.h"
 #include "commands/trigger.h"
 #include "utils/array.h"
 #include "utils/datum.h"
 #include "utils/wait_event.h"
+#include "storage/proc.h"
 #include "utils/snapmgr.h"
 }
 
@@ -356,6 +358,58 @@ void LeaveExtension(const char *partition)
 					nullptr, SPI_OK_UTILITY);
 }
 
+// Creates partition name of pgkm.audit_log for [lower, upper) unless it exists: with its own
+// (seq) and (key_name, seq) indexes and its TRUNCATE guard, not a member of the extension,
+// so that pg_dump carries it and its records (see pgkm--1.5--1.6.sql). Under the SQL of pgkm
+// 1.4 and 1.5 (between a package upgrade and ALTER EXTENSION UPDATE), whose parent indexes
+// give every partition its indexes, the partition joins the extension as those versions'
+// worker made it. Needs a catalog session.
+void CreatePartition(const char *name, Datum lower, Datum upper)
+{
+	Oid existing = get_relname_relid(name, get_namespace_oid("pgkm", false));
+	if (OidIsValid(existing))
+	{
+		Oid types[1] = {OIDOID};
+		Datum values[1] = {ObjectIdGetDatum(existing)};
+		if (CatalogExec("SELECT 1 FROM pg_catalog.pg_inherits WHERE inhrelid OPERATOR(pg_catalog.=)"
+						" $1 AND inhparent OPERATOR(pg_catalog.=)"
+						" 'pgkm.audit_log'::pg_catalog.regclass",
+						1, types, values, nullptr, SPI_OK_SELECT) != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_TABLE),
+					 errmsg("relation \"pgkm.%s\" exists but is not a partition of pgkm.audit_log",
+							name)));
+		return;
+	}
+	bool legacy = CatalogExec("SELECT 1 FROM pg_catalog.pg_index WHERE indrelid"
+							  " OPERATOR(pg_catalog.=) 'pgkm.audit_log'::pg_catalog.regclass",
+							  0, nullptr, nullptr, nullptr, SPI_OK_SELECT) > 0;
+	Oid types[3] = {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+	Datum values[3] = {CStringGetTextDatum(name), lower, upper};
+	CatalogExec("SELECT pg_catalog.format('CREATE TABLE pgkm.%I PARTITION OF pgkm.audit_log"
+				" FOR VALUES FROM (%L) TO (%L)', $1, $2, $3)",
+				3, types, values, nullptr, SPI_OK_SELECT);
+	char *create = CatalogText(0, 1);
+	CatalogExec(create, 0, nullptr, nullptr, nullptr, SPI_OK_UTILITY);
+	const char *quoted = quote_identifier(name);
+	if (!legacy)
+	{
+		CatalogExec(psprintf("CREATE INDEX %s ON pgkm.%s (seq)",
+							 quote_identifier(psprintf("%s_seq", name)), quoted),
+					0, nullptr, nullptr, nullptr, SPI_OK_UTILITY);
+		CatalogExec(psprintf("CREATE INDEX %s ON pgkm.%s (key_name, seq)",
+							 quote_identifier(psprintf("%s_key", name)), quoted),
+					0, nullptr, nullptr, nullptr, SPI_OK_UTILITY);
+	}
+	CatalogExec(psprintf("CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON pgkm.%s"
+						 " FOR EACH STATEMENT EXECUTE FUNCTION pgkm.audit_guard()",
+						 quoted),
+				0, nullptr, nullptr, nullptr, SPI_OK_UTILITY);
+	if (legacy)
+		CatalogExec(psprintf("ALTER EXTENSION pgkm ADD TABLE pgkm.%s", quoted), 0, nullptr, nullptr,
+					nullptr, SPI_OK_UTILITY);
+}
+
 // Makes sure a partition holds written_at: the newest partition, or a new one from its upper
 // bound (or the interval's start) to the end of the interval.
 void EnsurePartition(TimestampTz written_at)
@@ -386,28 +440,21 @@ void EnsurePartition(TimestampTz written_at)
 		hi = lower + width;
 	Oid types[2] = {TIMESTAMPTZOID, TIMESTAMPTZOID};
 	Datum values[2] = {TimestampTzGetDatum(lower), TimestampTzGetDatum(hi)};
-	CatalogExec("SELECT 'audit_log_' OPERATOR(pg_catalog.||) pg_catalog.to_char($1 AT TIME ZONE"
-				" 'UTC', 'YYYYMMDD_HH24MISS_US')",
+	// audit_records_*: pg_dump writes the data of a schema's tables in name order, and a
+	// data-only restore needs the registry (audit_partitions) first (pgkm--1.5--1.6.sql).
+	CatalogExec("SELECT 'audit_records_' OPERATOR(pg_catalog.||) pg_catalog.to_char($1 AT TIME"
+				" ZONE 'UTC', 'YYYYMMDD_HH24MISS_US')",
 				2, types, values, nullptr, SPI_OK_SELECT);
 	char *name = CatalogText(0, 1);
+	CreatePartition(name, values[0], values[1]);
 	Oid ntypes[3] = {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
 	Datum nvalues[3] = {CStringGetTextDatum(name), values[0], values[1]};
-	CatalogExec("SELECT pg_catalog.format('CREATE TABLE pgkm.%I PARTITION OF pgkm.audit_log"
-				" FOR VALUES FROM (%L) TO (%L)', $1, $2, $3)",
-				3, ntypes, nvalues, nullptr, SPI_OK_SELECT);
-	char *create = CatalogText(0, 1);
-	CatalogExec(create, 0, nullptr, nullptr, nullptr, SPI_OK_UTILITY);
-	CatalogExec(psprintf("CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON pgkm.%s"
-						 " FOR EACH STATEMENT EXECUTE FUNCTION pgkm.audit_guard()",
-						 quote_identifier(name)),
-				0, nullptr, nullptr, nullptr, SPI_OK_UTILITY);
-	// A member of the extension, like pgkm.audit_log itself: pg_dump leaves it out (a restored
-	// database starts a new chain; see pgkm--1.3--1.4.sql) and DROP EXTENSION drops it.
-	CatalogExec(psprintf("ALTER EXTENSION pgkm ADD TABLE pgkm.%s", quote_identifier(name)), 0,
-				nullptr, nullptr, nullptr, SPI_OK_UTILITY);
+	// As the writer: the registry's trigger (1.6) finds the partition made and lets it be.
+	AuditSetWriter(true);
 	CatalogExec("INSERT INTO pgkm.audit_partitions (name, lower_bound, upper_bound)"
 				" VALUES ($1, $2, $3)",
 				3, ntypes, nvalues, nullptr, SPI_OK_INSERT);
+	AuditSetWriter(false);
 	partition_upper = hi;
 }
 
@@ -465,6 +512,49 @@ void AppendRows(Row *rows, int n, State *state)
 	AuditSetWriter(true);
 	CatalogExec(sql.data, kColumnCount, types, arrays, nullptr, SPI_OK_INSERT);
 	AuditSetWriter(false);
+}
+
+// Reads and locks the writer's state. A state that says the log is empty while the log has
+// records means a restore loaded them (pg_dump does not carry pgkm.audit_state): the chain
+// continues from the newest record, and a 'restored' record says so. Only then: once the
+// chain has a record, no other session may add any (pgkm_audit_guard).
+State ReadWriterState()
+{
+	State s = ReadState();
+	if (s.last_seq != 0 ||
+		CatalogExec("SELECT seq, hash, written_at FROM pgkm.audit_log ORDER BY seq DESC LIMIT 1", 0,
+					nullptr, nullptr, nullptr, SPI_OK_SELECT) != 1)
+		return s;
+	bool isnull;
+	s.last_seq = DatumGetInt64(CatalogValue(0, 1, &isnull));
+	if (!HashFrom(CatalogValue(0, 2, &isnull), &s.last_hash))
+		elog(ERROR, "pgkm.audit_log: record %lld has a malformed hash", (long long)s.last_seq);
+	s.last_written_at = DatumGetTimestampTz(CatalogValue(0, 3, &isnull));
+	if (CatalogExec("SELECT seq, at FROM pgkm.audit_log WHERE action OPERATOR(pg_catalog.=)"
+					" 'checkpoint' ORDER BY seq DESC LIMIT 1",
+					0, nullptr, nullptr, nullptr, SPI_OK_SELECT) == 1)
+	{
+		s.last_checkpoint_seq = DatumGetInt64(CatalogValue(0, 1, &isnull));
+		s.last_checkpoint_at = DatumGetTimestampTz(CatalogValue(0, 2, &isnull));
+	}
+	CatalogExec("SELECT pg_catalog.count(*), pg_catalog.min(seq) FROM pgkm.audit_log", 0, nullptr,
+				nullptr, nullptr, SPI_OK_SELECT);
+	std::int64_t records = DatumGetInt64(CatalogValue(0, 1, &isnull));
+	std::int64_t first = DatumGetInt64(CatalogValue(0, 2, &isnull));
+	char detail[160];
+	snprintf(detail, sizeof(detail),
+			 "continues a restored audit log of %lld records, seq %lld to %lld", (long long)records,
+			 (long long)first, (long long)s.last_seq);
+	ereport(LOG,
+			(errmsg("pgkm worker: database \"%s\": %s", get_database_name(MyDatabaseId), detail)));
+	Row row;
+	WriterRow(&row, "restored", detail);
+	row.values[kRefSeq] = Int64GetDatum(s.last_seq);
+	row.nulls[kRefSeq] = false;
+	row.values[kRefHash] = HashDatum(s.last_hash);
+	row.nulls[kRefHash] = false;
+	AppendRows(&row, 1, &s);
+	return s;
 }
 
 // Appends a writer record whose mac seals (seq, hash) under kind ("checkpoint", "anchor").
@@ -643,7 +733,7 @@ int DrainBatch()
 	PG_TRY();
 	{
 		WorkerSetLocal("synchronous_commit", "on");
-		State state = ReadState();
+		State state = ReadWriterState();
 		const char *database = get_database_name(MyDatabaseId);
 		Row *rows = static_cast<Row *>(palloc(sizeof(Row) * (n + 1)));
 		int nrows = 0;
@@ -704,7 +794,7 @@ int DrainBatch()
 	{
 		WorkerBeginStep();
 		WorkerSetLocal("synchronous_commit", "on");
-		State state = ReadState();
+		State state = ReadWriterState();
 		if (retention)
 			(void)ApplyRetention(&state);
 		if (seal || retention)
@@ -764,7 +854,7 @@ void AuditHousekeeping(bool retention)
 		if (AuditTablesExist())
 		{
 			WorkerSetLocal("synchronous_commit", "on");
-			State state = ReadState();
+			State state = ReadWriterState();
 			TimestampTz now = GetCurrentTimestamp();
 			bool due =
 				state.last_seq > state.last_checkpoint_seq &&
@@ -918,29 +1008,97 @@ struct Anchor
 extern "C"
 {
 	PG_FUNCTION_INFO_V1(pgkm_audit_guard);
+	PG_FUNCTION_INFO_V1(pgkm_audit_partition_added);
 	PG_FUNCTION_INFO_V1(pgkm_verify_audit_log);
 	PG_FUNCTION_INFO_V1(pgkm_audit_flush);
 	PG_FUNCTION_INFO_V1(pgkm_apply_audit_retention);
 	Datum pgkm_audit_guard(PG_FUNCTION_ARGS);
+	Datum pgkm_audit_partition_added(PG_FUNCTION_ARGS);
 	Datum pgkm_verify_audit_log(PG_FUNCTION_ARGS);
 	Datum pgkm_audit_flush(PG_FUNCTION_ARGS);
 	Datum pgkm_apply_audit_retention(PG_FUNCTION_ARGS);
 }
 
-// Trigger on pgkm.audit_log: only the worker inserts; nobody updates, deletes or truncates.
+// Whether a session other than the worker may add records or partitions: only while
+// pgkm.audit_state says the log is empty, as in a database being restored. The row stays
+// locked (FOR SHARE) until the session commits, so the worker cannot start a chain of its own
+// under a restore, and continues the restored one once it is in (ReadWriterState).
+bool RestoreAllowed()
+{
+	static LocalTransactionId allowed_in = InvalidLocalTransactionId;
+#if PG_VERSION_NUM >= 170000
+	LocalTransactionId current = MyProc->vxid.lxid;
+#else
+	LocalTransactionId current = MyProc->lxid;
+#endif
+	if (allowed_in == current && current != InvalidLocalTransactionId)
+		return true;
+	CatalogSession session;
+	CatalogOpen(&session);
+	CatalogExec("SELECT last_seq FROM pgkm.audit_state WHERE id OPERATOR(pg_catalog.=) 1"
+				" FOR SHARE",
+				0, nullptr, nullptr, nullptr, SPI_OK_SELECT);
+	bool isnull = true;
+	bool empty = SPI_processed == 1 && DatumGetInt64(CatalogValue(0, 1, &isnull)) == 0;
+	CatalogClose(&session);
+	if (empty)
+		allowed_in = current;
+	return empty;
+}
+
+// Trigger on pgkm.audit_log: only the worker inserts, or a restore into an empty log; nobody
+// updates, deletes or truncates.
 Datum pgkm_audit_guard(PG_FUNCTION_ARGS)
 {
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 						errmsg("pgkm.audit_guard() must be called as a trigger")));
 	auto *trigger = reinterpret_cast<TriggerData *>(fcinfo->context);
-	if (TRIGGER_FIRED_BY_INSERT(trigger->tg_event) && AuditIsWriter())
+	if (TRIGGER_FIRED_BY_INSERT(trigger->tg_event) && (AuditIsWriter() || RestoreAllowed()))
 		return PointerGetDatum(trigger->tg_trigtuple);
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("pgkm.audit_log is append-only"),
 			 errdetail("Only the pgkm worker appends records; retention drops whole "
 					   "partitions (pgkm.audit_retention).")));
 	PG_RETURN_NULL();
+}
+
+// Trigger on pgkm.audit_partitions (BEFORE INSERT, so that a restore into a log with records
+// is refused with the reason before the registry's own constraints object): makes the
+// partition a new row names unless it exists. The worker's rows find theirs made; a
+// data-only restore's rows make theirs, before their records are loaded (see
+// pgkm--1.5--1.6.sql).
+Datum pgkm_audit_partition_added(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+						errmsg("pgkm.audit_partition_added() must be called as a trigger")));
+	auto *trigger = reinterpret_cast<TriggerData *>(fcinfo->context);
+	if (!TRIGGER_FIRED_BY_INSERT(trigger->tg_event) || !TRIGGER_FIRED_FOR_ROW(trigger->tg_event))
+		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+						errmsg("pgkm.audit_partition_added() must fire for each inserted row")));
+	if (!AuditIsWriter() && !RestoreAllowed())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the audit log of database \"%s\" already has records",
+						get_database_name(MyDatabaseId)),
+				 errdetail("Audit records are restored only into a database whose audit log is "
+						   "empty: two hash chains cannot be merged."),
+				 errhint("Leave the audit log out of a data-only dump into such a database: "
+						 "pg_dump --data-only --exclude-table-data='pgkm.audit_*'.")));
+	TupleDesc desc = RelationGetDescr(trigger->tg_relation);
+	HeapTuple tuple = trigger->tg_trigtuple;
+	bool null_name, null_lower, null_upper;
+	Datum name = heap_getattr(tuple, 1, desc, &null_name);
+	Datum lower = heap_getattr(tuple, 2, desc, &null_lower);
+	Datum upper = heap_getattr(tuple, 3, desc, &null_upper);
+	if (null_name || null_lower || null_upper)
+		elog(ERROR, "pgkm.audit_partitions: a row with a NULL name or bound");
+	CatalogSession session;
+	CatalogOpen(&session);
+	CreatePartition(NameStr(*DatumGetName(name)), lower, upper);
+	CatalogClose(&session);
+	return PointerGetDatum(tuple);
 }
 
 // pgkm.verify_audit_log(): recomputes every hash and link, and checks every checkpoint and

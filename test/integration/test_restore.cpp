@@ -6,15 +6,20 @@
 //    decrypts; keys, versions, key events, the registry and the jobs are identical; every
 //    ciphertext is byte-identical (nothing re-encrypted or double-encrypted by a trigger); the
 //    restored worker leaves the paused job alone until it is resumed, then finishes it. The
-//    audit log does not travel (its partitions are extension members, see the notes): it is
-//    exported with \copy before the dump (every record), and the restored database starts a
-//    new chain from seq 1, without the source's records, that verifies.
+//    audit log travels: every record and the partition registry are identical; the restored
+//    worker continues the chain (a 'restored' record sealing the source's head), and the
+//    whole chain, source's records and new ones, verifies.
 //  - DumpIntoAClusterWithAnotherTokenOrNone: the same dump into a cluster with another token
 //    (one that holds a master key of the same label, generated there) and into one with no
-//    token configured: pg_restore exits 0, every decryption fails with an error, never a value.
+//    token configured: pg_restore exits 0, every decryption fails with an error, never a value;
+//    the audit log's records arrive, and its checkpoints do not verify without the token.
 //  - DataOnlyDumpIntoAnExistingPgkmDatabase: pg_dump --data-only restored into a database
-//    where a DBA ran CREATE EXTENSION pgkm and created the tables: exit 0, values decrypt;
-//    the full dump into a database where only CREATE EXTENSION pgkm was run, likewise.
+//    where a DBA ran CREATE EXTENSION pgkm and created the tables: exit 0, values decrypt,
+//    the audit log arrives (the registry's trigger makes its partitions) and verifies; the full
+//    dump into a database where only CREATE EXTENSION pgkm was run, likewise. Into a database
+//    whose audit log has records of its own, the data-only restore fails with 55000 and a hint
+//    (two chains cannot be merged), leaving it unchanged; a dump without the audit log
+//    (--exclude-table-data='pgkm.audit_*') restores there, and that database's chain verifies.
 //  - BaseBackupRestoredToANewDataDirectory: pg_basebackup of a running cluster, started as an
 //    independent server (no standby.signal) after the original is stopped, decrypts everything.
 #include "helpers.hpp"
@@ -207,10 +212,49 @@ struct Source
 	Digest digest;
 	std::string dump;
 	std::string data_only;
-	std::string audit_export; // the audit log, exported with \copy before the dump
-	long long audit_records = 0;
-	std::string audit_first_hash; // hex
+	long long audit_last_seq = 0; // the audit log's head before the dump
+	std::string audit_digest;     // of its records up to audit_last_seq
+	std::string audit_partitions; // digest of the partition registry
 };
+
+// A digest of the audit log's records up to seq upto, and one of its partition registry.
+std::string AuditDigest(Connection &db, long long upto)
+{
+	return db.value("SELECT md5(string_agg(row_to_json(a)::text, '|' ORDER BY seq))"
+					" FROM pgkm.audit_log a WHERE seq <= $1::bigint",
+					{std::to_string(upto)});
+}
+std::string RegistryDigest(Connection &db)
+{
+	return db.value("SELECT coalesce(md5(string_agg(row_to_json(p)::text, '|' ORDER BY name)),"
+					" 'empty') FROM pgkm.audit_partitions p");
+}
+
+// The restored audit log holds the source's records and registry, and once its worker has
+// continued the chain, everything verifies: the source's checkpoints under the same token,
+// the 'restored' record and the new ones.
+void ExpectAuditLogRestored(Connection &db, const Source &src, const std::string &what)
+{
+	EXPECT_EQ(AuditDigest(db, src.audit_last_seq), src.audit_digest) << what << ": audit records";
+	EXPECT_EQ(RegistryDigest(db), src.audit_partitions) << what << ": audit_partitions";
+	db.exec("SELECT pgkm.audit_flush(true)");
+	// The worker's 'restored' record seals the restored head: ref_seq is the record before it.
+	Result r = db.exec("SELECT seq, ref_seq, detail FROM pgkm.audit_log WHERE action ="
+					   " 'restored' ORDER BY seq");
+	ASSERT_EQ(r.rows(), 1) << what;
+	EXPECT_EQ(r.getInt(0, 1), r.getInt(0, 0) - 1) << what;
+	EXPECT_GE(r.getInt(0, 1), src.audit_last_seq) << what;
+	EXPECT_NE(r.get(0, 2).find("continues a restored audit log"), std::string::npos) << what;
+	Result v = db.exec("SELECT ok, records, checkpoints, first_seq, sealed_through,"
+					   " coalesce(problem, '') FROM pgkm.verify_audit_log()");
+	EXPECT_EQ(v.get(0, 0), "t") << what << ": " << v.get(0, 5);
+	EXPECT_EQ(v.getInt(0, 3), 1) << what << ": the chain starts at the source's first record";
+	EXPECT_GT(v.getInt(0, 4), r.getInt(0, 0)) << what << ": sealed past the restored record";
+	// A session cannot add records any more: the chain is running.
+	Result forged = db.query("INSERT INTO pgkm.audit_log SELECT * FROM pgkm.audit_log"
+							 " ORDER BY seq DESC LIMIT 1");
+	EXPECT_EQ(forged.sqlstate(), "42501") << what << ": " << forged.message();
+}
 
 // Builds the source cluster and database "app", dumps it (custom format and data-only).
 void MakeSource(Source &src)
@@ -220,31 +264,13 @@ void MakeSource(Source &src)
 	Connection db = src.cluster.connect("app");
 	ASSERT_NO_FATAL_FAILURE(BuildSource(db));
 	src.digest = ReadDigest(db);
-	// The audit log does not travel in the dump: the documented procedure exports it first.
+	// The audit log travels in the dump. Records keep arriving (this session's own reads are
+	// audited): the dump holds at least those up to the head read now.
 	ASSERT_EQ(db.value("SELECT ok FROM pgkm.verify_audit_log()"), "t");
-	// Records keep arriving (this session's own reads are audited): export up to a seq.
-	const std::string last_seq = db.value("SELECT max(seq) FROM pgkm.audit_log");
-	src.audit_records =
-		db.intValue("SELECT count(*) FROM pgkm.audit_log WHERE seq <= $1::bigint", {last_seq});
-	src.audit_first_hash =
-		db.value("SELECT encode(hash, 'hex') FROM pgkm.audit_log ORDER BY seq LIMIT 1");
-	src.audit_export = src.cluster.dir() + "/audit.csv";
-	{
-		std::string out;
-		ASSERT_EQ(src.cluster.runAsServerUser(
-					  {Cluster::pgBin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d",
-					   src.cluster.conninfo("app"), "-c",
-					   "\\copy (SELECT * FROM pgkm.audit_log WHERE seq <= " + last_seq +
-						   " ORDER BY seq) TO '" + src.audit_export + "' CSV"},
-					  &out),
-				  0)
-			<< "psql \\copy: " << out;
-		std::ifstream in(src.audit_export);
-		long long lines = 0;
-		for (std::string line; std::getline(in, line);)
-			++lines;
-		EXPECT_EQ(lines, src.audit_records) << "exported audit records";
-	}
+	src.audit_last_seq = db.intValue("SELECT max(seq) FROM pgkm.audit_log");
+	src.audit_digest = AuditDigest(db, src.audit_last_seq);
+	src.audit_partitions = RegistryDigest(db);
+	ASSERT_GT(db.intValue("SELECT count(*) FROM pgkm.audit_partitions"), 0);
 	src.dump = src.cluster.dir() + "/app.dump";
 	src.data_only = src.cluster.dir() + "/app-data.dump";
 	std::string out;
@@ -266,13 +292,25 @@ void MakeSource(Source &src)
 	}
 	ASSERT_GT(bytes.size(), 0u);
 	EXPECT_EQ(bytes.find("user7@example.com"), std::string::npos);
-	// The audit log is left out (its partitions are extension members; see the notes).
-	std::string toc;
-	ASSERT_EQ(src.cluster.runAsServerUser({Cluster::pgBin("pg_restore"), "-l", src.dump}, &toc), 0)
-		<< toc;
-	EXPECT_NE(toc.find("TABLE DATA pgkm key_versions"), std::string::npos) << toc;
-	EXPECT_NE(toc.find("TABLE DATA pgkm rotation_jobs"), std::string::npos) << toc;
-	EXPECT_EQ(toc.find("audit_log_"), std::string::npos) << toc;
+	// The audit log is in both: its registry (configuration), its partitions' records, and in
+	// the full dump the partitions themselves. Not its state: the restored worker rebuilds it.
+	for (const std::string &file : {src.dump, src.data_only})
+	{
+		std::string toc;
+		ASSERT_EQ(src.cluster.runAsServerUser({Cluster::pgBin("pg_restore"), "-l", file}, &toc), 0)
+			<< toc;
+		EXPECT_NE(toc.find("TABLE DATA pgkm key_versions"), std::string::npos) << toc;
+		EXPECT_NE(toc.find("TABLE DATA pgkm rotation_jobs"), std::string::npos) << toc;
+		EXPECT_NE(toc.find("TABLE DATA pgkm audit_partitions"), std::string::npos) << toc;
+		EXPECT_NE(toc.find("TABLE DATA pgkm audit_records_"), std::string::npos) << toc;
+		EXPECT_EQ(toc.find("audit_state"), std::string::npos) << toc;
+		EXPECT_EQ(toc.find("TABLE pgkm audit_records_") != std::string::npos, file == src.dump)
+			<< toc;
+		// The registry's data comes before its partitions' (a data-only restore relies on it).
+		EXPECT_LT(toc.find("TABLE DATA pgkm audit_partitions"),
+				  toc.find("TABLE DATA pgkm audit_records_"))
+			<< toc;
+	}
 }
 
 // Restores a dump into a new database of a cluster; returns pg_restore's exit status.
@@ -314,6 +352,21 @@ std::set<std::string> ExpectNoDecryption(Connection &db, const std::string &sqls
 	return errors;
 }
 
+// Under another token (or none) the audit records arrive, but the source's checkpoints cannot
+// be verified: verify_audit_log says so, or fails; it never reports the chain sound.
+void ExpectAuditNotVerified(Connection &db, const Source &src, const std::string &what)
+{
+	EXPECT_EQ(AuditDigest(db, src.audit_last_seq), src.audit_digest) << what << ": audit records";
+	Result v = db.query("SELECT ok, coalesce(problem, '') FROM pgkm.verify_audit_log()");
+	if (v.ok())
+	{
+		EXPECT_EQ(v.get(0, 0), "f") << what;
+		Note(what + ": verify_audit_log: " + v.get(0, 1));
+	}
+	else
+		Note(what + ": verify_audit_log: " + v.sqlstate() + ": " + v.message());
+}
+
 } // namespace
 
 TEST(IntegrationRestore, DumpRestoresIntoAFreshClusterWithTheSameToken)
@@ -353,16 +406,8 @@ TEST(IntegrationRestore, DumpRestoresIntoAFreshClusterWithTheSameToken)
 			  0);
 	ExpectAllDecrypt(db, "restored, job finished");
 
-	// The audit log did not travel: the restored database starts a new chain (from seq 1, none
-	// of the source's records), which verifies, and its worker writes into it.
-	db.exec("SELECT pgkm.audit_flush(true)");
-	EXPECT_EQ(db.intValue("SELECT min(seq) FROM pgkm.audit_log"), 1);
-	EXPECT_EQ(db.intValue("SELECT count(*) FROM pgkm.audit_log WHERE hash = decode($1, 'hex')",
-						  {src.audit_first_hash}),
-			  0);
-	Result v = db.exec("SELECT ok, records, coalesce(problem, '') FROM pgkm.verify_audit_log()");
-	EXPECT_EQ(v.get(0, 0), "t") << v.get(0, 2);
-	EXPECT_GT(v.getInt(0, 1), 0);
+	// The audit log travelled, and the restored worker continues its chain.
+	ExpectAuditLogRestored(db, src, "restored");
 	target.quietOnFailure();
 }
 
@@ -384,6 +429,7 @@ TEST(IntegrationRestore, DumpIntoAClusterWithAnotherTokenOrNone)
 			ExpectSameDigest(src.digest, ReadDigest(db), "restored under another token");
 			for (const auto &e : ExpectNoDecryption(db, "58000", "not found"))
 				Note("another token, no master key: " + e);
+			ExpectAuditNotVerified(db, src, "another token");
 		}
 		{
 			Connection pg = other.connect();
@@ -409,6 +455,7 @@ TEST(IntegrationRestore, DumpIntoAClusterWithAnotherTokenOrNone)
 		ExpectSameDigest(src.digest, ReadDigest(db), "restored without a token");
 		for (const auto &e : ExpectNoDecryption(db, "F0000", "pgkm.pkcs11_module is not set"))
 			Note("no token: " + e);
+		ExpectAuditNotVerified(db, src, "no token");
 		none.quietOnFailure();
 	}
 }
@@ -441,6 +488,7 @@ TEST(IntegrationRestore, DataOnlyDumpIntoAnExistingPgkmDatabase)
 			  db.intValue("SELECT max(key_id) FROM pgkm.keys WHERE name <> 'after_restore'"));
 	EXPECT_EQ(db.value("SELECT pgkm_decrypt_text(pgkm_encrypt('fresh', 'after_restore'))"),
 			  "fresh");
+	ExpectAuditLogRestored(db, src, "data-only restore");
 
 	// The full dump into a database where only CREATE EXTENSION pgkm was run: the dump's
 	// CREATE EXTENSION IF NOT EXISTS is a no-op, the rest restores.
@@ -453,6 +501,50 @@ TEST(IntegrationRestore, DataOnlyDumpIntoAnExistingPgkmDatabase)
 	Connection full = src.cluster.connect("app_full");
 	ExpectSameDigest(src.digest, ReadDigest(full), "full restore over CREATE EXTENSION");
 	ExpectAllDecrypt(full, "full restore over CREATE EXTENSION");
+	ExpectAuditLogRestored(full, src, "full restore over CREATE EXTENSION");
+
+	// A database whose audit log has records of its own: the data-only restore stops at the
+	// registry, before any record is loaded, and changes nothing.
+	admin.exec("CREATE DATABASE app_busy");
+	Connection busy = src.cluster.connect("app_busy");
+	busy.exec("CREATE EXTENSION pgkm");
+	CreateUserTables(busy);
+	// Its own records: a failed decryption (audited), sealed. No key, so the keys can restore.
+	busy.exec("DO $$ BEGIN PERFORM pgkm_decrypt('\\x0101'::bytea); EXCEPTION WHEN OTHERS THEN"
+			  " NULL; END $$");
+	busy.exec("SELECT pgkm.audit_flush(true)");
+	ASSERT_GT(busy.intValue("SELECT count(*) FROM pgkm.audit_log"), 0);
+	const long long own_head = busy.intValue("SELECT max(seq) FROM pgkm.audit_log");
+	const std::string own_digest = AuditDigest(busy, own_head);
+	rc = src.cluster.runAsServerUser({Cluster::pgBin("pg_restore"), "--data-only",
+									  "--single-transaction", "-d",
+									  src.cluster.conninfo("app_busy"), src.data_only},
+									 &out);
+	EXPECT_NE(rc, 0) << out;
+	EXPECT_NE(out.find("already has records"), std::string::npos) << out;
+	EXPECT_NE(out.find("--exclude-table-data='pgkm.audit_*'"), std::string::npos) << out;
+	EXPECT_EQ(busy.intValue("SELECT count(*) FROM pgkm.keys"), 0);
+	EXPECT_EQ(AuditDigest(busy, own_head), own_digest);
+	// The hint's dump: everything but the audit log.
+	const std::string no_audit = src.cluster.dir() + "/app-no-audit.dump";
+	ASSERT_EQ(src.cluster.runAsServerUser({Cluster::pgBin("pg_dump"), "-Fc", "--data-only",
+										   "--exclude-table-data=pgkm.audit_*", "-f", no_audit,
+										   "-d", src.cluster.conninfo("app")},
+										  &out),
+			  0)
+		<< out;
+	rc = src.cluster.runAsServerUser({Cluster::pgBin("pg_restore"), "--data-only",
+									  "--single-transaction", "-d",
+									  src.cluster.conninfo("app_busy"), no_audit},
+									 &out);
+	ASSERT_EQ(rc, 0) << "pg_restore of the dump without the audit log: " << out;
+	ExpectSameDigest(src.digest, ReadDigest(busy), "data-only restore without the audit log");
+	ExpectAllDecrypt(busy, "data-only restore without the audit log");
+	busy.exec("SELECT pgkm.audit_flush(true)");
+	EXPECT_EQ(busy.intValue("SELECT count(*) FROM pgkm.audit_log WHERE action = 'restored'"), 0);
+	EXPECT_EQ(AuditDigest(busy, own_head), own_digest);
+	Result v = busy.exec("SELECT ok, coalesce(problem, '') FROM pgkm.verify_audit_log()");
+	EXPECT_EQ(v.get(0, 0), "t") << v.get(0, 1);
 	src.cluster.quietOnFailure();
 }
 

@@ -1,5 +1,5 @@
 // Upgrade*: the upgrade path of the extension. Data written with pgkm 1.0's SQL decrypts
-// with the current library before ALTER EXTENSION UPDATE, after each single step to 1.5 and
+// with the current library before ALTER EXTENSION UPDATE, after each single step to 1.6 and
 // after one jump; new features work on old keys; and an updated extension has exactly the
 // objects and definitions of a fresh CREATE EXTENSION.
 #include "helpers.hpp"
@@ -19,7 +19,7 @@ namespace
 constexpr long long kRows = 300;
 
 // Every released version after 1.0, in update order.
-const std::vector<std::string> kSteps = {"1.1", "1.2", "1.3", "1.4", "1.5"};
+const std::vector<std::string> kSteps = {"1.1", "1.2", "1.3", "1.4", "1.5", "1.6"};
 
 // One line per property of the extension's objects, sorted: members, function signatures
 // and attributes, table columns, constraints, indexes, triggers, views, privileges, comments
@@ -123,7 +123,7 @@ std::string Missing(const std::string &a, const std::string &b)
 	return out;
 }
 
-// A database "donor" with pgkm 1.5 and keys k_a and k_b. The current library's key
+// A database "donor" with the current pgkm and keys k_a and k_b. The current library's key
 // administration needs the current SQL (pgkm.create_key writes pgkm.key_events, new in 1.1),
 // so a 1.0 keyring is made here and copied into 1.0 catalogs by ImportKeys: the same rows
 // pgkm 1.0 wrote, wrapped under the same token's master key.
@@ -240,7 +240,7 @@ TEST(Upgrade, StepByStepFromOnePointZero)
 			  "decrypt_only,active");
 }
 
-// 1.0 updated in one step equals 1.0 updated step by step equals a fresh 1.5, object by
+// 1.0 updated in one step equals 1.0 updated step by step equals a fresh 1.6, object by
 // object; and the comparison itself sees a difference.
 TEST(Upgrade, UpdatedEqualsFreshInstall)
 {
@@ -253,14 +253,14 @@ TEST(Upgrade, UpdatedEqualsFreshInstall)
 
 	Connection fresh = cluster.connect("fresh");
 	fresh.exec("CREATE EXTENSION pgkm");
-	ASSERT_EQ(fresh.value("SELECT extversion FROM pg_extension WHERE extname = 'pgkm'"), "1.5");
+	ASSERT_EQ(fresh.value("SELECT extversion FROM pg_extension WHERE extname = 'pgkm'"), "1.6");
 
 	Connection jump = cluster.connect("jump");
 	jump.exec("CREATE EXTENSION pgkm VERSION '1.0'");
 	LoadOldData(donor, jump);
 	jump.exec("ALTER EXTENSION pgkm UPDATE");
-	ASSERT_EQ(jump.value("SELECT extversion FROM pg_extension WHERE extname = 'pgkm'"), "1.5");
-	ExpectOldDataDecrypts(jump, "after 1.0 -> 1.5 in one ALTER EXTENSION");
+	ASSERT_EQ(jump.value("SELECT extversion FROM pg_extension WHERE extname = 'pgkm'"), "1.6");
+	ExpectOldDataDecrypts(jump, "after 1.0 -> 1.6 in one ALTER EXTENSION");
 
 	Connection steps = cluster.connect("steps");
 	steps.exec("CREATE EXTENSION pgkm VERSION '1.0'");
@@ -275,8 +275,8 @@ TEST(Upgrade, UpdatedEqualsFreshInstall)
 	for (Connection *db : {&jump, &steps})
 	{
 		std::string got = db->value(kDescribeExtension);
-		EXPECT_EQ(Missing(want, got), "") << "in a fresh 1.5, not in the updated one";
-		EXPECT_EQ(Missing(got, want), "") << "in the updated one, not in a fresh 1.5";
+		EXPECT_EQ(Missing(want, got), "") << "in a fresh 1.6, not in the updated one";
+		EXPECT_EQ(Missing(got, want), "") << "in the updated one, not in a fresh 1.6";
 	}
 
 	// The comparison sees a drift: a changed attribute of one function.

@@ -17,7 +17,7 @@ struct CatalogSession
 
 // The version of pgkm's SQL objects this library is built for: pgkm.control's
 // default_version (if they disagree, every administration call in the tests fails).
-inline constexpr const char *kSqlVersion = "1.5";
+inline constexpr const char *kSqlVersion = "1.6";
 
 // Connects SPI as the owner of the pgkm schema's tables with search_path pinned.
 void CatalogOpen(CatalogSession *session);

@@ -309,8 +309,48 @@ SELECT * FROM dblink('up', $$SELECT count(*) FILTER (WHERE EXISTS (SELECT FROM p
 SELECT * FROM dblink('up', $$SELECT pgkm.audit_flush(true) > 1$$) AS t(flushed boolean);
 SELECT * FROM dblink('up', $$SELECT ok, records > 1 FROM pgkm.verify_audit_log()$$)
 	AS t(ok boolean, records boolean);
+-- its audit log has records: a restore's registry rows and records are refused
+SELECT dblink_exec('up', $$INSERT INTO pgkm.audit_partitions VALUES
+	('audit_records_20990101_000000_000000', '2099-01-01 UTC', '2099-01-02 UTC')$$, false);
+SELECT dblink_exec('up', $$INSERT INTO pgkm.audit_log
+	SELECT * FROM pgkm.audit_log ORDER BY seq DESC LIMIT 1$$, false);
 SELECT dblink_disconnect('up');
 DROP DATABASE er_upgrade;
+
+-- a restore into an empty audit log, by hand: a registry row makes its partition (not over a
+-- table of that name that is not one), records are accepted, the worker continues the chain
+-- with a 'restored' record, and verify_audit_log names a record whose hash is wrong
+CREATE DATABASE er_restore;
+SELECT dblink_connect('rs', format('host=%s port=%s dbname=er_restore user=postgres',
+	:'test_dir', current_setting('port')));
+SELECT dblink_exec('rs', 'CREATE EXTENSION pgkm');
+SELECT dblink_exec('rs', 'CREATE TABLE pgkm.audit_records_20990101_000000_000000 (x int)');
+SELECT dblink_exec('rs', $$INSERT INTO pgkm.audit_partitions VALUES
+	('audit_records_20990101_000000_000000', '2099-01-01 UTC', '2099-01-02 UTC')$$, false);
+SELECT dblink_exec('rs', 'DROP TABLE pgkm.audit_records_20990101_000000_000000');
+SELECT dblink_exec('rs', $$INSERT INTO pgkm.audit_partitions VALUES
+	('audit_records_20990101_000000_000000', '2099-01-01 UTC', '2099-01-02 UTC')$$);
+SELECT * FROM dblink('rs', $$SELECT pg_get_expr(c.relpartbound, c.oid) ~ '2099-01-01',
+	(SELECT count(*) FROM pg_index WHERE indrelid = c.oid),
+	(SELECT count(*) FROM pg_trigger WHERE tgrelid = c.oid AND NOT tgisinternal),
+	NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+		AND d.objid = c.oid AND d.deptype = 'e')
+	FROM pg_class c WHERE c.oid = 'pgkm.audit_records_20990101_000000_000000'::regclass$$)
+	AS t(bounds boolean, indexes bigint, triggers bigint, not_member boolean);
+SELECT dblink_exec('rs', $$INSERT INTO pgkm.audit_log (seq, at, written_at, database_name,
+	action, success, prev_hash, hash) VALUES (1, '2099-01-01 11:00 UTC', '2099-01-01 12:00 UTC',
+	'er_restore', 'decrypt', true, decode(repeat('00', 32), 'hex'),
+	decode(repeat('11', 32), 'hex'))$$);
+SELECT * FROM dblink('rs', $$SELECT pgkm.audit_flush(true)$$) AS t(head bigint);
+SELECT * FROM dblink('rs', $$SELECT seq, action, ref_seq, detail FROM pgkm.audit_log
+	ORDER BY seq$$) AS t(seq bigint, action text, ref_seq bigint, detail text);
+SELECT * FROM dblink('rs', $$SELECT ok, records, broken_seq, problem
+	FROM pgkm.verify_audit_log()$$)
+	AS t(ok boolean, records bigint, broken_seq bigint, problem text);
+SELECT dblink_exec('rs', $$INSERT INTO pgkm.audit_log
+	SELECT * FROM pgkm.audit_log ORDER BY seq DESC LIMIT 1$$, false);
+SELECT dblink_disconnect('rs');
+DROP DATABASE er_restore;
 
 SELECT dblink_disconnect('er');
 REVOKE CREATE ON SCHEMA public FROM regress_er_admin;

@@ -449,7 +449,7 @@ void EnsurePartition(TimestampTz written_at)
 	CreatePartition(name, values[0], values[1]);
 	Oid ntypes[3] = {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
 	Datum nvalues[3] = {CStringGetTextDatum(name), values[0], values[1]};
-	// As the writer: the registry's trigger (1.6) finds the partition made and lets it be.
+	// As the writer: the registry's trigger (1.6) lets the row pass, its partition made.
 	AuditSetWriter(true);
 	CatalogExec("INSERT INTO pgkm.audit_partitions (name, lower_bound, upper_bound)"
 				" VALUES ($1, $2, $3)",
@@ -1065,9 +1065,9 @@ Datum pgkm_audit_guard(PG_FUNCTION_ARGS)
 
 // Trigger on pgkm.audit_partitions (BEFORE INSERT, so that a restore into a log with records
 // is refused with the reason before the registry's own constraints object): makes the
-// partition a new row names unless it exists. The worker's rows find theirs made; a
-// data-only restore's rows make theirs, before their records are loaded (see
-// pgkm--1.5--1.6.sql).
+// partition a restored row names unless it exists (a full restore made it), before its
+// records are loaded (see pgkm--1.5--1.6.sql). The worker's own rows pass: EnsurePartition
+// made their partition first.
 Datum pgkm_audit_partition_added(PG_FUNCTION_ARGS)
 {
 	if (!CALLED_AS_TRIGGER(fcinfo))
@@ -1077,7 +1077,10 @@ Datum pgkm_audit_partition_added(PG_FUNCTION_ARGS)
 	if (!TRIGGER_FIRED_BY_INSERT(trigger->tg_event) || !TRIGGER_FIRED_FOR_ROW(trigger->tg_event))
 		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 						errmsg("pgkm.audit_partition_added() must fire for each inserted row")));
-	if (!AuditIsWriter() && !RestoreAllowed())
+	HeapTuple tuple = trigger->tg_trigtuple;
+	if (AuditIsWriter())
+		return PointerGetDatum(tuple); // EnsurePartition made it
+	if (!RestoreAllowed())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the audit log of database \"%s\" already has records",
@@ -1087,7 +1090,6 @@ Datum pgkm_audit_partition_added(PG_FUNCTION_ARGS)
 				 errhint("Leave the audit log out of a data-only dump into such a database: "
 						 "pg_dump --data-only --exclude-table-data='pgkm.audit_*'.")));
 	TupleDesc desc = RelationGetDescr(trigger->tg_relation);
-	HeapTuple tuple = trigger->tg_trigtuple;
 	bool null_name, null_lower, null_upper;
 	Datum name = heap_getattr(tuple, 1, desc, &null_name);
 	Datum lower = heap_getattr(tuple, 2, desc, &null_lower);

@@ -314,15 +314,22 @@ void MakeSource(Source &src)
 	}
 }
 
-// Restores a dump into a new database of a cluster; returns pg_restore's exit status.
-int RestoreInto(const Cluster &cluster, const std::string &file, const std::string &db,
-				std::string *out, std::vector<std::string> options = {})
+// Runs pg_restore with options into database db of a cluster; returns its exit status.
+int PgRestore(const Cluster &cluster, const std::string &db, const std::string &file,
+			  const std::vector<std::string> &options, std::string *out)
 {
-	cluster.connect().exec("CREATE DATABASE " + db);
 	std::vector<std::string> argv = {Cluster::pgBin("pg_restore"), "-d", cluster.conninfo(db)};
 	argv.insert(argv.end(), options.begin(), options.end());
 	argv.push_back(file);
 	return cluster.runAsServerUser(argv, out);
+}
+
+// Restores a dump into a new database of a cluster; returns pg_restore's exit status.
+int RestoreInto(const Cluster &cluster, const std::string &file, const std::string &db,
+				std::string *out, const std::vector<std::string> &options = {})
+{
+	cluster.connect().exec("CREATE DATABASE " + db);
+	return PgRestore(cluster, db, file, options, out);
 }
 
 // Every decryption (and encryption) in a database without the source's master key fails
@@ -368,6 +375,22 @@ void ExpectAuditNotVerified(Connection &db, const Source &src, const std::string
 		Note(what + ": verify_audit_log: " + v.sqlstate() + ": " + v.message());
 }
 
+// Restores the source's dump into database "app" of a cluster without the source's master
+// key: pg_restore exits 0, the catalog and every ciphertext arrive intact, every probe fails
+// with sqlstate (a message containing fragment), and the audit log does not verify.
+void ExpectRestoredUnreadable(const Cluster &cluster, const Source &src,
+							  const std::string &sqlstate, const std::string &fragment,
+							  const std::string &what)
+{
+	std::string out;
+	ASSERT_EQ(RestoreInto(cluster, src.dump, "app", &out), 0) << what << ": pg_restore: " << out;
+	Connection db = cluster.connect("app");
+	ExpectSameDigest(src.digest, ReadDigest(db), what);
+	for (const auto &e : ExpectNoDecryption(db, sqlstate, fragment))
+		Note(what + ": " + e);
+	ExpectAuditNotVerified(db, src, what);
+}
+
 } // namespace
 
 TEST(IntegrationRestore, DumpRestoresIntoAFreshClusterWithTheSameToken)
@@ -388,13 +411,8 @@ TEST(IntegrationRestore, DumpRestoresIntoAFreshClusterWithTheSameToken)
 		{"--section=data", "-N", "pgkm", "-j", "2"},
 		{"--section=post-data", "-j", "2"}};
 	for (const auto &step : steps)
-	{
-		std::vector<std::string> argv = {Cluster::pgBin("pg_restore"), "-d",
-										 target.conninfo("app")};
-		argv.insert(argv.end(), step.begin(), step.end());
-		argv.push_back(src.dump);
-		ASSERT_EQ(target.runAsServerUser(argv, &out), 0) << "pg_restore " << step[0] << ": " << out;
-	}
+		ASSERT_EQ(PgRestore(target, "app", src.dump, step, &out), 0)
+			<< "pg_restore " << step[0] << ": " << out;
 	Connection db = target.connect("app");
 
 	// Identical catalog and ciphertexts: no trigger re-encrypted, rewrapped or rewrote anything.
@@ -438,15 +456,8 @@ TEST(IntegrationRestore, DumpIntoAClusterWithAnotherTokenOrNone)
 	{
 		Cluster other({"pgkm.worker_naptime = 1"});
 		other.start();
-		std::string out;
-		ASSERT_EQ(RestoreInto(other, src.dump, "app", &out), 0) << "pg_restore: " << out;
-		{
-			Connection db = other.connect("app");
-			ExpectSameDigest(src.digest, ReadDigest(db), "restored under another token");
-			for (const auto &e : ExpectNoDecryption(db, "58000", "not found"))
-				Note("another token, no master key: " + e);
-			ExpectAuditNotVerified(db, src, "another token");
-		}
+		ASSERT_NO_FATAL_FAILURE(ExpectRestoredUnreadable(other, src, "58000", "not found",
+														 "another token, no master key"));
 		{
 			Connection pg = other.connect();
 			pg.exec("CREATE EXTENSION pgkm");
@@ -465,13 +476,8 @@ TEST(IntegrationRestore, DumpIntoAClusterWithAnotherTokenOrNone)
 	{
 		Cluster none({"pgkm.worker_naptime = 1", "pgkm.pkcs11_module = ''"});
 		none.start();
-		std::string out;
-		ASSERT_EQ(RestoreInto(none, src.dump, "app", &out), 0) << "pg_restore: " << out;
-		Connection db = none.connect("app");
-		ExpectSameDigest(src.digest, ReadDigest(db), "restored without a token");
-		for (const auto &e : ExpectNoDecryption(db, "F0000", "pgkm.pkcs11_module is not set"))
-			Note("no token: " + e);
-		ExpectAuditNotVerified(db, src, "no token");
+		ASSERT_NO_FATAL_FAILURE(ExpectRestoredUnreadable(
+			none, src, "F0000", "pgkm.pkcs11_module is not set", "no token"));
 		none.quietOnFailure();
 	}
 }
@@ -491,10 +497,8 @@ TEST(IntegrationRestore, DataOnlyDumpIntoAnExistingPgkmDatabase)
 		CreateUserTables(db);
 	}
 	std::string out;
-	int rc = src.cluster.runAsServerUser({Cluster::pgBin("pg_restore"), "--data-only",
-										  "--single-transaction", "-d",
-										  src.cluster.conninfo("app_copy"), src.data_only},
-										 &out);
+	int rc = PgRestore(src.cluster, "app_copy", src.data_only,
+					   {"--data-only", "--single-transaction"}, &out);
 	ASSERT_EQ(rc, 0) << "pg_restore --data-only: " << out;
 	Connection db = src.cluster.connect("app_copy");
 	ExpectSameDigest(src.digest, ReadDigest(db), "data-only restore");
@@ -510,9 +514,7 @@ TEST(IntegrationRestore, DataOnlyDumpIntoAnExistingPgkmDatabase)
 	// CREATE EXTENSION IF NOT EXISTS is a no-op, the rest restores.
 	admin.exec("CREATE DATABASE app_full");
 	src.cluster.connect("app_full").exec("CREATE EXTENSION pgkm");
-	rc = src.cluster.runAsServerUser({Cluster::pgBin("pg_restore"), "--single-transaction", "-d",
-									  src.cluster.conninfo("app_full"), src.dump},
-									 &out);
+	rc = PgRestore(src.cluster, "app_full", src.dump, {"--single-transaction"}, &out);
 	ASSERT_EQ(rc, 0) << "pg_restore into a database with pgkm: " << out;
 	Connection full = src.cluster.connect("app_full");
 	ExpectSameDigest(src.digest, ReadDigest(full), "full restore over CREATE EXTENSION");
@@ -532,10 +534,8 @@ TEST(IntegrationRestore, DataOnlyDumpIntoAnExistingPgkmDatabase)
 	ASSERT_GT(busy.intValue("SELECT count(*) FROM pgkm.audit_log"), 0);
 	const long long own_head = busy.intValue("SELECT max(seq) FROM pgkm.audit_log");
 	const std::string own_digest = AuditDigest(busy, own_head);
-	rc = src.cluster.runAsServerUser({Cluster::pgBin("pg_restore"), "--data-only",
-									  "--single-transaction", "-d",
-									  src.cluster.conninfo("app_busy"), src.data_only},
-									 &out);
+	rc = PgRestore(src.cluster, "app_busy", src.data_only, {"--data-only", "--single-transaction"},
+				   &out);
 	EXPECT_NE(rc, 0) << out;
 	EXPECT_NE(out.find("already has records"), std::string::npos) << out;
 	EXPECT_NE(out.find("--exclude-table-data='pgkm.audit_*'"), std::string::npos) << out;
@@ -549,10 +549,8 @@ TEST(IntegrationRestore, DataOnlyDumpIntoAnExistingPgkmDatabase)
 										  &out),
 			  0)
 		<< out;
-	rc = src.cluster.runAsServerUser({Cluster::pgBin("pg_restore"), "--data-only",
-									  "--single-transaction", "-d",
-									  src.cluster.conninfo("app_busy"), no_audit},
-									 &out);
+	rc =
+		PgRestore(src.cluster, "app_busy", no_audit, {"--data-only", "--single-transaction"}, &out);
 	ASSERT_EQ(rc, 0) << "pg_restore of the dump without the audit log: " << out;
 	ExpectSameDigest(src.digest, ReadDigest(busy), "data-only restore without the audit log");
 	ExpectAllDecrypt(busy, "data-only restore without the audit log");

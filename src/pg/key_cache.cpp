@@ -717,6 +717,19 @@ VersionEntry *KeyForDecrypt(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_
 	return CacheReturned(v, lookup_missed);
 }
 
+VersionEntry *CachedForDecrypt(std::uint32_t key_id, std::uint32_t version)
+{
+	if (!CacheExists() || ReadGeneration() != cache_generation ||
+		GetCurrentStatementStartTimestamp() >= cache_expires)
+		return nullptr;
+	VersionEntry *v = CacheFindVersion(key_id, version);
+	if (v == nullptr || v->material == nullptr ||
+		(v->state != VersionState::Active && v->state != VersionState::DecryptOnly) ||
+		!has_privs_of_role(GetUserId(), v->decrypt_role))
+		return nullptr;
+	return v;
+}
+
 const char *CachedKeyName(std::uint32_t key_id, std::uint32_t version)
 {
 	if (!CacheExists())

@@ -280,13 +280,16 @@ bool ReadVersion(std::uint32_t key_id, std::uint32_t version, VersionOutcome *o)
 	CatalogOpen(&session);
 	Oid types[2] = {INT8OID, INT4OID};
 	Datum values[2] = {Int64GetDatum(key_id), Int32GetDatum((int32)version)};
-	bool found = CatalogExec("SELECT v.state, k.algorithm, k.name::pg_catalog.text,"
-							 " pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'erased_at'"
-							 " FROM pgkm.key_versions v JOIN pgkm.keys k"
-							 "  ON k.key_id OPERATOR(pg_catalog.=) v.key_id"
-							 " WHERE v.key_id OPERATOR(pg_catalog.=) $1"
-							 " AND v.version OPERATOR(pg_catalog.=) $2",
-							 2, types, values, nullptr, SPI_OK_SELECT) == 1;
+	// The latest catalog, as the key cache reads it: under REPEATABLE READ too, a version
+	// disabled or destroyed during the run is classified as the cache will then refuse it.
+	bool stale;
+	bool found = CatalogQueryLatest("SELECT v.state, k.algorithm, k.name::pg_catalog.text,"
+									" pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'erased_at'"
+									" FROM pgkm.key_versions v JOIN pgkm.keys k"
+									"  ON k.key_id OPERATOR(pg_catalog.=) v.key_id"
+									" WHERE v.key_id OPERATOR(pg_catalog.=) $1"
+									" AND v.version OPERATOR(pg_catalog.=) $2",
+									2, types, values, nullptr, &stale, nullptr) == 1;
 	if (found)
 	{
 		char *state = CatalogText(0, 1);
@@ -338,6 +341,17 @@ VersionOutcome FindOutcome(Run *run, std::uint32_t key_id, std::uint32_t version
 	return o;
 }
 
+// Forgets the outcome of a version, so that the next FindOutcome finds it anew.
+void ForgetOutcome(Run *run, std::uint32_t key_id, std::uint32_t version)
+{
+	for (int i = 0; i < run->n_outcomes; i++)
+		if (run->outcomes[i].key_id == key_id && run->outcomes[i].version == version)
+		{
+			run->outcomes[i] = run->outcomes[--run->n_outcomes];
+			return;
+		}
+}
+
 // Returns the group of (key_id, version) in the current column; key_id -1 (or a full table
 // of groups) gives the shared group of values that name no usable key.
 Group *GroupOf(Run *run, int64 key_id, std::int32_t version, const char *name)
@@ -373,11 +387,11 @@ void Count(Run *run, Group *g, Kind kind, const char *row_key, MemoryContext kee
 		}
 }
 
-// Opens one value under a usable version; true when it authenticates. The plaintext is
-// wiped before this returns (the AEAD wipes it itself when authentication fails).
-bool OpenAndWipe(Run *run, const core::Header &header, core::ByteView in, core::ByteView context)
+// Opens one value under version v, ready to decrypt; true when it authenticates. The
+// plaintext is wiped before this returns (the AEAD wipes it itself when authentication fails).
+bool OpenAndWipe(const VersionEntry *v, const core::Header &header, core::ByteView in,
+				 core::ByteView context)
 {
-	VersionEntry *v = KeyForDecrypt(run->flinfo, header.key_id, header.key_version);
 	if (header.algorithm != v->algorithm)
 		return false;
 	std::size_t len = in.size() - core::Overhead(header.algorithm);
@@ -409,13 +423,25 @@ void VerifyValue(Run *run, core::ByteView in, core::ByteView context, const char
 		return;
 	}
 	VersionOutcome o = FindOutcome(run, header.key_id, header.key_version);
+	const VersionEntry *v = nullptr;
+	if (o.kind == kOk && o.algorithm != core::Algorithm::BlindIndex &&
+		(v = CachedForDecrypt(header.key_id, header.key_version)) == nullptr)
+	{
+		// The catalog changed under the run (a version disabled, destroyed or erased, a role
+		// revoked, the master key rotated) or the cache let the version go: its outcome is
+		// found again, so that such a value is counted by what it now is, not raised.
+		ForgetOutcome(run, header.key_id, header.key_version);
+		o = FindOutcome(run, header.key_id, header.key_version);
+		if (o.kind == kOk && o.algorithm != core::Algorithm::BlindIndex)
+			v = KeyForDecrypt(run->flinfo, header.key_id, header.key_version);
+	}
 	Group *g = GroupOf(run, header.key_id, (std::int32_t)header.key_version,
 					   o.kind == kMissingKey ? nullptr : o.key_name);
 	Kind kind = o.kind;
 	if (kind == kOk && header.algorithm != o.algorithm)
 		kind = kAuthFailed;
 	else if (kind == kOk && o.algorithm != core::Algorithm::BlindIndex &&
-			 !OpenAndWipe(run, header, in, context))
+			 !OpenAndWipe(v, header, in, context))
 		kind = kAuthFailed;
 	Count(run, g, kind, row_key, keep);
 }

@@ -1,7 +1,8 @@
 // Verify: pgkm.verify() over a 200,000-row protected table. Its backend's private memory
 // (RssAnon, sampled while it runs) stays flat where a materialized scan would grow by tens of
 // megabytes; a throttled run is visible in pgkm.verify_progress and in pg_stat_activity while
-// it runs, and pg_cancel_backend stops it, leaving the view empty. Figures are printed,
+// it runs, and pg_cancel_backend stops it, leaving the view empty; a version disabled while a
+// run reads its values is counted as disabled from then on, not raised. Figures are printed,
 // never asserted against the clock.
 #include "helpers.hpp"
 
@@ -10,6 +11,7 @@
 #include <atomic>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <thread>
 
 namespace pgkm::it
@@ -201,6 +203,53 @@ TEST_F(Verify, ThrottledRunShowsProgressAndCancels)
 		<< "the cancelled run left its activity string behind";
 	// The backend survives and verifies again.
 	EXPECT_EQ(runner.intValue("SELECT count(*) FROM pgkm.verify('big') WHERE false"), 0);
+}
+
+TEST_F(Verify, VersionDisabledDuringARunIsCountedNotRaised)
+{
+	// A DBA disables the version while a throttled run reads its values: the run ends
+	// normally, counting the values read before as ok and those after as disabled (before,
+	// the key cache's refusal ended the run with 55000).
+	Connection runner = cluster_->connect();
+	Connection admin = cluster_->connect();
+	const std::string pid = std::to_string(runner.backendPid());
+	std::optional<Result> result;
+	std::atomic<bool> done{false};
+	std::thread thread(
+		[&]()
+		{
+			result.emplace(runner.query("SELECT key_version, values_total, values_ok, disabled,"
+										" first_failures::text FROM pgkm.verify('big', 40000)"));
+			done = true;
+		});
+	bool seen = admin.waitFor("SELECT EXISTS (SELECT FROM pgkm.verify_progress WHERE pid = "
+							  "$1::int AND rows_done > 0)",
+							  60s, {pid});
+	// Rows read by now were read before the change.
+	long long rows_before = admin.intValue(
+		"SELECT coalesce(max(rows_done), -1) FROM pgkm.verify_progress WHERE pid = $1::int", {pid});
+	admin.exec("SELECT pgkm.disable_key_version('vt', 1)");
+	bool finished = WaitUntil([&]() { return done.load(); }, 120s);
+	if (!finished)
+		admin.exec("SELECT pg_cancel_backend($1::int)", {pid});
+	thread.join();
+	admin.exec("SELECT pgkm.enable_key_version('vt', 1)");
+	ASSERT_TRUE(seen) << "the run never showed in pgkm.verify_progress";
+	ASSERT_TRUE(finished) << "the run did not end";
+	ASSERT_TRUE(result->ok()) << result->sqlstate() << ": " << result->message();
+	ASSERT_EQ(result->rows(), 1);
+	EXPECT_EQ(result->getInt(0, 0), 1);
+	EXPECT_EQ(result->getInt(0, 1), kRows);
+	const long long ok = result->getInt(0, 2);
+	const long long disabled = result->getInt(0, 3);
+	EXPECT_GE(ok, rows_before) << "values read before the change count as ok";
+	EXPECT_GT(disabled, 0) << "values read after the change count as disabled";
+	EXPECT_EQ(ok + disabled, kRows);
+	EXPECT_NE(result->get(0, 4).find("disabled: "), std::string::npos) << result->get(0, 4);
+	Note("version disabled after " + std::to_string(rows_before) + " rows: " + std::to_string(ok) +
+		 " ok, " + std::to_string(disabled) + " disabled");
+	// Enabled again, every value verifies.
+	EXPECT_EQ(runner.intValue("SELECT sum(values_ok) FROM pgkm.verify('big')"), kRows);
 }
 
 TEST_F(Verify, RestoreDrill)

@@ -89,6 +89,12 @@ VersionEntry *KeyForLookupById(FmgrInfo *flinfo, std::uint32_t key_id, core::Alg
 // state and that the caller may decrypt with it.
 VersionEntry *KeyForDecrypt(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_t version);
 
+// Returns a version ready to decrypt if the cache holds it as KeyForDecrypt would return it
+// (the cache current, the version usable, its material unwrapped, the caller holding its
+// decrypt role), else nullptr. Never reads the catalog or the token and never raises: for
+// pgkm.verify, whose catalog may change under a long run and which then finds out why.
+VersionEntry *CachedForDecrypt(std::uint32_t key_id, std::uint32_t version);
+
 // The KeyFor* functions remember their key in flinfo->fn_extra (allocated in fn_mcxt; no
 // other field is used), so each needs a call site of its own. An entry they return stays
 // valid until the next KeyFor* call, which may empty the cache; KeyCacheEpoch() changes

@@ -24,7 +24,9 @@ OBJS = \
 	src/pg/aead_calls.o \
 	src/pg/audit.o \
 	src/pg/audit_log.o \
+	src/pg/audit_partitions.o \
 	src/pg/audit_ring.o \
+	src/pg/audit_row.o \
 	src/pg/boundary.o \
 	src/pg/cache_stats.o \
 	src/pg/catalog.o \

@@ -5,6 +5,7 @@
 // standby, to the server log as JSON. Nothing here raises an error on the application's
 // path except where pgkm.audit_overflow = error asks for it.
 #include "pgkm/pg/audit.hpp"
+#include "pgkm/pg/audit_partitions.hpp"
 #include "pgkm/pg/audit_ring.hpp"
 #include "pgkm/pg/catalog.hpp"
 #include "pgkm/pg/guc.hpp"
@@ -950,6 +951,8 @@ void AuditUse(AuditOp op, const VersionEntry *v, const std::uint8_t *nonce)
 	if (!AccessAudited() || !Available())
 		return;
 	bool sync = guc_audit_durability == kDurabilitySync && !RecoveryInProgress();
+	if (sync)
+		AuditRefuseWaitWhileRestoring(); // before plaintext leaves, and before the record
 	Note *note = NoteFor(v->key_id);
 	if (guc_audit_level == kAuditRow)
 	{

@@ -1,13 +1,16 @@
 // pgkm.audit_log: the worker's side of the audit (taking records from the ring, chaining
-// them, appending them in its own transactions, sealing checkpoints with the token's HMAC
-// key, dropping old partitions behind an anchor) and the SQL functions around the log
-// (verify_audit_log, audit_flush, apply_audit_retention, the append-only guard).
+// them, appending them in its own transactions, continuing a restored chain, sealing
+// checkpoints with the token's HMAC key, dropping old partitions behind an anchor) and the
+// SQL functions around the log (verify_audit_log, audit_flush, apply_audit_retention). Its
+// rows are audit_row.hpp's, its partitions and guards audit_partitions.hpp's.
 #include "pgkm/core/audit_chain.hpp"
 #include "pgkm/pg/token.hpp"
 
 #include "pgkm/pg/audit.hpp"
 #include "pgkm/pg/audit_log.hpp"
+#include "pgkm/pg/audit_partitions.hpp"
 #include "pgkm/pg/audit_ring.hpp"
+#include "pgkm/pg/audit_row.hpp"
 #include "pgkm/pg/boundary.hpp"
 #include "pgkm/pg/catalog.hpp"
 #include "pgkm/pg/guc.hpp"
@@ -31,113 +34,16 @@ extern "C"
 using pgkm::core::AuditHash;
 using pgkm::core::ByteView;
 using namespace pgkm::pg;
+using namespace pgkm::pg::audit_row;
 
 namespace
 {
 
-// The columns of pgkm.audit_log in table order. All but the last two are hashed.
-enum ColumnType : std::uint8_t
-{
-	kInt8,
-	kInt4,
-	kTimestamp,
-	kText,
-	kBool,
-	kBytea,
-};
-struct Column
-{
-	const char *name;
-	ColumnType type;
-	Oid array_type;
-};
-constexpr Column kColumns[] = {
-	{"seq", kInt8, INT8ARRAYOID},
-	{"at", kTimestamp, TIMESTAMPTZARRAYOID},
-	{"written_at", kTimestamp, TIMESTAMPTZARRAYOID},
-	{"database_name", kText, TEXTARRAYOID},
-	{"session_user_name", kText, TEXTARRAYOID},
-	{"current_user_name", kText, TEXTARRAYOID},
-	{"application_name", kText, TEXTARRAYOID},
-	{"client_addr", kText, TEXTARRAYOID},
-	{"backend_pid", kInt4, INT4ARRAYOID},
-	{"action", kText, TEXTARRAYOID},
-	{"key_name", kText, TEXTARRAYOID},
-	{"key_version", kInt4, INT4ARRAYOID},
-	{"relation", kText, TEXTARRAYOID},
-	{"column_name", kText, TEXTARRAYOID},
-	{"command", kText, TEXTARRAYOID},
-	{"query_id", kInt8, INT8ARRAYOID},
-	{"row_context", kText, TEXTARRAYOID},
-	{"row_count", kInt8, INT8ARRAYOID},
-	{"success", kBool, BOOLARRAYOID},
-	{"sqlstate", kText, TEXTARRAYOID},
-	{"detail", kText, TEXTARRAYOID},
-	{"ref_seq", kInt8, INT8ARRAYOID},
-	{"ref_hash", kBytea, BYTEAARRAYOID},
-	{"mac", kBytea, BYTEAARRAYOID},
-	{"prev_hash", kBytea, BYTEAARRAYOID},
-	{"hash", kBytea, BYTEAARRAYOID},
-};
-constexpr int kColumnCount = lengthof(kColumns);
-constexpr int kHashed = kColumnCount - 2;
-enum ColumnIndex
-{
-	kSeq = 0,
-	kAt = 1,
-	kWrittenAt = 2,
-	kDatabase = 3,
-	kSessionUser = 4,
-	kCurrentUser = 5,
-	kAppName = 6,
-	kClientAddr = 7,
-	kPid = 8,
-	kAction = 9,
-	kKeyName = 10,
-	kKeyVersion = 11,
-	kRelation = 12,
-	kColumnName = 13,
-	kCommand = 14,
-	kQueryId = 15,
-	kRowContext = 16,
-	kRowCount = 17,
-	kSuccess = 18,
-	kSqlstate = 19,
-	kDetail = 20,
-	kRefSeq = 21,
-	kRefHash = 22,
-	kMac = 23,
-	kPrevHash = 24,
-	kHash = 25,
-};
-
-// One row of pgkm.audit_log as Datums.
-struct Row
-{
-	Datum values[kColumnCount];
-	bool nulls[kColumnCount];
-};
-
-// One hashed field, read out of its Datum before any C++ code runs on it.
-struct Field
-{
-	ColumnType type;
-	bool null;
-	std::int64_t number;
-	bool flag;
-	const std::uint8_t *data;
-	std::size_t len;
-};
-
 constexpr int kBatch = 500;
 
 // The writer's state, kept across batches.
-pgkm::core::AuditChain *chain = nullptr;
-pgkm::core::AuditEncoder *encoder = nullptr;
 AuditEntry *taken = nullptr;
 std::uint64_t *positions = nullptr;
-TimestampTz partition_upper = 0;  // the newest partition's upper bound, once known
-Oid partition_relid = InvalidOid; // the pgkm.audit_log that partition_upper belongs to
 TimestampTz last_checkpoint_try = 0;
 // The last periodic checkpoint failed (the token is out, say): until one succeeds, the next
 // try waits pgkm.worker_naptime, so a failing token is neither hammered nor logged on the
@@ -154,155 +60,6 @@ struct State
 	TimestampTz last_checkpoint_at; // 0: never
 	TimestampTz last_written_at;    // 0: never
 };
-
-// Copies a bytea into a hash; false unless it has exactly 32 bytes.
-bool HashFrom(Datum d, AuditHash *out)
-{
-	bytea *b = DatumGetByteaPP(d);
-	if (VARSIZE_ANY_EXHDR(b) != out->size())
-		return false;
-	memcpy(out->data(), VARDATA_ANY(b), out->size());
-	return true;
-}
-
-Datum HashDatum(const AuditHash &hash)
-{
-	auto *b = static_cast<bytea *>(palloc(VARHDRSZ + hash.size()));
-	SET_VARSIZE(b, VARHDRSZ + hash.size());
-	memcpy(VARDATA(b), hash.data(), hash.size());
-	return PointerGetDatum(b);
-}
-
-// Computes the hash of a row over prev_hash and its hashed columns.
-AuditHash RowHash(const Row &row, const AuditHash &prev)
-{
-	Field fields[kHashed];
-	for (int i = 0; i < kHashed; i++)
-	{
-		Field &f = fields[i];
-		f = Field{kColumns[i].type, row.nulls[i], 0, false, nullptr, 0};
-		if (f.null)
-			continue;
-		Datum d = row.values[i];
-		switch (f.type)
-		{
-		case kInt8:
-			f.number = DatumGetInt64(d);
-			break;
-		case kInt4:
-			f.number = DatumGetInt32(d);
-			break;
-		case kTimestamp:
-			f.number = DatumGetTimestampTz(d);
-			break;
-		case kBool:
-			f.flag = DatumGetBool(d);
-			break;
-		case kText:
-		case kBytea:
-		{
-			struct varlena *v = PG_DETOAST_DATUM_PACKED(d);
-			f.data = reinterpret_cast<const std::uint8_t *>(VARDATA_ANY(v));
-			f.len = VARSIZE_ANY_EXHDR(v);
-			break;
-		}
-		}
-	}
-	AuditHash hash;
-	PGKM_CORE({
-		encoder->Clear();
-		for (const Field &f : fields)
-		{
-			if (f.null)
-				encoder->Null();
-			else if (f.type == kText)
-				encoder->Text(std::string_view(reinterpret_cast<const char *>(f.data), f.len));
-			else if (f.type == kBytea)
-				encoder->Bytes(ByteView(f.data, f.len));
-			else if (f.type == kBool)
-				encoder->Bool(f.flag);
-			else
-				encoder->Int(f.number);
-		}
-		hash = chain->Next(prev, encoder->bytes());
-	});
-	return hash;
-}
-
-// Makes the chain objects once per process.
-void EnsureChain()
-{
-	if (chain)
-		return;
-	PGKM_CORE({
-		chain = new pgkm::core::AuditChain();
-		encoder = new pgkm::core::AuditEncoder();
-	});
-}
-
-// Sets a text column, NULL when empty.
-void SetText(Row *row, int col, const char *value)
-{
-	row->nulls[col] = value == nullptr || value[0] == '\0';
-	row->values[col] = row->nulls[col] ? (Datum)0 : CStringGetTextDatum(value);
-}
-
-// Starts a row with every column NULL.
-void ClearRow(Row *row)
-{
-	for (int i = 0; i < kColumnCount; i++)
-	{
-		row->values[i] = (Datum)0;
-		row->nulls[i] = true;
-	}
-}
-
-// Fills a row from a ring entry (seq, written_at and hashes come later).
-void RowFromEntry(Row *row, const AuditEntry &e, const char *database)
-{
-	ClearRow(row);
-	row->values[kAt] = TimestampTzGetDatum(e.at);
-	row->nulls[kAt] = false;
-	SetText(row, kDatabase, database);
-	SetText(row, kSessionUser, e.session_user);
-	SetText(row, kCurrentUser, e.current_user);
-	SetText(row, kAppName, e.application_name);
-	SetText(row, kClientAddr, e.client_addr);
-	row->values[kPid] = Int32GetDatum(e.pid);
-	row->nulls[kPid] = e.pid == 0;
-	SetText(row, kAction, e.action);
-	SetText(row, kKeyName, e.key_name);
-	row->values[kKeyVersion] = Int32GetDatum(e.key_version);
-	row->nulls[kKeyVersion] = e.key_version == 0;
-	SetText(row, kRelation, e.relation);
-	SetText(row, kColumnName, e.column);
-	SetText(row, kCommand, e.command);
-	row->values[kQueryId] = Int64GetDatum(e.query_id);
-	row->nulls[kQueryId] = !e.has_query_id;
-	SetText(row, kRowContext, e.row_context);
-	row->values[kRowCount] = Int64GetDatum(e.row_count);
-	row->nulls[kRowCount] = !e.has_row_count;
-	row->values[kSuccess] = BoolGetDatum(e.success);
-	row->nulls[kSuccess] = false;
-	SetText(row, kSqlstate, e.sqlstate);
-	SetText(row, kDetail, e.detail);
-}
-
-// Starts a row that the writer itself records (checkpoint, anchor, dropped).
-void WriterRow(Row *row, const char *action, const char *detail)
-{
-	AuditEntry e;
-	memset(&e, 0, sizeof(e));
-	e.at = GetCurrentTimestamp();
-	e.pid = MyProcPid;
-	e.success = true;
-	strlcpy(e.session_user, GetUserNameFromId(GetSessionUserId(), true), sizeof(e.session_user));
-	strlcpy(e.current_user, e.session_user, sizeof(e.current_user));
-	strlcpy(e.application_name, "pgkm worker", sizeof(e.application_name));
-	strlcpy(e.action, action, sizeof(e.action));
-	strlcpy(e.detail, detail ? detail : "", sizeof(e.detail));
-	RowFromEntry(row, e, get_database_name(MyDatabaseId));
-}
 
 // Reads and locks the writer's state.
 State ReadState()
@@ -339,123 +96,6 @@ void WriteState(const State &s)
 				" last_checkpoint_seq = $3, last_checkpoint_at = $4, last_written_at = $5"
 				" WHERE id OPERATOR(pg_catalog.=) 1",
 				5, types, values, nulls, SPI_OK_UPDATE);
-}
-
-// Takes a partition out of the extension if it is a member (as the worker makes them since
-// 1.4), so that it can be dropped.
-void LeaveExtension(const char *partition)
-{
-	char *qualified = psprintf("pgkm.%s", quote_identifier(partition));
-	Oid types[1] = {TEXTOID};
-	Datum values[1] = {CStringGetTextDatum(qualified)};
-	if (CatalogExec(
-			"SELECT 1 FROM pg_catalog.pg_depend"
-			" WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass"
-			" AND objid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
-			" AND deptype OPERATOR(pg_catalog.=) 'e'",
-			1, types, values, nullptr, SPI_OK_SELECT) > 0)
-		CatalogExec(psprintf("ALTER EXTENSION pgkm DROP TABLE %s", qualified), 0, nullptr, nullptr,
-					nullptr, SPI_OK_UTILITY);
-}
-
-// Creates partition name of pgkm.audit_log for [lower, upper) unless it exists: with its own
-// (seq) and (key_name, seq) indexes and its TRUNCATE guard, not a member of the extension,
-// so that pg_dump carries it and its records (see pgkm--1.5--1.6.sql). Under the SQL of pgkm
-// 1.4 and 1.5 (between a package upgrade and ALTER EXTENSION UPDATE), whose parent indexes
-// give every partition its indexes, the partition joins the extension as those versions'
-// worker made it. Needs a catalog session.
-void CreatePartition(const char *name, Datum lower, Datum upper)
-{
-	Oid existing = get_relname_relid(name, get_namespace_oid("pgkm", false));
-	if (OidIsValid(existing))
-	{
-		Oid types[1] = {OIDOID};
-		Datum values[1] = {ObjectIdGetDatum(existing)};
-		if (CatalogExec("SELECT 1 FROM pg_catalog.pg_inherits WHERE inhrelid OPERATOR(pg_catalog.=)"
-						" $1 AND inhparent OPERATOR(pg_catalog.=)"
-						" 'pgkm.audit_log'::pg_catalog.regclass",
-						1, types, values, nullptr, SPI_OK_SELECT) != 1)
-			ereport(ERROR,
-					(errcode(ERRCODE_DUPLICATE_TABLE),
-					 errmsg("relation \"pgkm.%s\" exists but is not a partition of pgkm.audit_log",
-							name)));
-		return;
-	}
-	bool legacy = CatalogExec("SELECT 1 FROM pg_catalog.pg_index WHERE indrelid"
-							  " OPERATOR(pg_catalog.=) 'pgkm.audit_log'::pg_catalog.regclass",
-							  0, nullptr, nullptr, nullptr, SPI_OK_SELECT) > 0;
-	Oid types[3] = {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
-	Datum values[3] = {CStringGetTextDatum(name), lower, upper};
-	CatalogExec("SELECT pg_catalog.format('CREATE TABLE pgkm.%I PARTITION OF pgkm.audit_log"
-				" FOR VALUES FROM (%L) TO (%L)', $1, $2, $3)",
-				3, types, values, nullptr, SPI_OK_SELECT);
-	char *create = CatalogText(0, 1);
-	CatalogExec(create, 0, nullptr, nullptr, nullptr, SPI_OK_UTILITY);
-	const char *quoted = quote_identifier(name);
-	if (!legacy)
-	{
-		CatalogExec(psprintf("CREATE INDEX %s ON pgkm.%s (seq)",
-							 quote_identifier(psprintf("%s_seq", name)), quoted),
-					0, nullptr, nullptr, nullptr, SPI_OK_UTILITY);
-		CatalogExec(psprintf("CREATE INDEX %s ON pgkm.%s (key_name, seq)",
-							 quote_identifier(psprintf("%s_key", name)), quoted),
-					0, nullptr, nullptr, nullptr, SPI_OK_UTILITY);
-	}
-	CatalogExec(psprintf("CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON pgkm.%s"
-						 " FOR EACH STATEMENT EXECUTE FUNCTION pgkm.audit_guard()",
-						 quoted),
-				0, nullptr, nullptr, nullptr, SPI_OK_UTILITY);
-	if (legacy)
-		CatalogExec(psprintf("ALTER EXTENSION pgkm ADD TABLE pgkm.%s", quoted), 0, nullptr, nullptr,
-					nullptr, SPI_OK_UTILITY);
-}
-
-// Makes sure a partition holds written_at: the newest partition, or a new one from its upper
-// bound (or the interval's start) to the end of the interval.
-void EnsurePartition(TimestampTz written_at)
-{
-	// The cache holds for one pgkm.audit_log: DROP and CREATE EXTENSION make another.
-	Oid nsp = get_namespace_oid("pgkm", false);
-	Oid relid = get_relname_relid("audit_log", nsp);
-	if (relid != partition_relid)
-		partition_upper = 0;
-	partition_relid = relid;
-	if (partition_upper != 0 && written_at < partition_upper)
-		return;
-	CatalogExec("SELECT pg_catalog.max(upper_bound) FROM pgkm.audit_partitions", 0, nullptr,
-				nullptr, nullptr, SPI_OK_SELECT);
-	bool isnull;
-	Datum d = CatalogValue(0, 1, &isnull);
-	TimestampTz upper = isnull ? 0 : DatumGetTimestampTz(d);
-	if (upper != 0 && written_at < upper)
-	{
-		partition_upper = upper;
-		return;
-	}
-	std::int64_t width = (std::int64_t)guc_audit_partition_interval * USECS_PER_SEC;
-	TimestampTz base = written_at - ((written_at % width) + width) % width;
-	TimestampTz lower = Max(base, upper);
-	TimestampTz hi = base + width;
-	if (hi <= lower)
-		hi = lower + width;
-	Oid types[2] = {TIMESTAMPTZOID, TIMESTAMPTZOID};
-	Datum values[2] = {TimestampTzGetDatum(lower), TimestampTzGetDatum(hi)};
-	// audit_records_*: pg_dump writes the data of a schema's tables in name order, and a
-	// data-only restore needs the registry (audit_partitions) first (pgkm--1.5--1.6.sql).
-	CatalogExec("SELECT 'audit_records_' OPERATOR(pg_catalog.||) pg_catalog.to_char($1 AT TIME"
-				" ZONE 'UTC', 'YYYYMMDD_HH24MISS_US')",
-				2, types, values, nullptr, SPI_OK_SELECT);
-	char *name = CatalogText(0, 1);
-	CreatePartition(name, values[0], values[1]);
-	Oid ntypes[3] = {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
-	Datum nvalues[3] = {CStringGetTextDatum(name), values[0], values[1]};
-	// As the writer: the registry's trigger (1.6) lets the row pass, its partition made.
-	AuditSetWriter(true);
-	CatalogExec("INSERT INTO pgkm.audit_partitions (name, lower_bound, upper_bound)"
-				" VALUES ($1, $2, $3)",
-				3, ntypes, nvalues, nullptr, SPI_OK_INSERT);
-	AuditSetWriter(false);
-	partition_upper = hi;
 }
 
 // Chains rows (seq, written_at, prev_hash, hash) onto the state and inserts them in one
@@ -514,17 +154,19 @@ void AppendRows(Row *rows, int n, State *state)
 	AuditSetWriter(false);
 }
 
-// Reads and locks the writer's state. A state that says the log is empty while the log has
-// records means a restore loaded them (pg_dump does not carry pgkm.audit_state): the chain
-// continues from the newest record, and a 'restored' record says so. Only then: once the
-// chain has a record, no other session may add any (pgkm_audit_guard).
-State ReadWriterState()
+// Continues a restored chain: a state that says the log is empty while the log has records
+// means a restore loaded them (pg_dump does not carry pgkm.audit_state), so the chain goes on
+// from the newest record, and a 'restored' record says so. Only then: once the chain has a
+// record, no other session may add any (pgkm_audit_guard). Call it only when no restore is in
+// progress (AuditRestoreInProgress), or it would continue a chain whose later records are
+// still to come.
+void ContinueRestoredChain(State *state)
 {
-	State s = ReadState();
+	State &s = *state;
 	if (s.last_seq != 0 ||
 		CatalogExec("SELECT seq, hash, written_at FROM pgkm.audit_log ORDER BY seq DESC LIMIT 1", 0,
 					nullptr, nullptr, nullptr, SPI_OK_SELECT) != 1)
-		return s;
+		return;
 	bool isnull;
 	s.last_seq = DatumGetInt64(CatalogValue(0, 1, &isnull));
 	if (!HashFrom(CatalogValue(0, 2, &isnull), &s.last_hash))
@@ -554,6 +196,21 @@ State ReadWriterState()
 	row.values[kRefHash] = HashDatum(s.last_hash);
 	row.nulls[kRefHash] = false;
 	AppendRows(&row, 1, &s);
+}
+
+// Reads and locks the writer's state, to append records: raises while a restore is in
+// progress (the caller's records wait in the ring), else continues a restored chain.
+State ReadWriterState()
+{
+	State s = ReadState();
+	if (s.last_seq == 0 && AuditRestoreInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the audit log of database \"%s\" is being restored",
+						get_database_name(MyDatabaseId)),
+				 errdetail("A session that loaded restored audit records is still connected; the "
+						   "worker continues the audit chain once it has ended.")));
+	ContinueRestoredChain(&s);
 	return s;
 }
 
@@ -642,15 +299,7 @@ int ApplyRetention(State *state)
 		appendStringInfo(&detail, " %s", names[i]);
 	AppendSealed("anchor", "anchor", first_seq, first_prev, detail.data, state);
 	for (uint64 i = 0; i < n; i++)
-	{
-		LeaveExtension(names[i]);
-		CatalogExec(psprintf("DROP TABLE pgkm.%s", quote_identifier(names[i])), 0, nullptr, nullptr,
-					nullptr, SPI_OK_UTILITY);
-		Oid ntypes[1] = {TEXTOID};
-		Datum nvalues[1] = {CStringGetTextDatum(names[i])};
-		CatalogExec("DELETE FROM pgkm.audit_partitions WHERE name OPERATOR(pg_catalog.=) $1", 1,
-					ntypes, nvalues, nullptr, SPI_OK_DELETE);
-	}
+		DropPartition(names[i]);
 	return (int)n;
 }
 
@@ -781,7 +430,7 @@ int DrainBatch()
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(caller);
-		partition_upper = 0; // look again next time
+		ForgetPartitionBound(); // look again next time
 		AbandonStep(positions, n, "could not write audit records");
 		return -1;
 	}
@@ -854,17 +503,23 @@ void AuditHousekeeping(bool retention)
 		if (AuditTablesExist())
 		{
 			WorkerSetLocal("synchronous_commit", "on");
-			State state = ReadWriterState();
-			TimestampTz now = GetCurrentTimestamp();
-			bool due =
-				state.last_seq > state.last_checkpoint_seq &&
-				(state.last_seq - state.last_checkpoint_seq >= guc_audit_checkpoint_records ||
-				 now - state.last_checkpoint_at >=
-					 (std::int64_t)guc_audit_checkpoint_interval * USECS_PER_SEC);
-			int dropped = retention ? ApplyRetention(&state) : 0;
-			if (due || dropped > 0)
-				Checkpoint(&state);
-			WriteState(state);
+			// During a restore the log is left alone, quietly: a state at seq 0 has nothing to
+			// seal or drop.
+			State state = ReadState();
+			if (state.last_seq != 0 || !AuditRestoreInProgress())
+			{
+				ContinueRestoredChain(&state);
+				TimestampTz now = GetCurrentTimestamp();
+				bool due =
+					state.last_seq > state.last_checkpoint_seq &&
+					(state.last_seq - state.last_checkpoint_seq >= guc_audit_checkpoint_records ||
+					 now - state.last_checkpoint_at >=
+						 (std::int64_t)guc_audit_checkpoint_interval * USECS_PER_SEC);
+				int dropped = retention ? ApplyRetention(&state) : 0;
+				if (due || dropped > 0)
+					Checkpoint(&state);
+				WriteState(state);
+			}
 		}
 		WorkerEndStep();
 		checkpoint_failing = false;
@@ -909,6 +564,7 @@ namespace
 void WaitForWorker(AuditKind kind)
 {
 	RequireSharedMemory();
+	AuditRefuseWaitWhileRestoring();
 	if (RecoveryInProgress())
 		ereport(ERROR, (errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 						errmsg("the audit log cannot be written during recovery"),
@@ -1007,100 +663,12 @@ struct Anchor
 
 extern "C"
 {
-	PG_FUNCTION_INFO_V1(pgkm_audit_guard);
-	PG_FUNCTION_INFO_V1(pgkm_audit_partition_added);
 	PG_FUNCTION_INFO_V1(pgkm_verify_audit_log);
 	PG_FUNCTION_INFO_V1(pgkm_audit_flush);
 	PG_FUNCTION_INFO_V1(pgkm_apply_audit_retention);
-	Datum pgkm_audit_guard(PG_FUNCTION_ARGS);
-	Datum pgkm_audit_partition_added(PG_FUNCTION_ARGS);
 	Datum pgkm_verify_audit_log(PG_FUNCTION_ARGS);
 	Datum pgkm_audit_flush(PG_FUNCTION_ARGS);
 	Datum pgkm_apply_audit_retention(PG_FUNCTION_ARGS);
-}
-
-// Whether a session other than the worker may add records or partitions: only while
-// pgkm.audit_state says the log is empty, as in a database being restored. The row stays
-// locked (FOR SHARE) until the session commits, so the worker cannot start a chain of its own
-// under a restore, and continues the restored one once it is in (ReadWriterState).
-bool RestoreAllowed()
-{
-	static LocalTransactionId allowed_in = InvalidLocalTransactionId;
-#if PG_VERSION_NUM >= 170000
-	LocalTransactionId current = MyProc->vxid.lxid;
-#else
-	LocalTransactionId current = MyProc->lxid;
-#endif
-	if (allowed_in == current && current != InvalidLocalTransactionId)
-		return true;
-	CatalogSession session;
-	CatalogOpen(&session);
-	CatalogExec("SELECT last_seq FROM pgkm.audit_state WHERE id OPERATOR(pg_catalog.=) 1"
-				" FOR SHARE",
-				0, nullptr, nullptr, nullptr, SPI_OK_SELECT);
-	bool isnull = true;
-	bool empty = SPI_processed == 1 && DatumGetInt64(CatalogValue(0, 1, &isnull)) == 0;
-	CatalogClose(&session);
-	if (empty)
-		allowed_in = current;
-	return empty;
-}
-
-// Trigger on pgkm.audit_log: only the worker inserts, or a restore into an empty log; nobody
-// updates, deletes or truncates.
-Datum pgkm_audit_guard(PG_FUNCTION_ARGS)
-{
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-						errmsg("pgkm.audit_guard() must be called as a trigger")));
-	auto *trigger = reinterpret_cast<TriggerData *>(fcinfo->context);
-	if (TRIGGER_FIRED_BY_INSERT(trigger->tg_event) && (AuditIsWriter() || RestoreAllowed()))
-		return PointerGetDatum(trigger->tg_trigtuple);
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("pgkm.audit_log is append-only"),
-			 errdetail("Only the pgkm worker appends records; retention drops whole "
-					   "partitions (pgkm.audit_retention).")));
-	PG_RETURN_NULL();
-}
-
-// Trigger on pgkm.audit_partitions (BEFORE INSERT, so that a restore into a log with records
-// is refused with the reason before the registry's own constraints object): makes the
-// partition a restored row names unless it exists (a full restore made it), before its
-// records are loaded (see pgkm--1.5--1.6.sql). The worker's own rows pass: EnsurePartition
-// made their partition first.
-Datum pgkm_audit_partition_added(PG_FUNCTION_ARGS)
-{
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-						errmsg("pgkm.audit_partition_added() must be called as a trigger")));
-	auto *trigger = reinterpret_cast<TriggerData *>(fcinfo->context);
-	if (!TRIGGER_FIRED_BY_INSERT(trigger->tg_event) || !TRIGGER_FIRED_FOR_ROW(trigger->tg_event))
-		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-						errmsg("pgkm.audit_partition_added() must fire for each inserted row")));
-	HeapTuple tuple = trigger->tg_trigtuple;
-	if (AuditIsWriter())
-		return PointerGetDatum(tuple); // EnsurePartition made it
-	if (!RestoreAllowed())
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the audit log of database \"%s\" already has records",
-						get_database_name(MyDatabaseId)),
-				 errdetail("Audit records are restored only into a database whose audit log is "
-						   "empty: two hash chains cannot be merged."),
-				 errhint("Leave the audit log out of a data-only dump into such a database: "
-						 "pg_dump --data-only --exclude-table-data='pgkm.audit_*'.")));
-	TupleDesc desc = RelationGetDescr(trigger->tg_relation);
-	bool null_name, null_lower, null_upper;
-	Datum name = heap_getattr(tuple, 1, desc, &null_name);
-	Datum lower = heap_getattr(tuple, 2, desc, &null_lower);
-	Datum upper = heap_getattr(tuple, 3, desc, &null_upper);
-	if (null_name || null_lower || null_upper)
-		elog(ERROR, "pgkm.audit_partitions: a row with a NULL name or bound");
-	CatalogSession session;
-	CatalogOpen(&session);
-	CreatePartition(NameStr(*DatumGetName(name)), lower, upper);
-	CatalogClose(&session);
-	return PointerGetDatum(tuple);
 }
 
 // pgkm.verify_audit_log(): recomputes every hash and link, and checks every checkpoint and

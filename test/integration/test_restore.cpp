@@ -21,6 +21,10 @@
 //    whose audit log has records of its own, the data-only restore fails with 55000 and a hint
 //    (two chains cannot be merged), leaving it unchanged; a dump without the audit log
 //    (--exclude-table-data='pgkm.audit_*') restores there, and that database's chain verifies.
+//  - AuditLogOfManyPartitionsRestoredWhileTheWorkerRuns: an audit log of several partitions
+//    restored by pg_restore's own SQL, paused between partitions while the worker runs: the
+//    worker continues the chain only once the restoring session has ended, so every record
+//    arrives and the chain verifies.
 //  - BaseBackupRestoredToANewDataDirectory: pg_basebackup of a running cluster, started as an
 //    independent server (no standby.signal) after the original is stopped, decrypts everything.
 #include "helpers.hpp"
@@ -34,6 +38,7 @@
 #include <fstream>
 #include <set>
 #include <sys/wait.h>
+#include <thread>
 #include <unistd.h>
 
 namespace pgkm::it
@@ -560,6 +565,112 @@ TEST(IntegrationRestore, DataOnlyDumpIntoAnExistingPgkmDatabase)
 	Result v = busy.exec("SELECT ok, coalesce(problem, '') FROM pgkm.verify_audit_log()");
 	EXPECT_EQ(v.get(0, 0), "t") << v.get(0, 1);
 	src.cluster.quietOnFailure();
+}
+
+TEST(IntegrationRestore, AuditLogOfManyPartitionsRestoredWhileTheWorkerRuns)
+{
+	// pg_restore loads each partition's records in a transaction of its own. The worker of the
+	// restored database, looking at its log every second, must not continue the chain between
+	// two of them (the records still to come would then be refused, 42501): it waits until the
+	// restoring session has ended. Partitions of one second give the source several.
+	Cluster cluster({"pgkm.worker_naptime = 1", "pgkm.audit_partition_interval = 1"});
+	cluster.start();
+	Connection admin = cluster.connect();
+	admin.exec("CREATE DATABASE src");
+	Connection src = cluster.connect("src");
+	SetUpExtension(src, "k");
+	for (int i = 0; src.intValue("SELECT count(*) FROM pgkm.audit_partitions") < 3; i++)
+	{
+		ASSERT_LT(i, 30) << "the audit log stays in fewer than three partitions";
+		src.exec("SELECT pgkm_decrypt(pgkm_encrypt('x', 'k'))");
+		src.exec("SELECT pgkm.audit_flush()");
+		std::this_thread::sleep_for(700ms);
+	}
+	src.exec("SELECT pgkm.audit_flush(true)");
+	const long long head = src.intValue("SELECT max(seq) FROM pgkm.audit_log");
+	const std::string digest = AuditDigest(src, head);
+	const std::string dump = cluster.dir() + "/src.dump";
+	const std::string script = cluster.dir() + "/src.sql";
+	std::string out;
+	ASSERT_EQ(
+		cluster.runAsServerUser(
+			{Cluster::pgBin("pg_dump"), "-Fc", "-f", dump, "-d", cluster.conninfo("src")}, &out),
+		0)
+		<< out;
+	ASSERT_EQ(cluster.runAsServerUser({Cluster::pgBin("pg_restore"), "-f", script, dump}, &out), 0)
+		<< out;
+
+	// The restore as pg_restore runs it (one session, a transaction per statement), with a
+	// pause before each partition's records after the first, in which the worker runs and
+	// the restoring session makes an audited call (a failed decryption) that must wait for
+	// the chain; and once, pgkm.audit_flush(), which this session may not wait for.
+	std::string sql;
+	{
+		std::ifstream in(script);
+		sql.assign(std::istreambuf_iterator<char>(in), {});
+	}
+	const std::string copy = "COPY pgkm.audit_records_";
+	const std::string pause = "SELECT pg_catalog.pg_sleep(2.5);\n"
+							  "DO $$ BEGIN PERFORM public.pgkm_decrypt('\\x0101'::bytea);"
+							  " EXCEPTION WHEN OTHERS THEN NULL; END $$;\n";
+	int partitions = 0;
+	for (std::size_t at = sql.find(copy); at != std::string::npos; at = sql.find(copy, at))
+	{
+		if (partitions++ > 0)
+		{
+			sql.insert(at, pause);
+			at += pause.size();
+		}
+		at += copy.size();
+	}
+	ASSERT_GE(partitions, 3) << "one COPY per partition";
+	const int paused = partitions - 1;
+	sql += "DO $$ BEGIN PERFORM pgkm.audit_flush(); EXCEPTION WHEN OTHERS THEN"
+		   " RAISE WARNING 'audit_flush: %: %', SQLSTATE, SQLERRM; END $$;\n"
+		   "SET pgkm.audit_durability = sync;\n"
+		   "DO $$ BEGIN PERFORM public.pgkm_decrypt(public.pgkm_encrypt('x', 'k')); EXCEPTION"
+		   " WHEN OTHERS THEN RAISE WARNING 'sync: %: %', SQLSTATE, SQLERRM; END $$;\n";
+	{
+		std::ofstream outf(script, std::ios::trunc);
+		outf << sql;
+	}
+	admin.exec("CREATE DATABASE dst");
+	ASSERT_EQ(cluster.runAsServerUser({Cluster::pgBin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+									   "-d", cluster.conninfo("dst"), "-f", script},
+									  &out),
+			  0)
+		<< "the restore script: " << out;
+	// The restoring session may not wait for the worker, which waits for it to end.
+	EXPECT_NE(out.find("audit_flush: 55000: this session loaded restored audit records"),
+			  std::string::npos)
+		<< out;
+	EXPECT_NE(out.find("sync: 55000: this session loaded restored audit records"),
+			  std::string::npos)
+		<< out;
+
+	// Every record arrived; once the session ended, the worker continued the chain, then
+	// appended the session's held records after its 'restored' record.
+	Connection dst = cluster.connect("dst");
+	EXPECT_EQ(AuditDigest(dst, head), digest);
+	dst.exec("SELECT pgkm.audit_flush(true)");
+	Result r = dst.exec("SELECT seq, ref_seq FROM pgkm.audit_log WHERE action = 'restored'");
+	ASSERT_EQ(r.rows(), 1);
+	EXPECT_GE(r.getInt(0, 1), head);
+	EXPECT_EQ(dst.intValue("SELECT count(*) FROM pgkm.audit_log WHERE action = 'failed'"
+						   " AND database_name = 'dst' AND seq > $1::bigint"
+						   " AND sqlstate IS DISTINCT FROM '55000'",
+						   {r.get(0, 0)}),
+			  paused)
+		<< "the failed decryptions of the pauses";
+	Result v = dst.exec("SELECT ok, first_seq, coalesce(problem, '') FROM pgkm.verify_audit_log()");
+	EXPECT_EQ(v.get(0, 0), "t") << v.get(0, 2);
+	EXPECT_EQ(v.getInt(0, 1), 1);
+	// While the session was connected, the worker said why the records waited.
+	EXPECT_NE(cluster.serverLog().find("the audit log of database \"dst\" is being restored"),
+			  std::string::npos);
+	Note("restored " + std::to_string(partitions) + " partitions, records 1 to " +
+		 std::to_string(head) + ", with " + std::to_string(paused) + " pauses of 2.5 s");
+	cluster.quietOnFailure();
 }
 
 TEST(IntegrationRestore, BaseBackupRestoredToANewDataDirectory)

@@ -24,6 +24,7 @@ OBJS = \
 	src/pg/aead_calls.o \
 	src/pg/audit.o \
 	src/pg/audit_log.o \
+	src/pg/audit_log_sql.o \
 	src/pg/audit_partitions.o \
 	src/pg/audit_ring.o \
 	src/pg/audit_row.o \

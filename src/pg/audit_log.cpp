@@ -143,11 +143,18 @@ void AppendRows(Row *rows, int n, State *state)
 	AuditSetWriter(false);
 }
 
+// Whether a restore is still loading this log: the state is at seq 0 (no chain yet) and a
+// session that loaded records is still connected.
+bool BeingRestored(const State &s)
+{
+	return s.last_seq == 0 && AuditRestoreInProgress();
+}
+
 // Continues a restored chain: a state that says the log is empty while the log has records
 // means a restore loaded them (pg_dump does not carry pgkm.audit_state), so the chain goes on
 // from the newest record, and a 'restored' record says so. Only then: once the chain has a
 // record, no other session may add any (pgkm_audit_guard). Call it only when no restore is in
-// progress (AuditRestoreInProgress), or it would continue a chain whose later records are
+// progress (BeingRestored), or it would continue a chain whose later records are
 // still to come.
 void ContinueRestoredChain(State *state)
 {
@@ -192,7 +199,7 @@ void ContinueRestoredChain(State *state)
 State ReadWriterState()
 {
 	State s = ReadState();
-	if (s.last_seq == 0 && AuditRestoreInProgress())
+	if (BeingRestored(s))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the audit log of database \"%s\" is being restored",
@@ -495,7 +502,7 @@ void AuditHousekeeping(bool retention)
 			// During a restore the log is left alone, quietly: a state at seq 0 has nothing to
 			// seal or drop.
 			State state = ReadState();
-			if (state.last_seq != 0 || !AuditRestoreInProgress())
+			if (!BeingRestored(state))
 			{
 				ContinueRestoredChain(&state);
 				TimestampTz now = GetCurrentTimestamp();

@@ -79,6 +79,20 @@ void WarnUnlocked()
 					 "its systemd unit, or ulimit -l).")));
 }
 
+// Whether the cache still holds: the shared generation it was filled under is generation,
+// and the TTL has not run out for this statement.
+inline bool CacheCurrent(std::uint64_t generation)
+{
+	return generation == cache_generation && GetCurrentStatementStartTimestamp() < cache_expires &&
+		   CacheExists();
+}
+
+// Whether a version's state lets it decrypt and compute lookup values.
+inline bool Usable(const VersionEntry *v)
+{
+	return v->state == VersionState::Active || v->state == VersionState::DecryptOnly;
+}
+
 // Drops the cache if the shared generation moved or the TTL ran out, and trims it if
 // pgkm.key_cache_size was lowered; notes the data path's use for the redaction of the
 // statement's parameters.
@@ -88,8 +102,7 @@ inline void Validate()
 	RedactNoteDataPathUse();
 	lookup_missed = false;
 	std::uint64_t generation = ReadGeneration();
-	if (likely(generation == cache_generation &&
-			   GetCurrentStatementStartTimestamp() < cache_expires && CacheExists()))
+	if (likely(CacheCurrent(generation)))
 	{
 		if (unlikely(CacheOverCapacity()))
 			CacheTrim();
@@ -636,7 +649,7 @@ VersionEntry *KeyForLookupVersion(FmgrInfo *flinfo, std::uint32_t key_id, std::u
 	// Retired since the list was read (the worker proved no value uses it): nothing to find.
 	if (v->state == VersionState::Retired)
 		return nullptr;
-	if (v->state != VersionState::Active && v->state != VersionState::DecryptOnly)
+	if (!Usable(v))
 		RefuseState(v, "look up values");
 	CheckLookupRole(v);
 	EnsureMaterial(v);
@@ -706,7 +719,7 @@ VersionEntry *KeyForDecrypt(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_
 							errmsg("key version %u of key id %u does not exist", version, key_id),
 							errdetail("The ciphertext was made under a key that is not in this "
 									  "database's pgkm catalog.")));
-		if (v->state != VersionState::Active && v->state != VersionState::DecryptOnly)
+		if (!Usable(v))
 			RefuseState(v, "decrypt");
 		CheckRole(v, v->decrypt_role, "decrypt");
 		EnsureMaterial(v);
@@ -719,12 +732,10 @@ VersionEntry *KeyForDecrypt(FmgrInfo *flinfo, std::uint32_t key_id, std::uint32_
 
 VersionEntry *CachedForDecrypt(std::uint32_t key_id, std::uint32_t version)
 {
-	if (!CacheExists() || ReadGeneration() != cache_generation ||
-		GetCurrentStatementStartTimestamp() >= cache_expires)
+	if (!CacheCurrent(ReadGeneration()))
 		return nullptr;
 	VersionEntry *v = CacheFindVersion(key_id, version);
-	if (v == nullptr || v->material == nullptr ||
-		(v->state != VersionState::Active && v->state != VersionState::DecryptOnly) ||
+	if (v == nullptr || v->material == nullptr || !Usable(v) ||
 		!has_privs_of_role(GetUserId(), v->decrypt_role))
 		return nullptr;
 	return v;

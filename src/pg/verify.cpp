@@ -311,19 +311,34 @@ bool ReadVersion(std::uint32_t key_id, std::uint32_t version, VersionOutcome *o)
 	return found;
 }
 
+// The outcome of a version this run has found, or nullptr.
+VersionOutcome *KnownOutcome(Run *run, std::uint32_t key_id, std::uint32_t version)
+{
+	for (int i = 0; i < run->n_outcomes; i++)
+		if (run->outcomes[i].key_id == key_id && run->outcomes[i].version == version)
+			return &run->outcomes[i];
+	return nullptr;
+}
+
+// Whether values under a version with outcome o are opened one by one (blind-index values
+// cannot be: they are checked by header).
+bool Opens(const VersionOutcome &o)
+{
+	return o.kind == kOk && o.algorithm != core::Algorithm::BlindIndex;
+}
+
 // Finds what a version means for this run: its catalog state, then (for a usable version of
 // a decryptable key) whether the caller may decrypt with it and whether its DEK unwraps.
 VersionOutcome FindOutcome(Run *run, std::uint32_t key_id, std::uint32_t version)
 {
-	for (int i = 0; i < run->n_outcomes; i++)
-		if (run->outcomes[i].key_id == key_id && run->outcomes[i].version == version)
-			return run->outcomes[i];
+	if (VersionOutcome *known = KnownOutcome(run, key_id, version))
+		return *known;
 	VersionOutcome o = {};
 	o.key_id = key_id;
 	o.version = version;
 	if (!ReadVersion(key_id, version, &o))
 		o.kind = kMissingKey;
-	else if (o.kind == kOk && o.algorithm != core::Algorithm::BlindIndex)
+	else if (Opens(o))
 	{
 		FmgrInfo *flinfo = run->flinfo;
 		int sqlstate = TrySubtransaction([&]() { KeyForDecrypt(flinfo, key_id, version); });
@@ -344,12 +359,8 @@ VersionOutcome FindOutcome(Run *run, std::uint32_t key_id, std::uint32_t version
 // Forgets the outcome of a version, so that the next FindOutcome finds it anew.
 void ForgetOutcome(Run *run, std::uint32_t key_id, std::uint32_t version)
 {
-	for (int i = 0; i < run->n_outcomes; i++)
-		if (run->outcomes[i].key_id == key_id && run->outcomes[i].version == version)
-		{
-			run->outcomes[i] = run->outcomes[--run->n_outcomes];
-			return;
-		}
+	if (VersionOutcome *known = KnownOutcome(run, key_id, version))
+		*known = run->outcomes[--run->n_outcomes];
 }
 
 // Returns the group of (key_id, version) in the current column; key_id -1 (or a full table
@@ -424,15 +435,15 @@ void VerifyValue(Run *run, core::ByteView in, core::ByteView context, const char
 	}
 	VersionOutcome o = FindOutcome(run, header.key_id, header.key_version);
 	const VersionEntry *v = nullptr;
-	if (o.kind == kOk && o.algorithm != core::Algorithm::BlindIndex &&
-		(v = CachedForDecrypt(header.key_id, header.key_version)) == nullptr)
+	if (Opens(o) && (v = CachedForDecrypt(header.key_id, header.key_version)) == nullptr)
 	{
 		// The catalog changed under the run (a version disabled, destroyed or erased, a role
 		// revoked, the master key rotated) or the cache let the version go: its outcome is
-		// found again, so that such a value is counted by what it now is, not raised.
+		// found again, so that such a value is counted by what it now is, not raised. (Only
+		// a second change within these few calls can still make KeyForDecrypt raise.)
 		ForgetOutcome(run, header.key_id, header.key_version);
 		o = FindOutcome(run, header.key_id, header.key_version);
-		if (o.kind == kOk && o.algorithm != core::Algorithm::BlindIndex)
+		if (Opens(o))
 			v = KeyForDecrypt(run->flinfo, header.key_id, header.key_version);
 	}
 	Group *g = GroupOf(run, header.key_id, (std::int32_t)header.key_version,
@@ -440,8 +451,7 @@ void VerifyValue(Run *run, core::ByteView in, core::ByteView context, const char
 	Kind kind = o.kind;
 	if (kind == kOk && header.algorithm != o.algorithm)
 		kind = kAuthFailed;
-	else if (kind == kOk && o.algorithm != core::Algorithm::BlindIndex &&
-			 !OpenAndWipe(v, header, in, context))
+	else if (Opens(o) && !OpenAndWipe(v, header, in, context))
 		kind = kAuthFailed;
 	Count(run, g, kind, row_key, keep);
 }
